@@ -1,0 +1,180 @@
+#![doc = include_str!("../README.md")]
+
+mod aggregator;
+mod builder;
+pub mod fingerprint;
+mod outbox;
+mod outcome;
+mod recorder;
+mod sender;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::aggregator::Command;
+use crate::recorder::Recorder;
+
+pub use builder::*;
+pub use outcome::{ErrorClass, Outcome};
+pub use querypulse_proto::{AgentCounters, DbSystem, Fingerprint};
+
+/// Why the agent could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `start()` was called outside a Tokio runtime.
+    #[error("the agent must be started inside a Tokio runtime")]
+    NoRuntime,
+    /// The collector endpoint is not a valid URL.
+    #[error("invalid collector endpoint {0}")]
+    InvalidEndpoint(String),
+    /// A setting is out of range.
+    #[error("invalid agent setting: {0}")]
+    InvalidConfig(String),
+    /// Some batches were not acknowledged before the timeout.
+    #[error("{pending} batches were not acknowledged by the collector in time")]
+    Unacknowledged {
+        /// Batches still waiting.
+        pending: usize,
+    },
+    /// The agent was already shut down.
+    #[error("the agent has been shut down")]
+    Stopped,
+}
+
+/// The handle a service records through. Cheap to clone; every clone records
+/// into the same agent.
+///
+/// Recording ([`Agent::record_query`]) never awaits, never does I/O and never
+/// fails: a collector outage is visible only in [`Agent::stats`].
+#[derive(Clone)]
+pub struct Agent {
+    recorder: Arc<Recorder>,
+    commands: mpsc::UnboundedSender<Command>,
+    identity: Arc<Identity>,
+}
+
+struct Identity {
+    instance_id: String,
+    service: String,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("service", &self.identity.service)
+            .field("instance_id", &self.identity.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of the agent's own health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Counters shipped to the collector with every batch.
+    pub counters: AgentCounters,
+    /// Batches acknowledged by the collector.
+    pub acked_batches: u64,
+    /// Distinct fingerprints tracked.
+    pub fingerprints: usize,
+}
+
+impl Agent {
+    /// Starts configuring an agent for `service`.
+    pub fn builder(service: impl Into<String>) -> AgentBuilder {
+        AgentBuilder::new(service.into())
+    }
+
+    pub(crate) fn new(
+        recorder: Arc<Recorder>,
+        commands: mpsc::UnboundedSender<Command>,
+        instance_id: String,
+        service: String,
+        shutdown_timeout: Duration,
+    ) -> Agent {
+        Agent {
+            recorder,
+            commands,
+            identity: Arc::new(Identity {
+                instance_id,
+                service,
+                shutdown_timeout,
+            }),
+        }
+    }
+
+    /// Records one execution of `sql` that took `elapsed`.
+    ///
+    /// `sql` is the statement as sent to the database, literals and all; it is
+    /// normalized the first time it is seen and never leaves the process
+    /// unless raw-text capture is switched on.
+    pub fn record_query(&self, sql: &str, elapsed: Duration, outcome: Outcome) {
+        self.recorder.record(sql, elapsed, outcome, None);
+    }
+
+    /// Like [`Agent::record_query`], naming the pool the statement ran on (shown
+    /// with slow-query samples).
+    pub fn record_query_on(&self, pool: &str, sql: &str, elapsed: Duration, outcome: Outcome) {
+        self.recorder.record(sql, elapsed, outcome, Some(pool));
+    }
+
+    /// The random id of this agent instance (one per process start).
+    pub fn instance_id(&self) -> &str {
+        &self.identity.instance_id
+    }
+
+    /// The service this agent reports for.
+    pub fn service(&self) -> &str {
+        &self.identity.service
+    }
+
+    /// The agent's own counters.
+    pub fn stats(&self) -> AgentStats {
+        AgentStats {
+            counters: self.recorder.counters.snapshot(),
+            acked_batches: self.recorder.counters.acked_batches.load(Ordering::Relaxed),
+            fingerprints: self.recorder.fingerprint_count(),
+        }
+    }
+
+    /// Closes the current window now and waits (up to the shutdown timeout)
+    /// until every batch so far is acknowledged. Useful before a short-lived
+    /// job exits, and in tests.
+    pub async fn flush(&self) -> Result<(), AgentError> {
+        self.request(|timeout, reply| Command::Flush { timeout, reply }).await
+    }
+
+    /// Ships the last (partial) window, waits up to the shutdown timeout for
+    /// the collector to acknowledge everything, and stops the agent. Records
+    /// made afterwards are ignored.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        self.request(|timeout, reply| Command::Shutdown { timeout, reply })
+            .await
+    }
+
+    async fn request(
+        &self,
+        command: impl FnOnce(Duration, oneshot::Sender<usize>) -> Command,
+    ) -> Result<(), AgentError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(self.identity.shutdown_timeout, reply))
+            .map_err(|_| AgentError::Stopped)?;
+        match answer.await {
+            Ok(0) => Ok(()),
+            Ok(pending) => Err(AgentError::Unacknowledged { pending }),
+            Err(_) => Err(AgentError::Stopped),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on the UTC clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

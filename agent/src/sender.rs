@@ -1,0 +1,351 @@
+//! The task that owns the outbox and the connection to the collector.
+//!
+//! It keeps every batch until the collector acknowledges it, resends what is
+//! unacknowledged after a reconnect, and reconnects with capped, jittered
+//! exponential backoff. Nothing here is on the recording path: the service
+//! only ever notices an outage through the agent's counters.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
+use querypulse_proto::{AgentMessage, Batch, CollectorMessage, Fingerprint, Hello};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::outbox::Outbox;
+use crate::recorder::Recorder;
+
+/// Largest message the agent accepts from the collector.
+const MAX_INBOUND_BYTES: usize = 1 << 20;
+/// Batches handed to the gRPC stream ahead of the network.
+const IN_FLIGHT: usize = 8;
+
+/// What the aggregator tells the sender.
+#[derive(Debug)]
+pub(crate) enum ToSender {
+    /// A new batch for the outbox.
+    Batch(Box<Batch>),
+    /// Answer once every batch so far is acknowledged (or at `deadline`), then
+    /// stop if `stop` is set.
+    Sync {
+        deadline: Instant,
+        stop: bool,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct SenderConfig {
+    pub endpoint: Endpoint,
+    pub token: Option<AsciiMetadataValue>,
+    pub hello: Hello,
+    pub outbox_bytes: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+struct PendingSync {
+    through_seq: u64,
+    deadline: Instant,
+    stop: bool,
+    reply: oneshot::Sender<usize>,
+}
+
+struct Connected {
+    tx: mpsc::Sender<wire::AgentMessage>,
+    inbound: tonic::Streaming<wire::CollectorMessage>,
+    /// Next sequence number to hand to this stream.
+    cursor: u64,
+    /// Fingerprints whose text this stream has already carried.
+    sent_texts: HashSet<Fingerprint>,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, tonic::Status>> + Send>>;
+
+enum Link {
+    Down { retry_at: Instant },
+    Connecting(ConnectFuture),
+    Up(Box<Connected>),
+}
+
+/// Capped exponential backoff with "equal jitter": each delay is uniformly
+/// drawn from the upper half of the current step, so a fleet that lost its
+/// collector at the same moment does not reconnect in lockstep.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            step: initial,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let half = step / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+
+    fn reset(&mut self) {
+        self.step = self.initial;
+    }
+}
+
+pub(crate) async fn run(config: SenderConfig, recorder: Arc<Recorder>, mut rx: mpsc::UnboundedReceiver<ToSender>) {
+    let mut outbox = Outbox::new(config.outbox_bytes);
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut syncs: Vec<PendingSync> = Vec::new();
+    let mut last_seq = 0u64;
+    let mut streams_opened = 0u64;
+    let mut link = Link::Connecting(connect(&config));
+    let mut inbox_open = true;
+
+    loop {
+        let sync_deadline = syncs.iter().map(|s| s.deadline).min();
+        let sync_timer = async move {
+            match sync_deadline {
+                Some(deadline) => sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut next_link = None;
+        match &mut link {
+            Link::Down { retry_at } => {
+                tokio::select! {
+                    message = rx.recv(), if inbox_open => {
+                        inbox_open = accept(message, &mut outbox, &mut syncs, &mut last_seq, &recorder);
+                    }
+                    _ = sleep_until(*retry_at) => next_link = Some(Link::Connecting(connect(&config))),
+                    _ = sync_timer => {}
+                }
+            }
+            Link::Connecting(connecting) => {
+                tokio::select! {
+                    message = rx.recv(), if inbox_open => {
+                        inbox_open = accept(message, &mut outbox, &mut syncs, &mut last_seq, &recorder);
+                    }
+                    result = connecting => {
+                        next_link = Some(match result {
+                            Ok(connected) => {
+                                streams_opened += 1;
+                                if streams_opened > 1 {
+                                    recorder.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                                }
+                                tracing::debug!(pending = outbox.len(), "querypulse agent connected to the collector");
+                                backoff.reset();
+                                Link::Up(Box::new(connected))
+                            }
+                            Err(status) => {
+                                recorder.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                                let delay = backoff.next_delay();
+                                tracing::debug!(error = %status, retry_in = ?delay, "querypulse agent cannot reach the collector");
+                                Link::Down { retry_at: Instant::now() + delay }
+                            }
+                        });
+                    }
+                    _ = sync_timer => {}
+                }
+            }
+            Link::Up(connected) => {
+                let has_unsent = outbox.first_from(connected.cursor).is_some();
+                let Connected {
+                    tx,
+                    inbound,
+                    cursor,
+                    sent_texts,
+                } = &mut **connected;
+                tokio::select! {
+                    message = rx.recv(), if inbox_open => {
+                        inbox_open = accept(message, &mut outbox, &mut syncs, &mut last_seq, &recorder);
+                    }
+                    permit = tx.reserve(), if has_unsent => match permit {
+                        Ok(permit) => {
+                            let entry = outbox.first_from(*cursor).expect("checked before select");
+                            *cursor = entry.seq + 1;
+                            let mut batch = entry.batch.clone();
+                            attach_texts(&mut batch, sent_texts, &recorder);
+                            permit.send(wire::AgentMessage { kind: Some(wire::agent_message::Kind::Batch(batch)) });
+                        }
+                        Err(_) => next_link = Some(disconnected(&recorder, &mut backoff, "stream closed")),
+                    },
+                    reply = inbound.message() => match reply {
+                        Ok(Some(message)) => handle_reply(message, &mut outbox, &recorder),
+                        Ok(None) => next_link = Some(disconnected(&recorder, &mut backoff, "collector ended the stream")),
+                        Err(status) => next_link = Some(disconnected(&recorder, &mut backoff, status.message())),
+                    },
+                    _ = sync_timer => {}
+                }
+            }
+        }
+        if let Some(next) = next_link {
+            link = next;
+        }
+        recorder
+            .counters
+            .outbox_bytes
+            .store(outbox.bytes() as u64, Ordering::Relaxed);
+        recorder
+            .counters
+            .outbox_batches
+            .store(outbox.len() as u64, Ordering::Relaxed);
+
+        let now = Instant::now();
+        let mut stop = false;
+        let mut i = 0;
+        while i < syncs.len() {
+            let pending = outbox.count_through(syncs[i].through_seq);
+            if pending == 0 || syncs[i].deadline <= now {
+                let sync = syncs.swap_remove(i);
+                stop |= sync.stop;
+                // The waiter may have given up; nothing to do then.
+                let _ = sync.reply.send(pending);
+            } else {
+                i += 1;
+            }
+        }
+        if stop || (!inbox_open && syncs.is_empty()) {
+            break;
+        }
+    }
+}
+
+/// Takes a message from the aggregator; false once the aggregator is gone.
+fn accept(
+    message: Option<ToSender>,
+    outbox: &mut Outbox,
+    syncs: &mut Vec<PendingSync>,
+    last_seq: &mut u64,
+    recorder: &Recorder,
+) -> bool {
+    match message {
+        Some(ToSender::Batch(batch)) => {
+            *last_seq = batch.seq;
+            let dropped = outbox.push(wire::Batch::from(&*batch));
+            if dropped > 0 {
+                recorder.counters.dropped_batches.fetch_add(dropped, Ordering::Relaxed);
+                tracing::warn!(dropped, "querypulse agent outbox is full; dropped the oldest batches");
+            }
+            true
+        }
+        Some(ToSender::Sync { deadline, stop, reply }) => {
+            syncs.push(PendingSync {
+                through_seq: *last_seq,
+                deadline,
+                stop,
+                reply,
+            });
+            true
+        }
+        None => false,
+    }
+}
+
+fn handle_reply(message: wire::CollectorMessage, outbox: &mut Outbox, recorder: &Recorder) {
+    match CollectorMessage::try_from(message) {
+        Ok(CollectorMessage::Ack { seq, .. }) => {
+            if outbox.remove(seq) {
+                recorder.counters.acked_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(CollectorMessage::Reject { seq, reason }) => {
+            if outbox.remove(seq) {
+                recorder.counters.rejected_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(seq, %reason, "querypulse collector rejected a batch; it is dropped");
+        }
+        Ok(CollectorMessage::Config(update)) => recorder.apply(update),
+        Err(error) => tracing::warn!(%error, "querypulse agent ignored a malformed message from the collector"),
+    }
+}
+
+fn disconnected(recorder: &Recorder, backoff: &mut Backoff, why: &str) -> Link {
+    recorder.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+    let delay = backoff.next_delay();
+    tracing::warn!(reason = why, retry_in = ?delay, "querypulse agent lost the collector; batches are kept and resent");
+    Link::Down {
+        retry_at: Instant::now() + delay,
+    }
+}
+
+/// Adds the text of every fingerprint the batch refers to that this stream has
+/// not carried yet.
+fn attach_texts(batch: &mut wire::Batch, sent: &mut HashSet<Fingerprint>, recorder: &Recorder) {
+    let referenced = batch
+        .queries
+        .iter()
+        .map(|q| q.fingerprint)
+        .chain(batch.slow_queries.iter().map(|s| s.fingerprint));
+    let mut texts = Vec::new();
+    for raw in referenced {
+        let fingerprint = Fingerprint::new(raw);
+        if sent.insert(fingerprint)
+            && let Some(text) = recorder.text(fingerprint)
+        {
+            texts.push(wire::FingerprintText {
+                fingerprint: raw,
+                text: text.to_string(),
+            });
+        }
+    }
+    batch.fingerprint_texts.extend(texts);
+}
+
+fn connect(config: &SenderConfig) -> ConnectFuture {
+    let endpoint = config.endpoint.clone();
+    let token = config.token.clone();
+    let hello = AgentMessage::Hello(config.hello.clone());
+    Box::pin(async move {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_INBOUND_BYTES);
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        tx.try_send(wire::AgentMessage::from(&hello))
+            .expect("a new channel has room for the hello");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            request.metadata_mut().insert("authorization", token);
+        }
+        let response = client.report(request).await?;
+        Ok(Connected {
+            tx,
+            inbound: response.into_inner(),
+            cursor: 0,
+            sent_texts: HashSet::new(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert!(delays[7] >= Duration::from_millis(500), "the step reaches the cap");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}
