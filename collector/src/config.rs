@@ -1,0 +1,156 @@
+//! Collector settings: defaults, the TOML config file, and the merge with
+//! command-line flags (flags and their environment variables win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ingest::IngestLimits;
+
+/// Data directory used when none is given.
+pub const DEFAULT_DATA_DIR: &str = "./querypulse-data";
+/// gRPC (agent ingest) address used when none is given.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7171";
+/// HTTP (API, dashboard) address used when none is given.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
+/// Largest gRPC message accepted from an agent.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Everything the collector needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store (and later the catalog) live.
+    pub data_dir: PathBuf,
+    /// Address of the gRPC ingest endpoint; port 0 picks a free port.
+    pub grpc_listen: SocketAddr,
+    /// Address of the HTTP API and dashboard; port 0 picks a free port.
+    pub http_listen: SocketAddr,
+    /// When set, agents must present this bearer token.
+    pub ingest_token: Option<String>,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: usize,
+    /// Time bounds on accepted windows.
+    pub limits: IngestLimits,
+}
+
+impl Config {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default address"),
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
+            ingest_token: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            limits: IngestLimits::default(),
+        }
+    }
+
+    /// Defaults on free ports of 127.0.0.1, for tests and embedding.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::new(data_dir);
+        config.grpc_listen = "127.0.0.1:0".parse().expect("valid address");
+        config.http_listen = "127.0.0.1:0".parse().expect("valid address");
+        config
+    }
+}
+
+/// The config file (`querypulse.toml`); every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Config::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`Config::grpc_listen`].
+    pub grpc_listen: Option<SocketAddr>,
+    /// See [`Config::http_listen`].
+    pub http_listen: Option<SocketAddr>,
+    /// See [`Config::ingest_token`].
+    pub ingest_token: Option<String>,
+    /// See [`Config::max_message_bytes`].
+    pub max_message_bytes: Option<usize>,
+    /// A window may start at most this many seconds in the future.
+    pub max_future_secs: Option<u64>,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies the file on top of `config`.
+    pub fn apply(self, config: &mut Config) {
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.grpc_listen {
+            config.grpc_listen = v;
+        }
+        if let Some(v) = self.http_listen {
+            config.http_listen = v;
+        }
+        if let Some(v) = self.ingest_token {
+            config.ingest_token = Some(v);
+        }
+        if let Some(v) = self.max_message_bytes {
+            config.max_message_bytes = v;
+        }
+        if let Some(v) = self.max_future_secs {
+            config.limits.max_future = Duration::from_secs(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/querypulse.toml");
+        let file = FileConfig::load(&example).unwrap();
+        let mut config = Config::new(DEFAULT_DATA_DIR);
+        file.apply(&mut config);
+        assert_eq!(config.grpc_listen.port(), 7171);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_with_a_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\nhttp_listn = \"127.0.0.1:1\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("http_listn") && err.contains("line 2"), "{err}");
+    }
+}

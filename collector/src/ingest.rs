@@ -1,0 +1,386 @@
+//! The gRPC ingest service and the single writer behind it.
+//!
+//! Each agent stream is served by its own task: it checks the token, takes the
+//! `Hello`, validates every batch and hands it to the writer. The writer is one
+//! OS thread that owns all writes: it applies whatever batches are queued,
+//! makes them durable with one fsync for the whole group, and only then lets
+//! the stream tasks acknowledge them. Acknowledgements go out in the order the
+//! batches came in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use querypulse_proto::wire::v1::{self as wire, ingest_server::Ingest};
+use querypulse_proto::{AgentMessage, Batch, CollectorMessage, Fingerprint, FingerprintText, Hello};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::now_ms;
+use crate::store::{ApplyOutcome, Store, StoreError};
+
+/// Batches applied together before one fsync.
+const MAX_GROUP: usize = 512;
+/// Requests queued for the writer before stream tasks wait.
+const WRITER_QUEUE: usize = 1_024;
+/// Unacknowledged batches per stream before the stream stops reading.
+const PIPELINE: usize = 64;
+/// Fingerprint texts one stream may introduce.
+const MAX_STREAM_TEXTS: usize = 100_000;
+
+/// Limits on what the ingest accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// A window may start at most this far ahead of the collector's clock.
+    pub max_future: Duration,
+    /// A window may end at most this far behind the collector's clock.
+    pub max_age: Duration,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_future: Duration::from_secs(300),
+            max_age: Duration::from_secs(2 * 24 * 3600),
+        }
+    }
+}
+
+enum WriteRequest {
+    Hello {
+        hello: Arc<Hello>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Batch {
+        hello: Arc<Hello>,
+        batch: Box<Batch>,
+        texts: Vec<FingerprintText>,
+        reply: oneshot::Sender<Result<ApplyOutcome, StoreError>>,
+    },
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<WriteRequest>,
+}
+
+impl Writer {
+    /// Starts the writer thread. It runs until every `Writer` clone is gone,
+    /// then flushes once more and ends.
+    pub(crate) fn spawn(store: Store) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("querypulse-writer".into())
+            .spawn(move || write_loop(store, rx))?;
+        Ok((Writer { tx }, thread))
+    }
+
+    async fn register(&self, hello: Arc<Hello>) -> Result<(), Status> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(WriteRequest::Hello { hello, reply })
+            .await
+            .map_err(|_| Status::unavailable("the collector is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("the collector is shutting down"))?
+            .map_err(storage_status)
+    }
+}
+
+fn storage_status(error: StoreError) -> Status {
+    tracing::error!(%error, "storage failed while ingesting");
+    Status::unavailable("the collector cannot store data right now; retry later")
+}
+
+fn write_loop(store: Store, mut rx: mpsc::Receiver<WriteRequest>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut replies = Vec::with_capacity(group.len());
+        for request in group.drain(..) {
+            match request {
+                WriteRequest::Hello { hello, reply } => {
+                    let _ = reply.send(store.register_instance(&hello, now));
+                }
+                WriteRequest::Batch {
+                    hello,
+                    batch,
+                    texts,
+                    reply,
+                } => {
+                    replies.push((reply, store.apply(&hello, &batch, &texts, now)));
+                }
+            }
+        }
+        // Acknowledge only what is on disk: one fsync covers the whole group.
+        let flushed = if replies.is_empty() { Ok(0) } else { store.flush() };
+        for (reply, outcome) in replies {
+            let outcome = match &flushed {
+                Ok(_) => outcome,
+                Err(error) => Err(StoreError::Corrupt(format!("flush failed: {error}"))),
+            };
+            let _ = reply.send(outcome);
+        }
+    }
+    if let Err(error) = store.flush() {
+        tracing::error!(%error, "final flush failed");
+    }
+}
+
+/// The `querypulse.v1.Ingest` service.
+pub(crate) struct IngestService {
+    writer: Writer,
+    token: Option<String>,
+    limits: IngestLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    pub(crate) fn new(
+        writer: Writer,
+        token: Option<String>,
+        limits: IngestLimits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        IngestService {
+            writer,
+            token,
+            limits,
+            shutdown,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("the bearer token is not valid"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type ReportStream = ReceiverStream<Result<wire::CollectorMessage, Status>>;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<wire::AgentMessage>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        self.authorize(&request)?;
+        let (out, rx) = mpsc::channel(PIPELINE);
+        let stream = StreamTask {
+            inbound: request.into_inner(),
+            out,
+            writer: self.writer.clone(),
+            limits: self.limits,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// An acknowledgement in the making, kept in arrival order.
+enum Pending {
+    Ready(CollectorMessage),
+    Write {
+        seq: u64,
+        answer: oneshot::Receiver<Result<ApplyOutcome, StoreError>>,
+    },
+}
+
+struct StreamTask {
+    inbound: Streaming<wire::AgentMessage>,
+    out: Outbound,
+    writer: Writer,
+    limits: IngestLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl StreamTask {
+    async fn run(mut self) {
+        let hello = match self.inbound.message().await {
+            Ok(Some(message)) => match AgentMessage::try_from(message) {
+                Ok(AgentMessage::Hello(hello)) => Arc::new(hello),
+                Ok(AgentMessage::Batch(_)) => {
+                    return self
+                        .fail(Status::invalid_argument(
+                            "the first message of a stream must be a hello",
+                        ))
+                        .await;
+                }
+                Err(error) => return self.fail(Status::invalid_argument(error.to_string())).await,
+            },
+            Ok(None) | Err(_) => return,
+        };
+        if let Err(status) = self.writer.register(hello.clone()).await {
+            return self.fail(status).await;
+        }
+        tracing::info!(service = %hello.service, instance = %hello.instance_id, host = %hello.host, "agent connected");
+
+        let (pending_tx, pending_rx) = mpsc::channel(PIPELINE);
+        let acker = tokio::spawn(acknowledge(pending_rx, self.out.clone()));
+        let mut texts: HashMap<Fingerprint, String> = HashMap::new();
+        loop {
+            let message = tokio::select! {
+                _ = self.shutdown.wait_for(|stop| *stop) => break,
+                message = self.inbound.message() => message,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, instance = %hello.instance_id, "agent stream broke");
+                    break;
+                }
+            };
+            let seq = match &message.kind {
+                Some(wire::agent_message::Kind::Batch(batch)) => batch.seq,
+                _ => 0,
+            };
+            let pending = match AgentMessage::try_from(message) {
+                Err(error) => reject(&hello, seq, error.to_string()),
+                Ok(AgentMessage::Hello(_)) => {
+                    let _ = self
+                        .out
+                        .send(Err(Status::invalid_argument("hello sent twice on one stream")))
+                        .await;
+                    break;
+                }
+                Ok(AgentMessage::Batch(batch)) => match self.check_time(&batch) {
+                    Err(reason) => reject(&hello, seq, reason),
+                    Ok(()) => {
+                        for text in &batch.texts {
+                            if texts.len() < MAX_STREAM_TEXTS || texts.contains_key(&text.fingerprint) {
+                                texts.insert(text.fingerprint, text.text.clone());
+                            }
+                        }
+                        let mut offered: Vec<FingerprintText> = batch
+                            .referenced_fingerprints()
+                            .filter_map(|fp| {
+                                texts.get(&fp).map(|text| FingerprintText {
+                                    fingerprint: fp,
+                                    text: text.clone(),
+                                })
+                            })
+                            .collect();
+                        offered.sort_by_key(|t| t.fingerprint);
+                        offered.dedup_by_key(|t| t.fingerprint);
+                        let (reply, answer) = oneshot::channel();
+                        let request = WriteRequest::Batch {
+                            hello: hello.clone(),
+                            batch: Box::new(batch),
+                            texts: offered,
+                            reply,
+                        };
+                        if self.writer.tx.send(request).await.is_err() {
+                            break;
+                        }
+                        Pending::Write { seq, answer }
+                    }
+                },
+            };
+            if pending_tx.send(pending).await.is_err() {
+                break;
+            }
+        }
+        // Let every batch already taken be acknowledged before the stream ends.
+        drop(pending_tx);
+        let _ = acker.await;
+        tracing::info!(service = %hello.service, instance = %hello.instance_id, "agent disconnected");
+    }
+
+    fn check_time(&self, batch: &Batch) -> Result<(), String> {
+        let now = now_ms();
+        let future_ms = batch.window.start_ms.saturating_sub(now);
+        if future_ms > self.limits.max_future.as_millis() as i64 {
+            return Err(format!(
+                "window starts {future_ms} ms in the future; check the agent host's clock"
+            ));
+        }
+        let age_ms = now.saturating_sub(batch.window.end_ms());
+        if age_ms > self.limits.max_age.as_millis() as i64 {
+            return Err(format!("window ended {age_ms} ms ago, beyond the raw retention"));
+        }
+        Ok(())
+    }
+
+    async fn fail(self, status: Status) {
+        tracing::warn!(%status, "refused an agent stream");
+        let _ = self.out.send(Err(status)).await;
+    }
+}
+
+fn reject(hello: &Hello, seq: u64, reason: String) -> Pending {
+    tracing::warn!(service = %hello.service, instance = %hello.instance_id, seq, %reason, "rejected a batch");
+    Pending::Ready(CollectorMessage::Reject { seq, reason })
+}
+
+async fn acknowledge(mut pending: mpsc::Receiver<Pending>, out: Outbound) {
+    while let Some(next) = pending.recv().await {
+        let message = match next {
+            Pending::Ready(message) => Ok(message),
+            Pending::Write { seq, answer } => match answer.await {
+                Ok(Ok(ApplyOutcome::Applied)) => Ok(CollectorMessage::Ack { seq, duplicate: false }),
+                Ok(Ok(ApplyOutcome::Duplicate)) => Ok(CollectorMessage::Ack { seq, duplicate: true }),
+                Ok(Ok(ApplyOutcome::Rejected(reason))) => {
+                    tracing::warn!(seq, %reason, "rejected a batch");
+                    Ok(CollectorMessage::Reject { seq, reason })
+                }
+                Ok(Err(error)) => Err(storage_status(error)),
+                Err(_) => Err(Status::unavailable("the collector is shutting down")),
+            },
+        };
+        let failed = message.is_err();
+        if out
+            .send(message.map(|m| wire::CollectorMessage::from(&m)))
+            .await
+            .is_err()
+            || failed
+        {
+            // The agent is gone, or the stream ends with an error: the agent
+            // resends whatever was not acknowledged.
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_needs_an_exact_match() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

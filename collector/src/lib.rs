@@ -1,0 +1,202 @@
+#![doc = include_str!("../README.md")]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod ingest;
+pub mod read;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use querypulse_proto::wire::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+use ingest::{IngestService, Writer};
+use read::StoreSource;
+use store::{Store, StoreError};
+
+/// How long shutdown waits for servers and open streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the collector could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened (or flushed on shutdown).
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The store directory.
+        path: PathBuf,
+        /// The storage error.
+        source: StoreError,
+    },
+    /// A listen address could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A server or the writer failed.
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// A running collector: gRPC ingest, the writer, the HTTP API and dashboard.
+#[derive(Debug)]
+pub struct Collector {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Opens the store and starts serving. Returns once both listeners are
+    /// bound, so [`Collector::grpc_addr`] and [`Collector::http_addr`] are
+    /// ready to use (port 0 in the config picks free ports).
+    pub async fn start(config: Config) -> Result<Collector, CollectorError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| CollectorError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store_dir = config.data_dir.join("store");
+        let store = {
+            let dir = store_dir.clone();
+            tokio::task::spawn_blocking(move || Store::open(&dir))
+                .await
+                .map_err(|e| CollectorError::Serve(format!("opening the store panicked: {e}")))?
+                .map_err(|source| CollectorError::Store {
+                    path: store_dir.clone(),
+                    source,
+                })?
+        };
+        let grpc_listener = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|source| CollectorError::Bind {
+                what: "gRPC",
+                addr: config.grpc_listen,
+                source,
+            })?;
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| CollectorError::Bind {
+                what: "HTTP",
+                addr: config.http_listen,
+                source,
+            })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| CollectorError::Serve(e.to_string()))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| CollectorError::Serve(e.to_string()))?;
+
+        let (writer, writer_thread) =
+            Writer::spawn(store.clone()).map_err(|e| CollectorError::Serve(format!("cannot start the writer: {e}")))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let ingest = IngestService::new(writer, config.ingest_token.clone(), config.limits, shutdown_rx.clone());
+        let grpc_service = IngestServer::new(ingest)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(1 << 20);
+        let grpc_stop = stopped(shutdown_rx.clone());
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(grpc_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
+        );
+
+        let source = Arc::new(StoreSource::new(store));
+        let app = api::router(source.clone()).merge(querypulse_web::router(source));
+        let http_stop = stopped(shutdown_rx);
+        let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
+
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "collector started");
+        Ok(Collector {
+            grpc_addr,
+            http_addr,
+            shutdown,
+            grpc,
+            http,
+            writer: writer_thread,
+        })
+    }
+
+    /// Where agents connect (`http://` + this address).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the API and the dashboard are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, lets open streams acknowledge what they took, flushes
+    /// the store and closes it, so the data directory can be reopened.
+    pub async fn shutdown(self) -> Result<(), CollectorError> {
+        let _ = self.shutdown.send(true);
+        let grpc = tokio::time::timeout(SHUTDOWN_GRACE, self.grpc).await;
+        let http = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
+        let writer = self.writer;
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|e| CollectorError::Serve(format!("writer join failed: {e}")))?
+            .map_err(|_| CollectorError::Serve("the writer thread panicked".into()))?;
+        server_outcome("gRPC", grpc.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
+        server_outcome("HTTP", http.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
+
+type Joined = Result<Result<Result<(), String>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
+
+fn server_outcome(name: &str, joined: Joined) -> Result<(), CollectorError> {
+    match joined {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(CollectorError::Serve(format!("{name} server: {e}"))),
+        Ok(Err(e)) => Err(CollectorError::Serve(format!("{name} server task: {e}"))),
+        Err(_) => Err(CollectorError::Serve(format!("{name} server did not stop in time"))),
+    }
+}
+
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs a collector until `shutdown` completes, then stops it cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CollectorError> {
+    let collector = Collector::start(config).await?;
+    shutdown.await;
+    collector.shutdown().await
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,93 @@
+//! `querypulse demo`, run as a user runs it: the real binary, real ports, real
+//! HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FIELDS: [&str; 13] = [
+    "fingerprint",
+    "text",
+    "service",
+    "calls",
+    "errors",
+    "total_ms",
+    "mean_ms",
+    "min_ms",
+    "max_ms",
+    "stddev_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_querypulse"))
+        .args(["demo", "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut dashboard = None;
+    for line in stdout.lines() {
+        let line = line.expect("readable stdout");
+        if let Some(url) = line.trim().strip_prefix("dashboard") {
+            dashboard = Some(url.trim().trim_end_matches('/').to_owned());
+            break;
+        }
+    }
+    let base = dashboard.expect("the demo prints its dashboard URL");
+
+    let client = reqwest::Client::new();
+    let mut complete = None;
+    while started.elapsed() < Duration::from_secs(15) && complete.is_none() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(response) = client.get(format!("{base}/api/v1/queries")).send().await else {
+            continue;
+        };
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        complete = body["queries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|q| q["calls"].as_u64().unwrap_or(0) > 0 && FIELDS.iter().all(|f| !q[f].is_null()))
+            .cloned();
+    }
+    let query = complete.unwrap_or_else(|| panic!("no complete query within 15 s of start"));
+    assert!(
+        query["text"].as_str().unwrap().contains('?'),
+        "literals are normalized: {query}"
+    );
+
+    let page = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Top queries"), "the dashboard renders");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "the demo exits cleanly on SIGTERM: {exit}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
