@@ -1,0 +1,103 @@
+//! Support for querypulse's end-to-end tests: a real collector started
+//! in-process on free ports, and helpers to read its HTTP API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use querypulse_collector::{Collector, Config};
+use serde_json::Value;
+
+/// A collector on free ports of 127.0.0.1.
+#[derive(Debug)]
+pub struct TestCollector {
+    /// The running collector.
+    pub collector: Collector,
+    http: reqwest::Client,
+}
+
+impl TestCollector {
+    /// Starts a collector on `data_dir`.
+    pub async fn start(data_dir: &Path) -> TestCollector {
+        Self::start_with(Config::ephemeral(data_dir)).await
+    }
+
+    /// Starts a collector with `config`.
+    pub async fn start_with(config: Config) -> TestCollector {
+        let collector = Collector::start(config).await.expect("the collector starts");
+        TestCollector {
+            collector,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The gRPC endpoint agents connect to.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.collector.grpc_addr())
+    }
+
+    /// An absolute URL on the HTTP side.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.collector.http_addr())
+    }
+
+    /// GET `path`; returns the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(self.url(path)).send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("HTTP body"))
+    }
+
+    /// GET `path` and parse JSON; panics unless the status is 200.
+    #[track_caller]
+    pub fn get_json(&self, path: &str) -> impl std::future::Future<Output = Value> + '_ {
+        let path = path.to_owned();
+        async move {
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {body}"))
+        }
+    }
+
+    /// Stops the collector, releasing its data directory.
+    pub async fn stop(self) {
+        self.collector.shutdown().await.expect("the collector stops cleanly");
+    }
+}
+
+/// The exact `q` quantile of `values` by the nearest-rank definition.
+pub fn exact_quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Asserts `actual` is within `tolerance` (relative) of `expected`.
+#[track_caller]
+pub fn assert_close(what: &str, actual: f64, expected: f64, tolerance: f64) {
+    let error = (actual - expected).abs() / expected.abs().max(f64::MIN_POSITIVE);
+    assert!(
+        error <= tolerance,
+        "{what}: got {actual}, expected {expected} (error {:.3} % > {:.3} %)",
+        error * 100.0,
+        tolerance * 100.0
+    );
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,314 @@
+//! One query, recorded in two service instances, reaches a number in the API
+//! and on the dashboard — through real agents, a real gRPC stream, the sled
+//! store and real HTTP.
+
+use std::time::Duration;
+
+use querypulse_agent::{Agent, Outcome};
+use querypulse_e2e::{TestCollector, assert_close, exact_quantile};
+use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
+use querypulse_proto::{Batch, Fingerprint, FingerprintText, Hello, QueryStats, Window};
+use serde_json::Value;
+
+const SQL: &str = "SELECT * FROM invoices WHERE customer_id = 17 AND status = 'open'";
+const NORMALIZED: &str = "select * from invoices where customer_id = ? and status = ?";
+const HOSTILE_SQL: &str = "SELECT * FROM \"<script>alert(1)</script>\" WHERE id = 1";
+
+fn agent(endpoint: &str) -> Agent {
+    Agent::builder("billing")
+        .endpoint(endpoint)
+        .interval(Duration::from_secs(60))
+        .start()
+        .expect("the agent starts")
+}
+
+fn find<'a>(queries: &'a Value, text: &str) -> &'a Value {
+    queries["queries"]
+        .as_array()
+        .expect("a queries array")
+        .iter()
+        .find(|q| q["text"] == text)
+        .unwrap_or_else(|| panic!("no query {text:?} in {queries}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_merge_into_true_fleet_percentiles_that_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    let (a, b) = (agent(&collector.endpoint()), agent(&collector.endpoint()));
+
+    // Instance A: 1,000 fast executions (0.1 ms .. 100 ms); instance B: 100 slow
+    // ones (100 ms .. 1,000 ms). Averaging the two instances' p99 would say
+    // ~545 ms; the merged truth is ~990 ms.
+    let mut all_ms = Vec::new();
+    for i in 1..=1_000u64 {
+        let ms = i as f64 / 10.0;
+        let outcome = if i % 100 == 0 {
+            Outcome::sqlstate("40001")
+        } else {
+            Outcome::rows(1)
+        };
+        a.record_query(SQL, Duration::from_micros(i * 100), outcome);
+        all_ms.push(ms);
+    }
+    for i in 1..=100u64 {
+        let ms = 100.0 + i as f64 * 9.0;
+        let outcome = if i % 10 == 0 {
+            Outcome::sqlstate("57014")
+        } else {
+            Outcome::OK
+        };
+        b.record_query(
+            &SQL.replace("17", &i.to_string()),
+            Duration::from_micros((ms * 1_000.0) as u64),
+            outcome,
+        );
+        all_ms.push(ms);
+    }
+    b.record_query(HOSTILE_SQL, Duration::from_millis(2), Outcome::OK);
+    a.flush().await.expect("instance A's window is acknowledged");
+    b.flush().await.expect("instance B's window is acknowledged");
+
+    let queries = collector.get_json("/api/v1/queries?service=billing").await;
+    let q = find(&queries, NORMALIZED);
+    assert_eq!(q["service"], "billing");
+    assert_eq!(q["calls"], 1_100);
+    assert_eq!(q["errors"], 10 + 10);
+    let fingerprint = q["fingerprint"].as_str().unwrap();
+    assert_eq!(fingerprint.len(), 16);
+    assert!(fingerprint.parse::<Fingerprint>().is_ok());
+    let total: f64 = all_ms.iter().sum();
+    assert_close("total_ms", q["total_ms"].as_f64().unwrap(), total, 1e-9);
+    assert_close(
+        "mean_ms",
+        q["mean_ms"].as_f64().unwrap(),
+        total / all_ms.len() as f64,
+        1e-9,
+    );
+    assert_close("min_ms", q["min_ms"].as_f64().unwrap(), 0.1, 1e-9);
+    assert_close("max_ms", q["max_ms"].as_f64().unwrap(), 1_000.0, 1e-9);
+    let mean = total / all_ms.len() as f64;
+    let stddev = (all_ms.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / all_ms.len() as f64).sqrt();
+    assert_close("stddev_ms", q["stddev_ms"].as_f64().unwrap(), stddev, 1e-6);
+    for (field, quantile) in [("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
+        assert_close(
+            field,
+            q[field].as_f64().unwrap(),
+            exact_quantile(&all_ms, quantile),
+            0.01,
+        );
+    }
+
+    let services = collector.get_json("/api/v1/services").await;
+    assert_eq!(services["services"][0]["name"], "billing");
+    assert_eq!(services["services"][0]["instances"], 2);
+
+    // The dashboard lists the query and escapes what the SQL text carries.
+    let (status, page) = collector.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(NORMALIZED), "the top query is on the page");
+    let escaped = [
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&#60;script&#62;alert(1)&#60;/script&#62;",
+    ];
+    assert!(
+        escaped.iter().any(|e| page.contains(e)),
+        "the hostile identifier is shown escaped: {page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "no raw script tag reaches the page");
+
+    // A restart on the same data directory changes nothing.
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let before = collector.get_json("/api/v1/queries?service=billing").await["queries"].clone();
+    collector.stop().await;
+    let collector = TestCollector::start(data.path()).await;
+    let after = collector.get_json("/api/v1/queries?service=billing").await["queries"].clone();
+    assert_eq!(before, after);
+    collector.stop().await;
+}
+
+async fn open_stream(
+    endpoint: String,
+    hello: &Hello,
+) -> (
+    tokio::sync::mpsc::Sender<wire::AgentMessage>,
+    tonic::Streaming<wire::CollectorMessage>,
+) {
+    let mut client = IngestClient::connect(endpoint).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Hello(hello.into())),
+    })
+    .await
+    .unwrap();
+    let response = client
+        .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens");
+    (tx, response.into_inner())
+}
+
+async fn send_batch(
+    tx: &tokio::sync::mpsc::Sender<wire::AgentMessage>,
+    inbound: &mut tonic::Streaming<wire::CollectorMessage>,
+    batch: &Batch,
+) -> wire::collector_message::Kind {
+    tx.send(wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Batch(batch.into())),
+    })
+    .await
+    .unwrap();
+    inbound
+        .message()
+        .await
+        .expect("a reply")
+        .expect("the stream stays open")
+        .kind
+        .expect("a reply kind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_batch_is_counted_once() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    let hello = Hello {
+        service: "ledger".into(),
+        instance_id: "resender-1".into(),
+        ..Hello::default()
+    };
+    let text = "select balance from accounts where id = ?";
+    let fingerprint = Fingerprint::of_normalized(text);
+    let mut stats = QueryStats::new(fingerprint);
+    for us in [1_000, 2_000, 3_000] {
+        stats.record(us, 1, None);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut batch = Batch::new(1, Window::containing(now, 10_000));
+    batch.queries.push(stats);
+    batch.texts.push(FingerprintText {
+        fingerprint,
+        text: text.into(),
+    });
+
+    let (tx, mut inbound) = open_stream(collector.endpoint(), &hello).await;
+    let first = send_batch(&tx, &mut inbound, &batch).await;
+    assert_eq!(
+        first,
+        wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 1,
+            duplicate: false
+        })
+    );
+    let again = send_batch(&tx, &mut inbound, &batch).await;
+    assert_eq!(
+        again,
+        wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 1,
+            duplicate: true
+        })
+    );
+    drop(tx);
+
+    // After a reconnect, as an agent would after losing an acknowledgement.
+    let (tx, mut inbound) = open_stream(collector.endpoint(), &hello).await;
+    let resent = send_batch(&tx, &mut inbound, &batch).await;
+    assert_eq!(
+        resent,
+        wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 1,
+            duplicate: true
+        })
+    );
+
+    // A batch that refers to a fingerprint whose text was never sent is
+    // rejected by sequence number, and the stream stays usable.
+    let mut unknown = Batch::new(2, batch.window);
+    let mut stray = QueryStats::new(Fingerprint::new(0xdead_beef));
+    stray.record(5, 0, None);
+    unknown.queries.push(stray);
+    match send_batch(&tx, &mut inbound, &unknown).await {
+        wire::collector_message::Kind::Reject(reject) => {
+            assert_eq!(reject.seq, 2);
+            assert!(reject.reason.contains("unknown"), "{}", reject.reason);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let mut next = batch.clone();
+    next.seq = 3;
+    next.texts.clear(); // already known to the collector
+    assert_eq!(
+        send_batch(&tx, &mut inbound, &next).await,
+        wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 3,
+            duplicate: false
+        })
+    );
+    drop(tx);
+
+    let queries = collector.get_json("/api/v1/queries?service=ledger").await;
+    assert_eq!(
+        find(&queries, text)["calls"],
+        6,
+        "batch 1 once, batch 3 once, the rejected batch never"
+    );
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_json_error_not_a_500() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    for (path, status, needle) in [
+        ("/api/v1/queries?from=yesterday", 400, "from="),
+        ("/api/v1/queries?to=2026-13-45T00:00:00Z", 400, "to="),
+        ("/api/v1/queries?from=2000&to=1000", 400, "earlier"),
+        ("/api/v1/queries?servce=x", 400, "unknown parameter"),
+        ("/api/v1/queries?service=nobody", 404, "nobody"),
+        ("/api/v1/nothing-here", 404, "no such API endpoint"),
+    ] {
+        let (got, body) = collector.get(path).await;
+        assert_eq!(got, status, "GET {path}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("GET {path}: not JSON: {body}"));
+        let message = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("GET {path}: no error field: {body}"));
+        assert!(message.contains(needle), "GET {path}: {message}");
+    }
+    let (status, body) = collector.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = querypulse_collector::Config::ephemeral(data.path());
+    config.ingest_token = Some("s3cret".into());
+    let collector = TestCollector::start_with(config).await;
+
+    let intruder = Agent::builder("billing")
+        .endpoint(collector.endpoint())
+        .token("wrong")
+        .shutdown_timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    intruder.record_query("select 1", Duration::from_millis(1), Outcome::OK);
+    assert!(
+        intruder.flush().await.is_err(),
+        "nothing is acknowledged without the token"
+    );
+    assert!(intruder.stats().counters.send_errors > 0);
+
+    let member = Agent::builder("billing")
+        .endpoint(collector.endpoint())
+        .token("s3cret")
+        .start()
+        .unwrap();
+    member.record_query("select 1", Duration::from_millis(1), Outcome::OK);
+    member.flush().await.expect("acknowledged with the right token");
+    let queries = collector.get_json("/api/v1/queries").await;
+    assert_eq!(find(&queries, "select ?")["calls"], 1);
+    member.shutdown().await.unwrap();
+    collector.stop().await;
+}
