@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::IngestLimits;
+use crate::retention::Retention;
+use crate::store::Limits;
 
 /// Data directory used when none is given.
 pub const DEFAULT_DATA_DIR: &str = "./querypulse-data";
@@ -29,10 +31,16 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// When set, agents must present this bearer token.
     pub ingest_token: Option<String>,
+    /// Token for changes through the API; without it the API is read-only.
+    pub admin_token: Option<String>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
     /// Time bounds on accepted windows.
     pub limits: IngestLimits,
+    /// Retention at first start (later changes live in the catalog).
+    pub retention: Retention,
+    /// Per-service limits of the store.
+    pub store_limits: Limits,
 }
 
 impl Config {
@@ -43,8 +51,11 @@ impl Config {
             grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default address"),
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
             ingest_token: None,
+            admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             limits: IngestLimits::default(),
+            retention: Retention::default(),
+            store_limits: Limits::default(),
         }
     }
 
@@ -69,6 +80,8 @@ pub struct FileConfig {
     pub http_listen: Option<SocketAddr>,
     /// See [`Config::ingest_token`].
     pub ingest_token: Option<String>,
+    /// See [`Config::admin_token`].
+    pub admin_token: Option<String>,
     /// See [`Config::max_message_bytes`].
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
@@ -122,6 +135,9 @@ impl FileConfig {
         }
         if let Some(v) = self.ingest_token {
             config.ingest_token = Some(v);
+        }
+        if let Some(v) = self.admin_token {
+            config.admin_token = Some(v);
         }
         if let Some(v) = self.max_message_bytes {
             config.max_message_bytes = v;

@@ -2,10 +2,11 @@
 //!
 //! Each agent stream is served by its own task: it checks the token, takes the
 //! `Hello`, validates every batch and hands it to the writer. The writer is one
-//! OS thread that owns all writes: it applies whatever batches are queued,
-//! makes them durable with one fsync for the whole group, and only then lets
-//! the stream tasks acknowledge them. Acknowledgements go out in the order the
-//! batches came in.
+//! OS thread that owns all writes: it logs whatever batches are queued with
+//! one fsync for the whole group, applies them, and only then lets the stream
+//! tasks acknowledge them. Acknowledgements go out in the order the batches
+//! came in. Between groups (at least once a second) it runs the store's
+//! maintenance: compaction, retention, checkpoints.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,10 +20,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::now_ms;
-use crate::store::{ApplyOutcome, Store, StoreError};
+use crate::store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
 
 /// Batches applied together before one fsync.
 const MAX_GROUP: usize = 512;
+/// How often the writer runs a maintenance pass, and for how long at most.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+const MAINTENANCE_BUDGET: Duration = Duration::from_millis(50);
 /// Requests queued for the writer before stream tasks wait.
 const WRITER_QUEUE: usize = 1_024;
 /// Unacknowledged batches per stream before the stream stops reading.
@@ -30,20 +34,18 @@ const PIPELINE: usize = 64;
 /// Fingerprint texts one stream may introduce.
 const MAX_STREAM_TEXTS: usize = 100_000;
 
-/// Limits on what the ingest accepts.
+/// Limits on what the ingest accepts. The oldest window accepted follows the
+/// store's raw retention.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
     /// A window may start at most this far ahead of the collector's clock.
     pub max_future: Duration,
-    /// A window may end at most this far behind the collector's clock.
-    pub max_age: Duration,
 }
 
 impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
             max_future: Duration::from_secs(300),
-            max_age: Duration::from_secs(2 * 24 * 3600),
         }
     }
 }
@@ -54,11 +56,10 @@ enum WriteRequest {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Batch {
-        hello: Arc<Hello>,
-        batch: Box<Batch>,
-        texts: Vec<FingerprintText>,
+        request: Box<BatchRequest>,
         reply: oneshot::Sender<Result<ApplyOutcome, StoreError>>,
     },
+    Maintain,
 }
 
 /// Handle to the writer thread.
@@ -68,13 +69,24 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread. It runs until every `Writer` clone is gone,
-    /// then flushes once more and ends.
-    pub(crate) fn spawn(store: Store) -> std::io::Result<(Writer, JoinHandle<()>)> {
+    /// Starts the writer thread and its maintenance timer. The thread runs
+    /// until every `Writer` clone is gone, then takes a final checkpoint.
+    pub(crate) fn spawn(writer: StoreWriter) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let thread = std::thread::Builder::new()
             .name("querypulse-writer".into())
-            .spawn(move || write_loop(store, rx))?;
+            .spawn(move || write_loop(writer, rx))?;
+        let timer = tx.downgrade();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(MAINTENANCE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                let Some(tx) = timer.upgrade() else { break };
+                // A full queue means the writer is busy: skip this pass.
+                let _ = tx.try_send(WriteRequest::Maintain);
+            }
+        });
         Ok((Writer { tx }, thread))
     }
 
@@ -96,7 +108,7 @@ fn storage_status(error: StoreError) -> Status {
     Status::unavailable("the collector cannot store data right now; retry later")
 }
 
-fn write_loop(store: Store, mut rx: mpsc::Receiver<WriteRequest>) {
+fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -107,40 +119,50 @@ fn write_loop(store: Store, mut rx: mpsc::Receiver<WriteRequest>) {
             }
         }
         let now = now_ms();
-        let mut replies = Vec::with_capacity(group.len());
+        let mut batches = Vec::new();
+        let mut replies = Vec::new();
+        let mut maintain = false;
         for request in group.drain(..) {
             match request {
                 WriteRequest::Hello { hello, reply } => {
-                    let _ = reply.send(store.register_instance(&hello, now));
+                    let _ = reply.send(writer.register(&hello, now));
                 }
-                WriteRequest::Batch {
-                    hello,
-                    batch,
-                    texts,
-                    reply,
-                } => {
-                    replies.push((reply, store.apply(&hello, &batch, &texts, now)));
+                WriteRequest::Batch { request, reply } => {
+                    batches.push(*request);
+                    replies.push(reply);
+                }
+                WriteRequest::Maintain => maintain = true,
+            }
+        }
+        if !batches.is_empty() {
+            // Acknowledge only what is logged on disk: one fsync covers the group.
+            match writer.write(batches, now) {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "writing a group of batches failed; agents will resend");
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Io(error.to_string())));
+                    }
                 }
             }
         }
-        // Acknowledge only what is on disk: one fsync covers the whole group.
-        let flushed = if replies.is_empty() { Ok(0) } else { store.flush() };
-        for (reply, outcome) in replies {
-            let outcome = match &flushed {
-                Ok(_) => outcome,
-                Err(error) => Err(StoreError::Corrupt(format!("flush failed: {error}"))),
-            };
-            let _ = reply.send(outcome);
+        if maintain && let Err(error) = writer.maintain(now, MAINTENANCE_BUDGET) {
+            tracing::error!(%error, "store maintenance failed");
         }
     }
-    if let Err(error) = store.flush() {
-        tracing::error!(%error, "final flush failed");
+    if let Err(error) = writer.checkpoint() {
+        tracing::error!(%error, "final checkpoint failed; the log will be replayed at the next start");
     }
 }
 
 /// The `querypulse.v1.Ingest` service.
 pub(crate) struct IngestService {
     writer: Writer,
+    store: Store,
     token: Option<String>,
     limits: IngestLimits,
     shutdown: watch::Receiver<bool>,
@@ -149,12 +171,14 @@ pub(crate) struct IngestService {
 impl IngestService {
     pub(crate) fn new(
         writer: Writer,
+        store: Store,
         token: Option<String>,
         limits: IngestLimits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         IngestService {
             writer,
+            store,
             token,
             limits,
             shutdown,
@@ -179,7 +203,8 @@ impl IngestService {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without leaking where they differ through timing.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -199,6 +224,7 @@ impl Ingest for IngestService {
             inbound: request.into_inner(),
             out,
             writer: self.writer.clone(),
+            store: self.store.clone(),
             limits: self.limits,
             shutdown: self.shutdown.clone(),
         };
@@ -220,6 +246,7 @@ struct StreamTask {
     inbound: Streaming<wire::AgentMessage>,
     out: Outbound,
     writer: Writer,
+    store: Store,
     limits: IngestLimits,
     shutdown: watch::Receiver<bool>,
 }
@@ -294,10 +321,13 @@ impl StreamTask {
                         offered.sort_by_key(|t| t.fingerprint);
                         offered.dedup_by_key(|t| t.fingerprint);
                         let (reply, answer) = oneshot::channel();
-                        let request = WriteRequest::Batch {
+                        let request = BatchRequest {
                             hello: hello.clone(),
-                            batch: Box::new(batch),
+                            batch,
                             texts: offered,
+                        };
+                        let request = WriteRequest::Batch {
+                            request: Box::new(request),
                             reply,
                         };
                         if self.writer.tx.send(request).await.is_err() {
@@ -326,8 +356,11 @@ impl StreamTask {
             ));
         }
         let age_ms = now.saturating_sub(batch.window.end_ms());
-        if age_ms > self.limits.max_age.as_millis() as i64 {
-            return Err(format!("window ended {age_ms} ms ago, beyond the raw retention"));
+        let max_age_ms = self.store.retention().raw().as_millis() as i64;
+        if age_ms > max_age_ms {
+            return Err(format!(
+                "window ended {age_ms} ms ago, beyond the raw retention of {max_age_ms} ms"
+            ));
         }
         Ok(())
     }

@@ -327,6 +327,57 @@ pub struct PoolStats {
     pub leak_samples: Vec<LeakSample>,
 }
 
+impl Gauge {
+    /// Combines an earlier window's gauge with a later one's.
+    pub fn then(self, later: Gauge) -> Gauge {
+        Gauge {
+            last: later.last,
+            peak: self.peak.max(later.peak),
+        }
+    }
+}
+
+impl PoolStats {
+    /// Folds a later window of the same pool into `self`: counters and
+    /// histograms add, peaks take the maximum, "last" values and the
+    /// configuration come from the later window.
+    pub fn merge_later(&mut self, later: &PoolStats) {
+        self.db_system = later.db_system;
+        self.max_size = later.max_size;
+        self.min_idle = later.min_idle;
+        self.size = self.size.then(later.size);
+        self.idle = self.idle.then(later.idle);
+        self.in_use = self.in_use.then(later.in_use);
+        self.waiting = self.waiting.then(later.waiting);
+        self.acquires = self.acquires.saturating_add(later.acquires);
+        self.releases = self.releases.saturating_add(later.releases);
+        self.timeouts = self.timeouts.saturating_add(later.timeouts);
+        self.errors = self.errors.saturating_add(later.errors);
+        self.connections_created = self.connections_created.saturating_add(later.connections_created);
+        self.connections_closed = self.connections_closed.saturating_add(later.connections_closed);
+        self.acquire_wait.add(&later.acquire_wait);
+        self.hold_time.add(&later.hold_time);
+        self.leaks = self.leaks.saturating_add(later.leaks);
+        self.leak_threshold_ms = later.leak_threshold_ms;
+        self.leak_samples.extend(later.leak_samples.iter().cloned());
+        let keep = self.leak_samples.len().saturating_sub(MAX_KEPT_LEAK_SAMPLES);
+        self.leak_samples.drain(..keep);
+    }
+
+    /// In-use connections over the maximum size, using the window's peak
+    /// (0 when the maximum is unknown).
+    pub fn peak_utilization(&self) -> f64 {
+        if self.max_size == 0 {
+            0.0
+        } else {
+            f64::from(self.in_use.peak) / f64::from(self.max_size)
+        }
+    }
+}
+
+/// Leak samples kept per pool window after merging.
+pub const MAX_KEPT_LEAK_SAMPLES: usize = 8;
+
 /// Health checks of one pool over one window.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HealthCheckStats {
@@ -344,6 +395,20 @@ pub struct HealthCheckStats {
     pub last_ok: bool,
     /// Error of the last failed check.
     pub last_error: String,
+}
+
+impl HealthCheckStats {
+    /// Folds a later window of the same pool's checks into `self`.
+    pub fn merge_later(&mut self, later: &HealthCheckStats) {
+        self.checks = self.checks.saturating_add(later.checks);
+        self.failures = self.failures.saturating_add(later.failures);
+        self.latency.add(&later.latency);
+        if later.checks > 0 || later.last_check_ms > self.last_check_ms {
+            self.last_check_ms = later.last_check_ms;
+            self.last_ok = later.last_ok;
+            self.last_error.clone_from(&later.last_error);
+        }
+    }
 }
 
 /// One execution slower than the threshold.
@@ -375,7 +440,7 @@ pub struct FingerprintText {
 }
 
 /// The agent's own counters, cumulative since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct AgentCounters {
     /// Batches dropped from a full outbox.
     pub dropped_batches: u64,
@@ -495,6 +560,32 @@ mod tests {
         assert_eq!(empty.min_us, 50);
         empty.merge(&QueryStats::new(fp));
         assert_eq!(empty.min_us, 50);
+    }
+
+    #[test]
+    fn pool_windows_fold_counters_peaks_and_last_values() {
+        let mut earlier = PoolStats {
+            pool: "main".into(),
+            max_size: 10,
+            acquires: 5,
+            ..PoolStats::default()
+        };
+        earlier.in_use = Gauge { last: 9, peak: 10 };
+        earlier.acquire_wait.record(100);
+        let mut later = PoolStats {
+            pool: "main".into(),
+            max_size: 12,
+            acquires: 7,
+            timeouts: 1,
+            ..PoolStats::default()
+        };
+        later.in_use = Gauge { last: 2, peak: 4 };
+        later.acquire_wait.record(300);
+        earlier.merge_later(&later);
+        assert_eq!((earlier.acquires, earlier.timeouts, earlier.max_size), (12, 1, 12));
+        assert_eq!(earlier.in_use, Gauge { last: 2, peak: 10 });
+        assert_eq!(earlier.acquire_wait.count(), 2);
+        assert!((earlier.peak_utilization() - 10.0 / 12.0).abs() < 1e-9);
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! Background work of the writer: checkpoints, compaction, retention and
+//! the size cap. Each pass is bounded in time so ingest never waits long.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use querypulse_proto::{HealthCheckStats, PoolStats, QueryStats};
+
+use super::catalog::SeriesKey;
+use super::codec::{WindowValue, decode_chunk, encode_chunk, key};
+use super::partition::{Partition, Tier};
+use super::write::COMPACTION_GRACE_MS;
+use super::{StoreError, StoreWriter};
+
+/// A checkpoint is taken at least this often while data arrives.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Chunks written by compaction.
+    pub chunks_compacted: usize,
+    /// Single windows folded into chunks.
+    pub windows_compacted: usize,
+    /// Partitions deleted by retention or the size cap.
+    pub partitions_dropped: usize,
+    /// Whether a checkpoint was taken.
+    pub checkpointed: bool,
+}
+
+impl StoreWriter {
+    /// Runs one maintenance pass: retention and size cap, compaction (for at
+    /// most `budget`), and a checkpoint when one is due.
+    pub fn maintain(&mut self, now_ms: i64, budget: Duration) -> Result<MaintenanceReport, StoreError> {
+        let started = Instant::now();
+        let mut report = MaintenanceReport {
+            partitions_dropped: self.expire(now_ms)?,
+            ..Default::default()
+        };
+        self.compact(now_ms, started + budget, &mut report)?;
+        if self.state.applied_since_checkpoint.is_some() && self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint()?;
+            report.checkpointed = true;
+        }
+        Ok(report)
+    }
+
+    /// Flushes every database written since the last checkpoint, then drops
+    /// the log entries they now hold on disk.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let partitions = self.store.partitions();
+        for (tier, start) in std::mem::take(&mut self.state.dirty) {
+            if let Some(partition) = partitions.get(tier, start) {
+                partition.db.flush()?;
+            }
+        }
+        self.store.catalog().meta().flush()?;
+        if let Some(applied) = self.state.applied_since_checkpoint.take() {
+            self.wal.truncate_through(applied)?;
+        }
+        self.state.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Deletes partitions past their retention, then, while the store is over
+    /// its size cap, the partition oldest relative to its tier's retention.
+    fn expire(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        let retention = self.store.retention();
+        let keep_ms = |tier: Tier| {
+            1_000
+                * match tier {
+                    Tier::Raw => retention.raw_seconds,
+                    Tier::Minute => retention.minute_seconds,
+                    Tier::Hour => retention.hour_seconds,
+                } as i64
+        };
+        let store = self.store.clone();
+        let partitions = store.partitions();
+        let mut dropped = 0;
+        for partition in partitions.all() {
+            if partition.end_ms() <= now_ms - keep_ms(partition.tier) {
+                self.drop_partition(&partition)?;
+                dropped += 1;
+            }
+        }
+        if let Some(max_bytes) = retention.max_bytes {
+            while store.disk_bytes() > max_bytes {
+                // The partition whose age is the largest share of its tier's
+                // retention, never the newest one of a tier.
+                let mut newest: BTreeMap<Tier, i64> = BTreeMap::new();
+                for p in partitions.all() {
+                    let start = newest.entry(p.tier).or_insert(p.start_ms);
+                    *start = (*start).max(p.start_ms);
+                }
+                let victim = partitions
+                    .all()
+                    .into_iter()
+                    .filter(|p| newest.get(&p.tier) != Some(&p.start_ms))
+                    .max_by(|a, b| {
+                        let share = |p: &Partition| (now_ms - p.end_ms()) as f64 / keep_ms(p.tier).max(1) as f64;
+                        share(a).total_cmp(&share(b))
+                    });
+                let Some(victim) = victim else {
+                    tracing::warn!(
+                        max_bytes,
+                        "store is over its size cap but only current partitions remain"
+                    );
+                    break;
+                };
+                tracing::warn!(
+                    tier = victim.tier.name(),
+                    start_ms = victim.start_ms,
+                    max_bytes,
+                    "size cap: dropping a partition early"
+                );
+                self.drop_partition(&victim)?;
+                dropped += 1;
+            }
+        }
+        self.expire_markers(now_ms - keep_ms(Tier::Raw) - 86_400_000)?;
+        Ok(dropped)
+    }
+
+    fn drop_partition(&mut self, partition: &Partition) -> Result<(), StoreError> {
+        let (tier, start) = (partition.tier, partition.start_ms);
+        tracing::info!(tier = tier.name(), start_ms = start, "dropping an expired partition");
+        self.state.dirty.remove(&(tier, start));
+        self.state
+            .pending_chunks
+            .retain(|(t, _, chunk)| *t != tier || *chunk < start || *chunk >= partition.end_ms());
+        self.state
+            .slow_counts
+            .retain(|(part, _), _| tier != Tier::Raw || *part != start);
+        self.store.partitions().remove(tier, start)
+    }
+
+    /// Deletes applied-batch markers of days before `before_ms`: batches that
+    /// old are refused anyway.
+    fn expire_markers(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        let meta = self.store.catalog().meta();
+        let end = {
+            let mut k = vec![b'a'];
+            k.extend_from_slice(&key::time(before_ms));
+            k
+        };
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for k in meta.range(&b"a"[..]..&end[..]).keys() {
+            batch.remove(k?);
+            any = true;
+        }
+        if any {
+            meta.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Compacts chunks whose span (plus a grace period for late windows) has
+    /// passed, oldest first, until `deadline`.
+    fn compact(&mut self, now_ms: i64, deadline: Instant, report: &mut MaintenanceReport) -> Result<(), StoreError> {
+        for partition in self.store.partitions().all() {
+            let tier = partition.tier;
+            let ready_before = now_ms - tier.chunk_ms() - COMPACTION_GRACE_MS;
+            let end = {
+                let mut k = vec![b'c'];
+                k.extend_from_slice(&key::time(ready_before + 1));
+                k
+            };
+            let pending: Vec<(i64, u32)> = partition
+                .db
+                .range(&b"c"[..]..&end[..])
+                .keys()
+                .filter_map(|k| k.ok().and_then(|k| key::parse_pending_chunk(&k)))
+                .collect();
+            for (chunk_start, series) in pending {
+                if Instant::now() >= deadline {
+                    return Ok(());
+                }
+                let folded = match self.store.catalog().series(series) {
+                    Some(SeriesKey::Query { .. }) => compact_one::<QueryStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::Pool { .. }) => compact_one::<PoolStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::Health { .. }) => compact_one::<HealthCheckStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::InstanceQueries { .. }) | None => {
+                        partition.db.remove(key::pending_chunk(chunk_start, series))?;
+                        0
+                    }
+                };
+                self.state.pending_chunks.remove(&(tier, series, chunk_start));
+                self.state.dirty.insert((tier, partition.start_ms));
+                if folded > 0 {
+                    report.chunks_compacted += 1;
+                    report.windows_compacted += folded;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-encodes every window of `series` in the chunk starting at
+/// `chunk_start` as one compressed chunk; returns how many single windows
+/// were folded in.
+fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: i64) -> Result<usize, StoreError> {
+    let tier = partition.tier;
+    let from = key::window(series, chunk_start, key::SINGLE);
+    let to = key::window(series, chunk_start + tier.chunk_ms(), key::SINGLE);
+    let mut windows: BTreeMap<i64, V> = BTreeMap::new();
+    let mut batch = sled::Batch::default();
+    let mut singles = 0;
+    for entry in partition.db.range(from..to) {
+        let (k, v) = entry?;
+        let Some((_, at, kind)) = key::parse_window(&k) else {
+            continue;
+        };
+        if kind == key::CHUNK {
+            for (t, value) in decode_chunk::<V>(&v)? {
+                windows.insert(t, value);
+            }
+        } else {
+            let value = V::decode(&v)?;
+            match windows.get_mut(&at) {
+                Some(existing) => existing.merge(&value),
+                None => {
+                    windows.insert(at, value);
+                }
+            }
+            batch.remove(k);
+            singles += 1;
+        }
+    }
+    if singles > 0 {
+        let windows: Vec<(i64, V)> = windows.into_iter().collect();
+        batch.insert(
+            &key::window(series, chunk_start, key::CHUNK)[..],
+            encode_chunk(&windows),
+        );
+    }
+    batch.remove(&key::pending_chunk(chunk_start, series)[..]);
+    partition.db.apply_batch(batch)?;
+    Ok(singles)
+}

@@ -1,0 +1,485 @@
+//! Store behaviour a user relies on: exact merges and rollups, idempotent
+//! resends, late windows, compaction, retention, crash recovery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use querypulse_proto::{
+    Batch, Fingerprint, FingerprintText, Gauge, Hello, PoolStats, QueryStats, SlowQuerySample, Window,
+};
+
+use super::codec::key;
+use super::partition::floor;
+use super::*;
+use crate::retention::Retention;
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// A fixed "now" far from partition boundaries: 2026-11-27T10:00:00Z.
+const NOW: i64 = 1_795_773_600_000;
+const TEXT: &str = "select * from orders where id = ?";
+
+fn fingerprint() -> Fingerprint {
+    Fingerprint::of_normalized(TEXT)
+}
+
+fn hello(instance: &str) -> Arc<Hello> {
+    Arc::new(Hello {
+        service: "orders".into(),
+        instance_id: instance.into(),
+        ..Hello::default()
+    })
+}
+
+fn stats(latencies: &[u64]) -> QueryStats {
+    let mut s = QueryStats::new(fingerprint());
+    for (i, us) in latencies.iter().enumerate() {
+        s.record(*us, 1, (i % 4 == 3).then_some("40001"));
+    }
+    s
+}
+
+fn batch(seq: u64, start_ms: i64, latencies: &[u64]) -> Batch {
+    let mut b = Batch::new(
+        seq,
+        Window {
+            start_ms,
+            length_ms: 10_000,
+        },
+    );
+    b.queries.push(stats(latencies));
+    b
+}
+
+fn request(instance: &str, batch: Batch) -> BatchRequest {
+    BatchRequest {
+        hello: hello(instance),
+        batch,
+        texts: vec![FingerprintText {
+            fingerprint: fingerprint(),
+            text: TEXT.into(),
+        }],
+    }
+}
+
+fn open(dir: &std::path::Path) -> (Store, StoreWriter) {
+    Store::open(dir, Retention::default(), Limits::default()).unwrap()
+}
+
+fn write(writer: &mut StoreWriter, requests: Vec<BatchRequest>) -> Vec<ApplyOutcome> {
+    writer.write(requests, NOW).unwrap()
+}
+
+fn service(store: &Store) -> u32 {
+    store.service_id("orders").unwrap()
+}
+
+#[test]
+fn instances_merge_into_one_series_and_resends_count_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let t = NOW - 5 * MINUTE;
+    let outcomes = write(
+        &mut writer,
+        vec![
+            request("a", batch(1, t, &[100, 200])),
+            request("b", batch(1, t, &[300])),
+            request("a", batch(1, t, &[100, 200])),
+        ],
+    );
+    assert_eq!(
+        outcomes,
+        vec![ApplyOutcome::Applied, ApplyOutcome::Applied, ApplyOutcome::Duplicate]
+    );
+    assert_eq!(
+        write(&mut writer, vec![request("b", batch(1, t, &[300]))]),
+        vec![ApplyOutcome::Duplicate]
+    );
+
+    let merged = store
+        .query(service(&store), fingerprint(), t - MINUTE, NOW)
+        .unwrap()
+        .unwrap();
+    assert_eq!((merged.calls, merged.min_us, merged.max_us), (3, 100, 300));
+    assert_eq!(store.text(fingerprint()).unwrap().as_deref(), Some(TEXT));
+    let breakdown = store
+        .instance_breakdown("orders", fingerprint(), t - MINUTE, NOW)
+        .unwrap();
+    let mut calls: Vec<(String, u64)> = breakdown
+        .iter()
+        .map(|(i, q)| (i.instance_id.clone(), q.calls))
+        .collect();
+    calls.sort();
+    assert_eq!(calls, vec![("a".into(), 2), ("b".into(), 1)]);
+}
+
+#[test]
+fn a_batch_with_an_unknown_fingerprint_is_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let mut req = request("a", batch(1, NOW, &[100]));
+    req.texts.clear();
+    let outcome = write(&mut writer, vec![req]);
+    assert!(matches!(&outcome[0], ApplyOutcome::Rejected(reason) if reason.contains("unknown")));
+    assert!(store.services().is_empty(), "nothing was half written");
+    // The same batch with its text is accepted afterwards: a rejection leaves no marker.
+    assert_eq!(
+        write(&mut writer, vec![request("a", batch(1, NOW, &[100]))]),
+        vec![ApplyOutcome::Applied]
+    );
+}
+
+#[test]
+fn rollups_equal_the_exact_merge_of_their_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let minute = NOW - 10 * MINUTE;
+    let mut expected = QueryStats::new(fingerprint());
+    let mut requests = Vec::new();
+    for i in 0..6u64 {
+        let latencies: Vec<u64> = (1..=50).map(|v| v * (i + 1) * 37).collect();
+        expected.merge(&stats(&latencies));
+        requests.push(request("a", batch(i + 1, minute + i as i64 * 10_000, &latencies)));
+    }
+    write(&mut writer, requests);
+    let series = store
+        .catalog()
+        .series_id(&SeriesKey::Query {
+            service: service(&store),
+            fingerprint: fingerprint(),
+        })
+        .unwrap();
+    let raw = store
+        .windows::<QueryStats>(Tier::Raw, series, minute, minute + MINUTE)
+        .unwrap();
+    assert_eq!(raw.len(), 6);
+    let one_minute = store
+        .windows::<QueryStats>(Tier::Minute, series, minute, minute + MINUTE)
+        .unwrap();
+    let hour = floor(minute, HOUR);
+    let one_hour = store
+        .windows::<QueryStats>(Tier::Hour, series, hour, hour + HOUR)
+        .unwrap();
+    let mut expected_rollup = expected.clone();
+    expected_rollup.fingerprint = Fingerprint::OTHER; // stored values carry no fingerprint
+    assert_eq!(one_minute, vec![(minute, expected_rollup.clone())]);
+    assert_eq!(one_hour, vec![(hour, expected_rollup)]);
+}
+
+#[test]
+fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let hour = floor(NOW, HOUR) - 3 * HOUR;
+    let svc = |store: &Store| service(store);
+    write(
+        &mut writer,
+        vec![
+            request("a", batch(1, hour + 10_000, &[100])),
+            request("a", batch(2, hour + 20_000, &[200])),
+        ],
+    );
+    // Much later: the hour's raw windows are compacted into one chunk.
+    let report = writer.maintain(NOW, Duration::from_secs(10)).unwrap();
+    assert!(report.chunks_compacted >= 1, "{report:?}");
+    let series = store
+        .catalog()
+        .series_id(&SeriesKey::Query {
+            service: svc(&store),
+            fingerprint: fingerprint(),
+        })
+        .unwrap();
+    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+    assert!(
+        partition
+            .db
+            .get(key::window(series, hour + 10_000, key::SINGLE))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        partition
+            .db
+            .get(key::window(series, hour, key::CHUNK))
+            .unwrap()
+            .is_some()
+    );
+
+    // An agent that was cut off sends its window of that hour now.
+    write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[400]))]);
+    let raw = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    assert_eq!(
+        raw.iter().map(|(t, s)| (*t - hour, s.calls)).collect::<Vec<_>>(),
+        vec![(10_000, 2), (20_000, 1)]
+    );
+    let minute = store
+        .windows::<QueryStats>(Tier::Minute, series, hour, hour + MINUTE)
+        .unwrap();
+    assert_eq!(minute[0].1.calls, 3);
+    let hourly = store
+        .windows::<QueryStats>(Tier::Hour, series, hour, hour + HOUR)
+        .unwrap();
+    assert_eq!((hourly[0].1.calls, hourly[0].1.max_us), (3, 400));
+    let summary = store
+        .query(svc(&store), fingerprint(), hour, hour + HOUR)
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.calls, 3);
+}
+
+#[test]
+fn compaction_keeps_every_window_and_shrinks_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let hour = floor(NOW, HOUR) - 5 * HOUR;
+    for i in 0..360i64 {
+        let latencies: Vec<u64> = (0..40).map(|v| 800 + (v * 53 + i as u64 * 7) % 5_000).collect();
+        write(
+            &mut writer,
+            vec![request("a", batch(i as u64 + 1, hour + i * 10_000, &latencies))],
+        );
+    }
+    let series = store
+        .catalog()
+        .series_id(&SeriesKey::Query {
+            service: service(&store),
+            fingerprint: fingerprint(),
+        })
+        .unwrap();
+    let before = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+    let value_bytes = |db: &sled::Db| -> usize {
+        db.scan_prefix(b"w")
+            .map(|e| e.unwrap())
+            .filter(|(k, _)| k[1..5] == series.to_be_bytes())
+            .map(|(_, v)| v.len())
+            .sum()
+    };
+    let single_bytes = value_bytes(&partition.db);
+    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    let after = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    assert_eq!(after, before);
+    let chunk_bytes = value_bytes(&partition.db);
+    assert!(
+        chunk_bytes * 3 < single_bytes,
+        "chunk {chunk_bytes} B vs {single_bytes} B as single windows"
+    );
+}
+
+#[test]
+fn retention_drops_whole_partitions_and_the_disk_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let old = NOW - 4 * DAY;
+    for i in 0..200u64 {
+        let latencies: Vec<u64> = (0..200).map(|v| 100 + v * 97 + i).collect();
+        write(
+            &mut writer,
+            vec![request("a", batch(i + 1, old + i as i64 * 10_000, &latencies))],
+        );
+    }
+    write(&mut writer, vec![request("a", batch(1_000, NOW - MINUTE, &[5]))]);
+    writer.checkpoint().unwrap();
+    let before = store.disk_bytes();
+    let raw_before = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
+    let report = writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    assert!(report.partitions_dropped >= 1);
+    let raw_after = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
+    assert_eq!(
+        raw_after,
+        raw_before - 1,
+        "the old raw partition went; the current one stayed"
+    );
+    assert!(store.disk_bytes() < before, "{} -> {}", before, store.disk_bytes());
+    // The minute rollups of those days are still there.
+    let summary = store
+        .query(service(&store), fingerprint(), old, old + HOUR)
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.calls, 200 * 200);
+
+    // Shorter retention, changed at run time, takes effect at the next pass.
+    store.set_retention(Retention {
+        minute_seconds: 3_600,
+        raw_seconds: 3_600,
+        ..Retention::default()
+    });
+    writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    assert!(
+        store
+            .partitions()
+            .all()
+            .iter()
+            .all(|p| p.tier == Tier::Hour || p.end_ms() > NOW - 2 * DAY)
+    );
+}
+
+#[test]
+fn the_log_is_replayed_into_databases_that_missed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut writer) = open(dir.path());
+        write(&mut writer, vec![request("a", batch(1, NOW - MINUTE, &[100]))]);
+        // Logged but never applied: what a crash between the fsync and the
+        // database writes leaves behind.
+        let mut entries = vec![super::codec::WalEntry {
+            wal_seq: 0,
+            received_ms: NOW,
+            service: "orders".into(),
+            instance_id: "a".into(),
+            batch: batch(2, NOW - MINUTE + 10_000, &[200, 300]),
+        }];
+        writer.wal.append(&mut entries).unwrap();
+    }
+    {
+        let (store, mut writer) = open(dir.path());
+        let summary = store
+            .query(service(&store), fingerprint(), NOW - HOUR, NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.calls, 3, "the logged batch was applied once");
+        let resent = write(
+            &mut writer,
+            vec![request("a", batch(2, NOW - MINUTE + 10_000, &[200, 300]))],
+        );
+        assert_eq!(resent, vec![ApplyOutcome::Duplicate]);
+    }
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store
+            .query(service(&store), fingerprint(), NOW - HOUR, NOW)
+            .unwrap()
+            .unwrap()
+            .calls,
+        3
+    );
+}
+
+#[test]
+fn fingerprints_beyond_the_service_limit_fold_into_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_fingerprints_per_service: 2,
+        ..Limits::default()
+    };
+    let (store, mut writer) = Store::open(dir.path(), Retention::default(), limits).unwrap();
+    let mut b = Batch::new(
+        1,
+        Window {
+            start_ms: NOW - MINUTE,
+            length_ms: 10_000,
+        },
+    );
+    let mut texts = Vec::new();
+    for table in ["a", "b", "c", "d"] {
+        let text = format!("select * from {table}");
+        let fp = Fingerprint::of_normalized(&text);
+        let mut s = QueryStats::new(fp);
+        s.record(10, 0, None);
+        b.queries.push(s);
+        texts.push(FingerprintText { fingerprint: fp, text });
+    }
+    let outcome = writer
+        .write(
+            vec![BatchRequest {
+                hello: hello("a"),
+                batch: b,
+                texts,
+            }],
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(outcome, vec![ApplyOutcome::Applied]);
+    let services = store.services();
+    assert_eq!(services[0].3, 2, "two fingerprints counted as overflow");
+    let stats = store.query_stats(service(&store), NOW - HOUR, NOW).unwrap();
+    let other = stats.iter().find(|s| s.fingerprint == Fingerprint::OTHER).unwrap();
+    assert_eq!(other.calls, 2);
+    assert_eq!(stats.iter().map(|s| s.calls).sum::<u64>(), 4, "nothing is lost");
+}
+
+#[test]
+fn pools_health_and_slow_samples_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let t = NOW - 2 * MINUTE;
+    let mut b = batch(1, t, &[2_000_000]);
+    let mut pool = PoolStats {
+        pool: "main".into(),
+        max_size: 2,
+        acquires: 10,
+        timeouts: 1,
+        ..PoolStats::default()
+    };
+    pool.in_use = Gauge { last: 2, peak: 2 };
+    pool.waiting = Gauge { last: 3, peak: 8 };
+    pool.acquire_wait.record(150_000);
+    b.pools.push(pool);
+    let mut health = querypulse_proto::HealthCheckStats {
+        pool: "main".into(),
+        checks: 2,
+        failures: 1,
+        ..Default::default()
+    };
+    health.latency.record(900);
+    health.latency.record(1_100);
+    b.health_checks.push(health);
+    b.slow_queries.push(SlowQuerySample {
+        fingerprint: fingerprint(),
+        at_ms: t + 5_000,
+        duration_us: 2_000_000,
+        rows: 0,
+        error_class: None,
+        pool: Some("main".into()),
+        raw_text: None,
+    });
+    write(&mut writer, vec![request("a", b)]);
+    let mut b2 = batch(2, t + 10_000, &[10]);
+    b2.pools.push(PoolStats {
+        pool: "main".into(),
+        max_size: 2,
+        acquires: 5,
+        in_use: Gauge { last: 0, peak: 1 },
+        ..PoolStats::default()
+    });
+    write(&mut writer, vec![request("a", b2)]);
+
+    let pools = store.pools(NOW - HOUR, NOW).unwrap();
+    assert_eq!(pools.len(), 1);
+    let p = &pools[0];
+    assert_eq!(
+        (p.service.as_str(), p.instance_id.as_str(), p.pool.as_str()),
+        ("orders", "a", "main")
+    );
+    assert_eq!(
+        (p.stats.acquires, p.stats.timeouts, p.stats.in_use),
+        (15, 1, Gauge { last: 0, peak: 2 })
+    );
+    assert_eq!(p.stats.waiting.peak, 8);
+    assert_eq!(p.health.as_ref().map(|h| (h.checks, h.failures)), Some((2, 1)));
+
+    let slow = store.slow_samples(None, None, NOW - HOUR, NOW, 10).unwrap();
+    assert_eq!(slow.len(), 1);
+    assert_eq!(
+        (slow[0].service.as_str(), slow[0].instance_id.as_str()),
+        ("orders", "a")
+    );
+    assert!(
+        store
+            .slow_samples(None, Some(Fingerprint::new(1)), NOW - HOUR, NOW, 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    let (steps, health_steps) = store.pool_steps("a", "main", t, t + MINUTE, MINUTE).unwrap().unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].1.acquires, 15);
+    assert_eq!(health_steps[0].1.checks, 2);
+}
