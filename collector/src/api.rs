@@ -1,25 +1,52 @@
 //! The JSON API under `/api/v1`, and `/healthz`.
+//!
+//! Reads are open; writes need the admin token (`Authorization: Bearer …`).
+//! Every failure is JSON `{"error": "..."}` with a status that says whose
+//! fault it is; 5xx details go to the log only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, TimeZone, Utc};
+use querypulse_proto::Fingerprint;
+use querypulse_web::source::{AgentSummary, PoolSeries, PoolSummary, QueryDetail, QuerySeries, SlowFilter, SlowQuery};
 use querypulse_web::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::catalog::Catalog;
 use crate::now_ms;
+use crate::retention::Retention;
+use crate::store::Store;
 
 /// Default range of reads: the last hour.
 const DEFAULT_RANGE_MS: i64 = 3_600_000;
 /// Longest range one read may cover.
 const MAX_RANGE_MS: i64 = 400 * 24 * 3_600_000;
+/// Most steps one series request may return.
+const MAX_POINTS: i64 = 11_000;
+/// Steps chosen automatically: the smallest of these giving at most ~120 points.
+const NICE_STEPS_MS: [i64; 10] = [
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    21_600_000,
+    86_400_000,
+    604_800_000,
+];
+/// Default and largest number of slow samples per request.
+const DEFAULT_SLOW_LIMIT: usize = 100;
+const MAX_SLOW_LIMIT: usize = 1_000;
 
 /// Every API failure, as JSON `{"error": "..."}` with a fitting status.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +54,12 @@ pub enum ApiError {
     /// The request is malformed; the message says which parameter and why.
     #[error("{0}")]
     BadRequest(String),
+    /// No or a wrong admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Writes are switched off.
+    #[error("{0}")]
+    Forbidden(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -47,10 +80,18 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "API request failed");
@@ -61,19 +102,38 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the API needs besides the read source: where settings live.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The catalog database.
+    pub catalog: Catalog,
+    /// The store, which applies retention changes live.
+    pub store: Store,
+    /// Token required for writes; writes are refused when `None`.
+    pub token: Option<String>,
+}
+
 #[derive(Clone)]
 struct Api {
     source: Arc<dyn Source>,
+    admin: Admin,
 }
 
-/// The API routes, reading through `source`.
-pub fn router(source: Arc<dyn Source>) -> Router {
+/// The API routes.
+pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/services", get(services))
         .route("/api/v1/queries", get(queries))
+        .route("/api/v1/queries/{fingerprint}", get(query_detail))
+        .route("/api/v1/queries/{fingerprint}/series", get(query_series))
+        .route("/api/v1/pools", get(pools))
+        .route("/api/v1/pools/{service}/{instance}/{pool}/series", get(pool_series))
+        .route("/api/v1/slow-queries", get(slow_queries))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/retention", get(get_retention).put(put_retention))
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
-        .with_state(Api { source })
+        .with_state(Api { source, admin })
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -81,7 +141,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn unknown() -> ApiError {
-    ApiError::NotFound("no such API endpoint; see /api/v1/services and /api/v1/queries".into())
+    ApiError::NotFound("no such API endpoint; see the API section of the README".into())
 }
 
 async fn read<T: Send + 'static>(
@@ -93,22 +153,35 @@ async fn read<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-#[derive(Serialize)]
-struct ServicesResponse {
-    services: Vec<ServiceSummary>,
-}
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-async fn services(State(api): State<Api>) -> Result<Json<ServicesResponse>, ApiError> {
-    let mut services = read(move || api.source.services()).await?;
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(ServicesResponse { services }))
-}
+/// Query parameters, with unknown names refused (a typo should not silently
+/// widen a query).
+struct Parameters(HashMap<String, String>);
 
-#[derive(Serialize)]
-struct QueriesResponse {
-    from: String,
-    to: String,
-    queries: Vec<QuerySummary>,
+impl Parameters {
+    fn new(params: Params, known: &[&str]) -> Result<Parameters, ApiError> {
+        let Query(params) = params?;
+        if let Some(key) = params.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown parameter {key:?}; expected one of {}",
+                known.join(", ")
+            )));
+        }
+        Ok(Parameters(params))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    fn range(&self) -> Result<TimeRange, ApiError> {
+        parse_range(&self.0)
+    }
+
+    fn service(&self) -> Option<String> {
+        self.get("service").map(str::to_owned)
+    }
 }
 
 /// Parses a time parameter: RFC 3339 (`2026-11-27T10:00:00Z`) or Unix epoch
@@ -158,6 +231,73 @@ pub(crate) fn parse_range(params: &HashMap<String, String>) -> Result<TimeRange,
     })
 }
 
+/// Summaries over long ranges are read from whole hours (and over ranges of
+/// an hour or more from whole minutes), so the range widens to those
+/// boundaries; the response says which range was used.
+fn summary_range(range: TimeRange) -> TimeRange {
+    let snap = |step: i64| TimeRange {
+        from_ms: range.from_ms.div_euclid(step) * step,
+        to_ms: -((-range.to_ms).div_euclid(step) * step),
+    };
+    match range.length_ms() {
+        l if l >= 6 * 3_600_000 => snap(3_600_000),
+        l if l >= 3_600_000 => snap(60_000),
+        _ => range,
+    }
+}
+
+/// Parses a step: seconds (`60`), or a number with a unit (`10s`, `5m`,
+/// `1h`, `1d`).
+pub(crate) fn parse_step(value: &str) -> Result<i64, ApiError> {
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "step={value:?} is not a duration: use seconds or 10s, 5m, 1h, 1d"
+        ))
+    };
+    let value = value.trim();
+    let (digits, unit_ms) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (value, 1_000),
+        Some((at, _)) => {
+            let unit = match &value[at..] {
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(invalid()),
+            };
+            (&value[..at], unit)
+        }
+    };
+    let n: i64 = digits.parse().map_err(|_| invalid())?;
+    let step = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    if step < 1_000 {
+        return Err(ApiError::BadRequest("step must be at least 1s".into()));
+    }
+    Ok(step)
+}
+
+/// The step for a series request: given, or the smallest nice step giving at
+/// most ~120 points.
+fn step_for(params: &Parameters, range: TimeRange) -> Result<i64, ApiError> {
+    let step = match params.get("step") {
+        Some(step) => parse_step(step)?,
+        None => {
+            let wanted = range.length_ms() / 120;
+            NICE_STEPS_MS
+                .iter()
+                .copied()
+                .find(|s| *s >= wanted)
+                .unwrap_or(NICE_STEPS_MS[NICE_STEPS_MS.len() - 1])
+        }
+    };
+    if range.length_ms() / step > MAX_POINTS {
+        return Err(ApiError::BadRequest(format!(
+            "step is too small for this range: at most {MAX_POINTS} points per request"
+        )));
+    }
+    Ok(step)
+}
+
 fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
@@ -165,44 +305,52 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
-    match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(key) => Err(ApiError::BadRequest(format!(
-            "unknown parameter {key:?}; expected one of {}",
-            known.join(", ")
-        ))),
-        None => Ok(()),
+fn fingerprint(value: &str) -> Result<Fingerprint, ApiError> {
+    value
+        .parse()
+        .map_err(|e: querypulse_proto::fingerprint::ParseFingerprintError| ApiError::BadRequest(e.to_string()))
+}
+
+/// Checks `service` exists (a typo should be a 404, not an empty list).
+async fn known_service(source: &Arc<dyn Source>, service: &Option<String>) -> Result<(), ApiError> {
+    let Some(name) = service.clone() else {
+        return Ok(());
+    };
+    let source = source.clone();
+    let services = read(move || source.services()).await?;
+    if services.iter().any(|s| s.name == name) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("unknown service {name:?}")))
     }
 }
 
-async fn queries(
-    State(api): State<Api>,
-    params: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<QueriesResponse>, ApiError> {
-    let Query(params) = params?;
-    reject_unknown(&params, &["service", "from", "to"])?;
-    let range = parse_range(&params)?;
-    let service = params.get("service").filter(|s| !s.is_empty()).cloned();
-    let filter = QueryFilter {
-        service: service.clone(),
-        range,
-    };
+#[derive(Serialize)]
+struct ServicesResponse {
+    services: Vec<ServiceSummary>,
+}
+
+async fn services(State(api): State<Api>) -> Result<Json<ServicesResponse>, ApiError> {
+    let mut services = read(move || api.source.services()).await?;
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(ServicesResponse { services }))
+}
+
+#[derive(Serialize)]
+struct QueriesResponse {
+    from: String,
+    to: String,
+    queries: Vec<QuerySummary>,
+}
+
+async fn queries(State(api): State<Api>, params: Params) -> Result<Json<QueriesResponse>, ApiError> {
+    let params = Parameters::new(params, &["service", "from", "to"])?;
+    let range = summary_range(params.range()?);
+    let service = params.service();
+    known_service(&api.source, &service).await?;
+    let filter = QueryFilter { service, range };
     let source = api.source.clone();
-    let mut queries = read(move || {
-        if let Some(name) = &service
-            && !source.services()?.iter().any(|s| &s.name == name)
-        {
-            return Ok(None);
-        }
-        source.queries(&filter).map(Some)
-    })
-    .await?
-    .ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "unknown service {:?}",
-            params.get("service").cloned().unwrap_or_default()
-        ))
-    })?;
+    let mut queries = read(move || source.queries(&filter)).await?;
     queries.sort_by(|a, b| {
         b.total_ms
             .total_cmp(&a.total_ms)
@@ -213,6 +361,219 @@ async fn queries(
         to: rfc3339(range.to_ms),
         queries,
     }))
+}
+
+#[derive(Serialize)]
+struct DetailResponse {
+    from: String,
+    to: String,
+    #[serde(flatten)]
+    detail: QueryDetail,
+}
+
+async fn query_detail(
+    State(api): State<Api>,
+    Path(fp): Path<String>,
+    params: Params,
+) -> Result<Json<DetailResponse>, ApiError> {
+    let fingerprint = fingerprint(&fp)?;
+    let params = Parameters::new(params, &["service", "from", "to"])?;
+    let range = summary_range(params.range()?);
+    let filter = QueryFilter {
+        service: params.service(),
+        range,
+    };
+    let source = api.source.clone();
+    let detail = read(move || source.query_detail(fingerprint, &filter))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("fingerprint {fingerprint} was never reported")))?;
+    Ok(Json(DetailResponse {
+        from: rfc3339(range.from_ms),
+        to: rfc3339(range.to_ms),
+        detail,
+    }))
+}
+
+#[derive(Serialize)]
+struct SeriesResponse<T> {
+    from: String,
+    to: String,
+    #[serde(flatten)]
+    series: T,
+}
+
+async fn query_series(
+    State(api): State<Api>,
+    Path(fp): Path<String>,
+    params: Params,
+) -> Result<Json<SeriesResponse<QuerySeries>>, ApiError> {
+    let fingerprint = fingerprint(&fp)?;
+    let params = Parameters::new(params, &["service", "from", "to", "step"])?;
+    let range = params.range()?;
+    let step = step_for(&params, range)?;
+    let filter = QueryFilter {
+        service: params.service(),
+        range,
+    };
+    let source = api.source.clone();
+    let series = read(move || source.query_series(fingerprint, &filter, step))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("fingerprint {fingerprint} was never reported")))?;
+    Ok(Json(SeriesResponse {
+        from: rfc3339(range.from_ms),
+        to: rfc3339(range.to_ms),
+        series,
+    }))
+}
+
+#[derive(Serialize)]
+struct PoolsResponse {
+    from: String,
+    to: String,
+    pools: Vec<PoolSummary>,
+}
+
+async fn pools(State(api): State<Api>, params: Params) -> Result<Json<PoolsResponse>, ApiError> {
+    let params = Parameters::new(params, &["service", "from", "to"])?;
+    let range = summary_range(params.range()?);
+    let service = params.service();
+    known_service(&api.source, &service).await?;
+    let source = api.source.clone();
+    let mut pools = read(move || source.pools(range)).await?;
+    pools.retain(|p| service.as_ref().is_none_or(|s| *s == p.service));
+    pools.sort_by(|a, b| {
+        b.peak_utilization
+            .total_cmp(&a.peak_utilization)
+            .then_with(|| a.pool.cmp(&b.pool))
+    });
+    Ok(Json(PoolsResponse {
+        from: rfc3339(range.from_ms),
+        to: rfc3339(range.to_ms),
+        pools,
+    }))
+}
+
+async fn pool_series(
+    State(api): State<Api>,
+    Path((service, instance, pool)): Path<(String, String, String)>,
+    params: Params,
+) -> Result<Json<SeriesResponse<PoolSeries>>, ApiError> {
+    let params = Parameters::new(params, &["from", "to", "step"])?;
+    let range = params.range()?;
+    let step = step_for(&params, range)?;
+    let source = api.source.clone();
+    let (s, i, p) = (service.clone(), instance.clone(), pool.clone());
+    let series = read(move || source.pool_series(&s, &i, &p, range, step))
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no pool {pool:?} on instance {instance:?} of service {service:?}"
+            ))
+        })?;
+    Ok(Json(SeriesResponse {
+        from: rfc3339(range.from_ms),
+        to: rfc3339(range.to_ms),
+        series,
+    }))
+}
+
+#[derive(Serialize)]
+struct SlowResponse {
+    from: String,
+    to: String,
+    slow_queries: Vec<SlowQuery>,
+}
+
+async fn slow_queries(State(api): State<Api>, params: Params) -> Result<Json<SlowResponse>, ApiError> {
+    let params = Parameters::new(params, &["service", "fingerprint", "limit", "from", "to"])?;
+    let range = params.range()?;
+    let fingerprint = params.get("fingerprint").map(fingerprint).transpose()?;
+    let limit = match params.get("limit") {
+        Some(limit) => limit
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_SLOW_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_SLOW_LIMIT}")))?,
+        None => DEFAULT_SLOW_LIMIT,
+    };
+    let service = params.service();
+    known_service(&api.source, &service).await?;
+    let filter = SlowFilter {
+        service,
+        fingerprint,
+        range,
+        limit,
+    };
+    let source = api.source.clone();
+    let slow_queries = read(move || source.slow_queries(&filter)).await?;
+    Ok(Json(SlowResponse {
+        from: rfc3339(range.from_ms),
+        to: rfc3339(range.to_ms),
+        slow_queries,
+    }))
+}
+
+#[derive(Serialize)]
+struct AgentsResponse {
+    agents: Vec<AgentSummary>,
+}
+
+async fn agents(State(api): State<Api>, params: Params) -> Result<Json<AgentsResponse>, ApiError> {
+    let params = Parameters::new(params, &["service"])?;
+    let service = params.service();
+    known_service(&api.source, &service).await?;
+    let source = api.source.clone();
+    let mut agents = read(move || source.agents()).await?;
+    agents.retain(|a| service.as_ref().is_none_or(|s| *s == a.service));
+    agents.sort_by(|a, b| {
+        a.service
+            .cmp(&b.service)
+            .then_with(|| b.last_seen_ms.cmp(&a.last_seen_ms))
+    });
+    Ok(Json(AgentsResponse { agents }))
+}
+
+async fn get_retention(State(api): State<Api>) -> Json<Retention> {
+    Json(api.admin.store.retention())
+}
+
+/// Checks the admin token of a write request.
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &admin.token else {
+        return Err(ApiError::Forbidden(
+            "changes are disabled: start the collector with --admin-token (or QUERYPULSE_ADMIN_TOKEN)".into(),
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized("this change needs the admin token: Authorization: Bearer <token>".into())
+        })?;
+    if crate::ingest::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("the admin token is not valid".into()))
+    }
+}
+
+async fn put_retention(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<Retention>, JsonRejection>,
+) -> Result<Json<Retention>, ApiError> {
+    authorize(&api.admin, &headers)?;
+    let Json(retention) = body?;
+    retention.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    api.admin
+        .catalog
+        .set_retention(&retention, now_ms())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    api.admin.store.set_retention(retention);
+    tracing::info!(?retention, "retention changed");
+    Ok(Json(retention))
 }
 
 #[cfg(test)]
@@ -252,5 +613,27 @@ mod tests {
         assert_eq!(default.from_ms, 3_600_000);
         assert!(parse_range(&params(&[("from", "2000"), ("to", "1000")])).is_err());
         assert!(parse_range(&params(&[("from", "0"), ("to", "99999999999999")])).is_err());
+    }
+
+    #[test]
+    fn steps_parse_with_units_and_long_ranges_snap_to_whole_hours() {
+        assert_eq!(parse_step("60").unwrap(), 60_000);
+        assert_eq!(parse_step("10s").unwrap(), 10_000);
+        assert_eq!(parse_step("5m").unwrap(), 300_000);
+        assert_eq!(parse_step("1h").unwrap(), 3_600_000);
+        assert_eq!(parse_step("1d").unwrap(), 86_400_000);
+        for bad in ["", "0", "5x", "-1m", "1.5h", "99999999999999999999d"] {
+            assert!(parse_step(bad).is_err(), "{bad}");
+        }
+        let day = summary_range(TimeRange {
+            from_ms: 3_600_000 + 5,
+            to_ms: 27 * 3_600_000 - 5,
+        });
+        assert_eq!((day.from_ms, day.to_ms), (3_600_000, 27 * 3_600_000));
+        let short = TimeRange {
+            from_ms: 5,
+            to_ms: 600_000,
+        };
+        assert_eq!(summary_range(short), short);
     }
 }

@@ -1,5 +1,6 @@
 //! The `querypulse` command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -49,6 +50,9 @@ struct ServeArgs {
     /// Bearer token agents must present
     #[arg(long, env = "QUERYPULSE_INGEST_TOKEN", hide_env_values = true)]
     ingest_token: Option<String>,
+    /// Bearer token for changes through the API (retention, rules, …); without it the API is read-only
+    #[arg(long, env = "QUERYPULSE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +76,9 @@ impl ServeArgs {
         self.listen.apply(&mut config);
         if let Some(token) = self.ingest_token.filter(|t| !t.is_empty()) {
             config.ingest_token = Some(token);
+        }
+        if let Some(token) = self.admin_token.filter(|t| !t.is_empty()) {
+            config.admin_token = Some(token);
         }
         Ok(config)
     }
@@ -133,12 +140,23 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     args.listen.apply(&mut config);
     let demo = Demo::start(config).await.context("starting the demo")?;
     let http = demo.collector().http_addr();
-    println!("querypulse demo is running: three simulated service instances on SQLite pools");
-    println!("  dashboard  http://{http}/");
-    println!("  API        http://{http}/api/v1/queries");
-    println!("  ingest     http://{} (gRPC)", demo.collector().grpc_addr());
-    println!("  data       {}", data_dir.display());
-    println!("The first numbers arrive within a few seconds. Press Ctrl-C to stop.");
+    // stdout may be closed (piped into something that stopped reading): the
+    // demo keeps running regardless.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "querypulse demo is running: three simulated service instances on SQLite pools"
+    );
+    let _ = writeln!(out, "  dashboard  http://{http}/");
+    let _ = writeln!(out, "  API        http://{http}/api/v1/queries");
+    let _ = writeln!(out, "  ingest     http://{} (gRPC)", demo.collector().grpc_addr());
+    let _ = writeln!(out, "  data       {}", data_dir.display());
+    let _ = writeln!(
+        out,
+        "The first numbers arrive within a few seconds. Press Ctrl-C to stop."
+    );
+    let _ = out.flush();
+    drop(out);
     shutdown_signal().await;
     demo.shutdown().await.context("stopping the demo")
 }

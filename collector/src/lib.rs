@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod read;
+pub mod retention;
 pub mod store;
 
 use std::future::Future;
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use catalog::Catalog;
 pub use config::Config;
 use ingest::{IngestService, Writer};
 use read::StoreSource;
@@ -47,6 +50,14 @@ pub enum CollectorError {
         /// The storage error.
         source: StoreError,
     },
+    /// The catalog could not be opened.
+    #[error("cannot open the catalog in {path}: {source}")]
+    Catalog {
+        /// The data directory.
+        path: PathBuf,
+        /// The catalog error.
+        source: catalog::CatalogError,
+    },
     /// A listen address could not be bound.
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
@@ -71,6 +82,7 @@ pub struct Collector {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
+    catalog: Catalog,
 }
 
 impl Collector {
@@ -82,10 +94,27 @@ impl Collector {
             path: config.data_dir.clone(),
             source,
         })?;
+        let catalog = Catalog::open(&config.data_dir)
+            .await
+            .map_err(|source| CollectorError::Catalog {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let retention = match catalog.retention().await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => config.retention,
+            Err(source) => {
+                return Err(CollectorError::Catalog {
+                    path: config.data_dir.clone(),
+                    source,
+                });
+            }
+        };
         let store_dir = config.data_dir.join("store");
-        let store = {
+        let (store, store_writer) = {
             let dir = store_dir.clone();
-            tokio::task::spawn_blocking(move || Store::open(&dir))
+            let limits = config.store_limits;
+            tokio::task::spawn_blocking(move || Store::open(&dir, retention, limits))
                 .await
                 .map_err(|e| CollectorError::Serve(format!("opening the store panicked: {e}")))?
                 .map_err(|source| CollectorError::Store {
@@ -115,10 +144,16 @@ impl Collector {
             .map_err(|e| CollectorError::Serve(e.to_string()))?;
 
         let (writer, writer_thread) =
-            Writer::spawn(store.clone()).map_err(|e| CollectorError::Serve(format!("cannot start the writer: {e}")))?;
+            Writer::spawn(store_writer).map_err(|e| CollectorError::Serve(format!("cannot start the writer: {e}")))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        let ingest = IngestService::new(writer, config.ingest_token.clone(), config.limits, shutdown_rx.clone());
+        let ingest = IngestService::new(
+            writer,
+            store.clone(),
+            config.ingest_token.clone(),
+            config.limits,
+            shutdown_rx.clone(),
+        );
         let grpc_service = IngestServer::new(ingest)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(1 << 20);
@@ -130,8 +165,13 @@ impl Collector {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
         );
 
+        let admin = api::Admin {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            token: config.admin_token.clone(),
+        };
         let source = Arc::new(StoreSource::new(store));
-        let app = api::router(source.clone()).merge(querypulse_web::router(source));
+        let app = api::router(source.clone(), admin).merge(querypulse_web::router(source));
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
 
@@ -143,6 +183,7 @@ impl Collector {
             grpc,
             http,
             writer: writer_thread,
+            catalog,
         })
     }
 
@@ -169,6 +210,7 @@ impl Collector {
             .map_err(|_| CollectorError::Serve("the writer thread panicked".into()))?;
         server_outcome("gRPC", grpc.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
         server_outcome("HTTP", http.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
+        self.catalog.close().await;
         tracing::info!("collector stopped");
         Ok(())
     }

@@ -31,15 +31,17 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut dashboard = None;
-    for line in stdout.lines() {
+    for line in stdout.by_ref() {
         let line = line.expect("readable stdout");
         if let Some(url) = line.trim().strip_prefix("dashboard") {
             dashboard = Some(url.trim().trim_end_matches('/').to_owned());
             break;
         }
     }
+    // Keep reading what the demo prints, as a terminal would.
+    std::thread::spawn(move || stdout.for_each(drop));
     let base = dashboard.expect("the demo prints its dashboard URL");
 
     let client = reqwest::Client::new();

@@ -1,0 +1,114 @@
+//! The catalog: configuration that users change through the API (retention
+//! today; alert rules, channels and silences later), in SQLite inside the data
+//! directory, with migrations from `migrations/` embedded in the binary.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::retention::Retention;
+
+/// A catalog failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database could not be opened or queried.
+    #[error("catalog: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is out of range.
+    #[error("catalog holds an invalid value: {0}")]
+    Invalid(String),
+}
+
+/// The catalog database.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: SqlitePool,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) `catalog.sqlite` in `data_dir` and applies
+    /// pending migrations.
+    pub async fn open(data_dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = data_dir.join("catalog.sqlite");
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Catalog { pool })
+    }
+
+    /// The stored retention settings, `None` before the first change.
+    pub async fn retention(&self) -> Result<Option<Retention>, CatalogError> {
+        let row: Option<(i64, i64, i64, Option<i64>)> =
+            sqlx::query_as("SELECT raw_seconds, minute_seconds, hour_seconds, max_bytes FROM retention WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((raw, minute, hour, max_bytes)) = row else {
+            return Ok(None);
+        };
+        let positive = |v: i64| u64::try_from(v).map_err(|_| CatalogError::Invalid(format!("negative retention {v}")));
+        Ok(Some(Retention {
+            raw_seconds: positive(raw)?,
+            minute_seconds: positive(minute)?,
+            hour_seconds: positive(hour)?,
+            max_bytes: max_bytes.map(positive).transpose()?,
+        }))
+    }
+
+    /// Stores new retention settings (validated by the caller).
+    pub async fn set_retention(&self, retention: &Retention, now_ms: i64) -> Result<(), CatalogError> {
+        let signed = |v: u64| i64::try_from(v).map_err(|_| CatalogError::Invalid(format!("{v} is too large")));
+        sqlx::query(
+            "INSERT INTO retention (id, raw_seconds, minute_seconds, hour_seconds, max_bytes, updated_at_ms)
+             VALUES (1, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET raw_seconds = excluded.raw_seconds,
+                 minute_seconds = excluded.minute_seconds, hour_seconds = excluded.hour_seconds,
+                 max_bytes = excluded.max_bytes, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(signed(retention.raw_seconds)?)
+        .bind(signed(retention.minute_seconds)?)
+        .bind(signed(retention.hour_seconds)?)
+        .bind(retention.max_bytes.map(signed).transpose()?)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn retention_is_stored_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).await.unwrap();
+        assert_eq!(catalog.retention().await.unwrap(), None);
+        let custom = Retention {
+            raw_seconds: 86_400,
+            max_bytes: Some(1 << 30),
+            ..Retention::default()
+        };
+        catalog.set_retention(&custom, 1).await.unwrap();
+        catalog.set_retention(&custom, 2).await.unwrap();
+        catalog.close().await;
+        let reopened = Catalog::open(dir.path()).await.unwrap();
+        assert_eq!(reopened.retention().await.unwrap(), Some(custom));
+    }
+}
