@@ -20,6 +20,7 @@ use querypulse_web::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceEr
 use serde::Serialize;
 use serde_json::json;
 
+use crate::agent_settings::AgentSettings;
 use crate::catalog::Catalog;
 use crate::now_ms;
 use crate::retention::Retention;
@@ -111,6 +112,8 @@ pub struct Admin {
     pub store: Store,
     /// Token required for writes; writes are refused when `None`.
     pub token: Option<String>,
+    /// Settings pushed to every connected agent.
+    pub agent_settings: Arc<tokio::sync::watch::Sender<AgentSettings>>,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,7 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
         .route("/api/v1/slow-queries", get(slow_queries))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/retention", get(get_retention).put(put_retention))
+        .route("/api/v1/agent-settings", get(get_agent_settings).put(put_agent_settings))
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
         .with_state(Api { source, admin })
 }
@@ -574,6 +578,28 @@ async fn put_retention(
     api.admin.store.set_retention(retention);
     tracing::info!(?retention, "retention changed");
     Ok(Json(retention))
+}
+
+async fn get_agent_settings(State(api): State<Api>) -> Json<AgentSettings> {
+    Json(*api.admin.agent_settings.borrow())
+}
+
+async fn put_agent_settings(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<AgentSettings>, JsonRejection>,
+) -> Result<Json<AgentSettings>, ApiError> {
+    authorize(&api.admin, &headers)?;
+    let Json(settings) = body?;
+    settings.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    api.admin
+        .catalog
+        .set_agent_settings(&settings, now_ms())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    api.admin.agent_settings.send_replace(settings);
+    tracing::info!(?settings, "agent settings changed; pushing to connected agents");
+    Ok(Json(settings))
 }
 
 #[cfg(test)]

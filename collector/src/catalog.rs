@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::agent_settings::AgentSettings;
 use crate::retention::Retention;
 
 /// A catalog failure.
@@ -85,6 +86,56 @@ impl Catalog {
         Ok(())
     }
 
+    /// The settings pushed to agents (all `None` before the first change).
+    pub async fn agent_settings(&self) -> Result<AgentSettings, CatalogError> {
+        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT slow_threshold_ms, max_samples_per_fingerprint, max_samples_per_window, interval_ms
+             FROM agent_settings WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((slow, per_fingerprint, per_window, interval)) = row else {
+            return Ok(AgentSettings::default());
+        };
+        let narrow = |v: Option<i64>| -> Result<Option<u32>, CatalogError> {
+            v.map(|v| u32::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}")))).transpose()
+        };
+        Ok(AgentSettings {
+            slow_threshold_ms: slow
+                .map(|v| u64::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}"))))
+                .transpose()?,
+            max_samples_per_fingerprint: narrow(per_fingerprint)?,
+            max_samples_per_window: narrow(per_window)?,
+            interval_ms: narrow(interval)?,
+        })
+    }
+
+    /// Stores the settings pushed to agents (validated by the caller).
+    pub async fn set_agent_settings(&self, settings: &AgentSettings, now_ms: i64) -> Result<(), CatalogError> {
+        let slow = settings
+            .slow_threshold_ms
+            .map(|v| i64::try_from(v).map_err(|_| CatalogError::Invalid(format!("{v} is too large"))))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO agent_settings (id, slow_threshold_ms, max_samples_per_fingerprint, max_samples_per_window,
+                 interval_ms, updated_at_ms)
+             VALUES (1, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET slow_threshold_ms = excluded.slow_threshold_ms,
+                 max_samples_per_fingerprint = excluded.max_samples_per_fingerprint,
+                 max_samples_per_window = excluded.max_samples_per_window,
+                 interval_ms = excluded.interval_ms, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(slow)
+        .bind(settings.max_samples_per_fingerprint.map(i64::from))
+        .bind(settings.max_samples_per_window.map(i64::from))
+        .bind(settings.interval_ms.map(i64::from))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Closes the connections.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -96,7 +147,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn retention_is_stored_and_survives_reopening() {
+    async fn settings_are_stored_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path()).await.unwrap();
         assert_eq!(catalog.retention().await.unwrap(), None);
@@ -107,8 +158,11 @@ mod tests {
         };
         catalog.set_retention(&custom, 1).await.unwrap();
         catalog.set_retention(&custom, 2).await.unwrap();
+        let settings = AgentSettings { slow_threshold_ms: Some(250), interval_ms: Some(5_000), ..Default::default() };
+        catalog.set_agent_settings(&settings, 3).await.unwrap();
         catalog.close().await;
         let reopened = Catalog::open(dir.path()).await.unwrap();
         assert_eq!(reopened.retention().await.unwrap(), Some(custom));
+        assert_eq!(reopened.agent_settings().await.unwrap(), settings);
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::agent_settings::AgentSettings;
 use crate::now_ms;
 use crate::store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
 
@@ -165,6 +166,7 @@ pub(crate) struct IngestService {
     store: Store,
     token: Option<String>,
     limits: IngestLimits,
+    settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -174,6 +176,7 @@ impl IngestService {
         store: Store,
         token: Option<String>,
         limits: IngestLimits,
+        settings: watch::Receiver<AgentSettings>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         IngestService {
@@ -181,6 +184,7 @@ impl IngestService {
             store,
             token,
             limits,
+            settings,
             shutdown,
         }
     }
@@ -226,6 +230,7 @@ impl Ingest for IngestService {
             writer: self.writer.clone(),
             store: self.store.clone(),
             limits: self.limits,
+            settings: self.settings.clone(),
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run());
@@ -248,6 +253,7 @@ struct StreamTask {
     writer: Writer,
     store: Store,
     limits: IngestLimits,
+    settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -273,12 +279,25 @@ impl StreamTask {
         tracing::info!(service = %hello.service, instance = %hello.instance_id, host = %hello.host, "agent connected");
 
         let (pending_tx, pending_rx) = mpsc::channel(PIPELINE);
+        // Settings set through the API reach the agent now and on every change.
+        let settings = *self.settings.borrow_and_update();
+        if !settings.is_empty() {
+            let _ = pending_tx.send(Pending::Ready(CollectorMessage::Config(settings.to_update()))).await;
+        }
         let acker = tokio::spawn(acknowledge(pending_rx, self.out.clone()));
         let mut texts: HashMap<Fingerprint, String> = HashMap::new();
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.wait_for(|stop| *stop) => break,
-                message = self.inbound.message() => message,
+                Ok(()) = self.settings.changed() => None,
+                message = self.inbound.message() => Some(message),
+            };
+            let Some(message) = message else {
+                let settings = *self.settings.borrow_and_update();
+                if pending_tx.send(Pending::Ready(CollectorMessage::Config(settings.to_update()))).await.is_err() {
+                    break;
+                }
+                continue;
             };
             let message = match message {
                 Ok(Some(message)) => message,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod agent_settings;
 pub mod api;
 pub mod catalog;
 pub mod cli;
@@ -110,6 +111,11 @@ impl Collector {
                 });
             }
         };
+        let agent_settings = catalog
+            .agent_settings()
+            .await
+            .map_err(|source| CollectorError::Catalog { path: config.data_dir.clone(), source })?;
+        let (agent_settings, agent_settings_rx) = watch::channel(agent_settings);
         let store_dir = config.data_dir.join("store");
         let (store, store_writer) = {
             let dir = store_dir.clone();
@@ -152,6 +158,7 @@ impl Collector {
             store.clone(),
             config.ingest_token.clone(),
             config.limits,
+            agent_settings_rx,
             shutdown_rx.clone(),
         );
         let grpc_service = IngestServer::new(ingest)
@@ -169,6 +176,7 @@ impl Collector {
             catalog: catalog.clone(),
             store: store.clone(),
             token: config.admin_token.clone(),
+            agent_settings: Arc::new(agent_settings),
         };
         let source = Arc::new(StoreSource::new(store));
         let app = api::router(source.clone(), admin).merge(querypulse_web::router(source));

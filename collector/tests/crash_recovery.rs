@@ -99,7 +99,8 @@ async fn acknowledged_windows_survive_sigkill_exactly_once() {
     }
     server.child.kill().expect("SIGKILL");
     server.child.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Down for several intervals while the agents keep recording.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
 
     // Agents keep recording through the outage; then the collector returns.
     let mut server = start(data.path(), grpc, http);
