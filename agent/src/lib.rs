@@ -9,6 +9,9 @@ pub mod pool;
 mod recorder;
 mod sender;
 
+#[cfg(feature = "sqlx")]
+pub mod sqlx;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -31,15 +31,18 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut dashboard = None;
-    for line in stdout.lines() {
+    for line in stdout.by_ref() {
         let line = line.expect("readable stdout");
         if let Some(url) = line.trim().strip_prefix("dashboard") {
             dashboard = Some(url.trim().trim_end_matches('/').to_owned());
             break;
         }
     }
+    // Keep reading: the demo prints more lines, and writing them into a
+    // closed pipe would end it.
+    std::thread::spawn(move || stdout.for_each(drop));
     let base = dashboard.expect("the demo prints its dashboard URL");
 
     let client = reqwest::Client::new();
@@ -54,7 +57,13 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
             .as_array()
             .into_iter()
             .flatten()
-            .find(|q| q["calls"].as_u64().unwrap_or(0) > 0 && FIELDS.iter().all(|f| !q[f].is_null()))
+            // Some demo statements (a GROUP BY over a whole table) carry no
+            // literal at all; every one with a WHERE clause does.
+            .find(|q| {
+                q["calls"].as_u64().unwrap_or(0) > 0
+                    && FIELDS.iter().all(|f| !q[f].is_null())
+                    && q["text"].as_str().is_some_and(|t| t.contains(" where "))
+            })
             .cloned();
     }
     let query = complete.unwrap_or_else(|| panic!("no complete query within 15 s of start"));
