@@ -11,6 +11,8 @@ mod sender;
 
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
