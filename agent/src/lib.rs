@@ -9,6 +9,10 @@ pub mod pool;
 mod recorder;
 mod sender;
 
+#[cfg(feature = "bb8")]
+pub mod bb8;
+#[cfg(feature = "deadpool")]
+pub mod deadpool;
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
 #[cfg(feature = "tracing")]

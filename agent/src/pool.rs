@@ -21,6 +21,9 @@ use crate::recorder::duration_us;
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one health check may take before it counts as failed.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often pools that report no events of their own (deadpool, bb8) are
+/// sampled for their gauges and peaks.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// Leaked connections described in detail per pool and window; the rest are
 /// only counted.
 pub const LEAK_SAMPLES_PER_WINDOW: usize = 8;
@@ -617,6 +620,54 @@ impl Drop for Checkout {
             entry.count_leak(held.at_ms, held_for);
         }
         entry.refresh();
+    }
+}
+
+/// Keeps the statistics of a pool that reports no events of its own
+/// (deadpool, bb8): samples it every [`DEFAULT_SAMPLE_INTERVAL`] so peaks
+/// between windows are seen. Sampling stops when this is dropped or the pool
+/// is gone.
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[derive(Debug)]
+pub struct PoolWatch {
+    monitor: PoolMonitor,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl PoolWatch {
+    /// Starts sampling through `monitor`'s probe. Must run inside a Tokio
+    /// runtime.
+    pub(crate) fn start(monitor: PoolMonitor) -> PoolWatch {
+        monitor.sample();
+        let sampling = monitor.clone();
+        let sampler = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(DEFAULT_SAMPLE_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if !sampling.sample() {
+                    return;
+                }
+                sampling.entry.scan_leaks();
+            }
+        });
+        PoolWatch { monitor, sampler }
+    }
+
+    /// The monitor the pool is recorded into (for health checks of your own,
+    /// or checkouts timed with [`PoolMonitor::begin_acquire`]).
+    pub fn monitor(&self) -> &PoolMonitor {
+        &self.monitor
+    }
+}
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl Drop for PoolWatch {
+    fn drop(&mut self) {
+        self.sampler.abort();
+        // The probe may hold the pool itself: let it go.
+        self.monitor.set_probe(|| None);
     }
 }
 
