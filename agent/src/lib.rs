@@ -5,8 +5,18 @@ mod builder;
 pub mod fingerprint;
 mod outbox;
 mod outcome;
+pub mod pool;
 mod recorder;
 mod sender;
+
+#[cfg(feature = "bb8")]
+pub mod bb8;
+#[cfg(feature = "deadpool")]
+pub mod deadpool;
+#[cfg(feature = "sqlx")]
+pub mod sqlx;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +29,7 @@ use crate::recorder::Recorder;
 
 pub use builder::*;
 pub use outcome::{ErrorClass, Outcome};
+pub use pool::{Checkout, PendingAcquire, PoolMonitor, PoolSample, PoolTotals};
 pub use querypulse_proto::{AgentCounters, DbSystem, Fingerprint};
 
 /// Why the agent could not start or finish.
@@ -119,6 +130,17 @@ impl Agent {
     /// with slow-query samples).
     pub fn record_query_on(&self, pool: &str, sql: &str, elapsed: Duration, outcome: Outcome) {
         self.recorder.record(sql, elapsed, outcome, Some(pool));
+    }
+
+    /// The recording handle of the connection pool called `name` (one per
+    /// name: asking twice gives handles to the same pool). Its statistics are
+    /// shipped with every window for as long as a handle exists, and once
+    /// more after the last one is dropped.
+    ///
+    /// The `sqlx`, `deadpool` and `bb8` integrations create and drive one for
+    /// you; use this directly to watch any other pool.
+    pub fn pool_monitor(&self, name: &str, db_system: DbSystem) -> PoolMonitor {
+        PoolMonitor::new(self.recorder.pools.register(name, db_system))
     }
 
     /// The random id of this agent instance (one per process start).

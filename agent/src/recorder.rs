@@ -92,6 +92,7 @@ pub(crate) struct Recorder {
     slow: Mutex<SlowLog>,
     pub settings: LiveSettings,
     pub counters: Counters,
+    pub pools: crate::pool::PoolRegistry,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -135,6 +136,7 @@ impl Recorder {
                 interval_ms: AtomicU64::new(config.interval.as_millis() as u64),
             },
             counters: Counters::default(),
+            pools: Default::default(),
         }
     }
 
@@ -238,6 +240,7 @@ impl Recorder {
         batch.queries.sort_by_key(|q| q.fingerprint);
         batch.slow_queries = slow.samples;
         batch.counters = self.counters.snapshot();
+        self.pools.harvest_into(&mut batch);
         batch
     }
 

@@ -1,14 +1,17 @@
 //! `querypulse demo`: a collector plus simulated services whose agents drive
-//! real SQLite pools (sqlx) with a realistic mix of fast and slow statements
+//! real SQLite pools (sqlx, instrumented by the agent: pool statistics and
+//! health checks included) with a realistic mix of fast and slow statements
 //! and some failures, so a newcomer sees a live dashboard with one command.
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use querypulse_agent::{Agent, DbSystem, ErrorClass, Outcome};
+use querypulse_agent::sqlx::InstrumentedPool;
+use querypulse_agent::{Agent, DbSystem};
 use rand::Rng;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Sqlite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -37,7 +40,7 @@ pub struct Demo {
 #[derive(Debug)]
 struct Simulated {
     agent: Agent,
-    pool: SqlitePool,
+    pool: InstrumentedPool<Sqlite>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -97,14 +100,6 @@ impl Simulated {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(2));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .acquire_timeout(Duration::from_millis(750))
-            .connect_with(options)
-            .await?;
-        for statement in SCHEMA {
-            sqlx::query(*statement).execute(&pool).await?;
-        }
         let agent = Agent::builder(service)
             .endpoint(endpoint)
             .db_system(DbSystem::Sqlite)
@@ -113,13 +108,24 @@ impl Simulated {
             .label("demo", "true")
             .start()
             .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+        let pool_options = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_millis(750));
+        let pool = InstrumentedPool::builder(&agent, "main")
+            .health_check_interval(DEMO_INTERVAL)
+            .leak_threshold(Duration::from_secs(2))
+            .connect_with(pool_options, options)
+            .await?;
+        for statement in SCHEMA {
+            pool.pool().execute(*statement).await?;
+        }
         let mix = if service == "inventory" {
             INVENTORY_MIX
         } else {
             CHECKOUT_MIX
         };
         let workers = (0..WORKERS)
-            .map(|_| tokio::spawn(work(agent.clone(), pool.clone(), mix, stopped.clone())))
+            .map(|_| tokio::spawn(work(pool.clone(), mix, stopped.clone())))
             .collect();
         Ok(Simulated { agent, pool, workers })
     }
@@ -242,26 +248,7 @@ fn pick(mix: Mix, rng: &mut impl Rng) -> Statement {
     mix[0].0
 }
 
-/// Maps an sqlx error to the class the agent records. SQLite reports its own
-/// extended result codes; constraint violations are mapped to the SQLSTATE a
-/// PostgreSQL or MySQL user would recognize.
-pub fn classify_sqlx_error(error: &sqlx::Error) -> ErrorClass {
-    match error {
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("1555" | "2067") => ErrorClass::sqlstate("23505"),
-            Some("787") => ErrorClass::sqlstate("23503"),
-            Some("1299") => ErrorClass::sqlstate("23502"),
-            Some("275") => ErrorClass::sqlstate("23514"),
-            Some(code) if code.len() == 5 => ErrorClass::sqlstate(code),
-            _ => ErrorClass::Other,
-        },
-        sqlx::Error::PoolTimedOut => ErrorClass::PoolTimeout,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => ErrorClass::Io,
-        _ => ErrorClass::Other,
-    }
-}
-
-async fn work(agent: Agent, pool: SqlitePool, mix: Mix, mut stopped: watch::Receiver<bool>) {
+async fn work(pool: InstrumentedPool<Sqlite>, mix: Mix, mut stopped: watch::Receiver<bool>) {
     loop {
         let (statement, sql, pause) = {
             let mut rng = rand::rng();
@@ -271,19 +258,19 @@ async fn work(agent: Agent, pool: SqlitePool, mix: Mix, mut stopped: watch::Rece
         };
         // The literals are numbers and fixed words generated above, never
         // outside input: inlining them is what the demo wants the agent to see.
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-        let started = Instant::now();
-        let outcome = if statement.returns_rows() {
-            query.fetch_all(&pool).await.map(|rows| rows.len() as u64)
-        } else {
-            query.execute(&pool).await.map(|done| done.rows_affected())
-        };
-        let elapsed = started.elapsed();
-        let outcome = match outcome {
-            Ok(rows) => Outcome::rows(rows),
-            Err(error) => Outcome::Error(classify_sqlx_error(&error)),
-        };
-        agent.record_query_on("main", &sql, elapsed, outcome);
+        let query = sqlx::AssertSqlSafe(sql.clone());
+        // Timed from the checkout on, as a service sees it: a pool that runs
+        // dry shows up in the statements' latency and as `pool_timeout`.
+        let _ = pool
+            .timed(&sql, async {
+                let mut conn = pool.acquire().await?;
+                if statement.returns_rows() {
+                    conn.fetch_all(query).await.map(|rows| rows.len() as u64)
+                } else {
+                    conn.execute(query).await.map(|done| done.rows_affected())
+                }
+            })
+            .await;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stopped.wait_for(|stop| *stop) => return,

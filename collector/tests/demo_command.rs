@@ -56,7 +56,13 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
             .as_array()
             .into_iter()
             .flatten()
-            .find(|q| q["calls"].as_u64().unwrap_or(0) > 0 && FIELDS.iter().all(|f| !q[f].is_null()))
+            // Some demo statements (a GROUP BY over a whole table) carry no
+            // literal at all; every one with a WHERE clause does.
+            .find(|q| {
+                q["calls"].as_u64().unwrap_or(0) > 0
+                    && FIELDS.iter().all(|f| !q[f].is_null())
+                    && q["text"].as_str().is_some_and(|t| t.contains(" where "))
+            })
             .cloned();
     }
     let query = complete.unwrap_or_else(|| panic!("no complete query within 15 s of start"));
