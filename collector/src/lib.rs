@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fingerprint_cmd;
 pub mod ingest;
 pub mod read;
 pub mod store;
