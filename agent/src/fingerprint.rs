@@ -483,11 +483,17 @@ impl<'a> Lexer<'a> {
             return None;
         }
         let tag = &self.bytes[at..=tag_end];
-        let body = tag_end + 1;
-        Some(match self.bytes[body..].windows(tag.len()).position(|w| w == tag) {
-            Some(found) => body + found + tag.len(),
-            None => self.bytes.len(),
-        })
+        // Only a `$` can start the closing tag; trying each one keeps a long
+        // tag over a long body linear.
+        let mut from = tag_end + 1;
+        while let Some(found) = self.bytes[from..].iter().position(|&b| b == b'$') {
+            let close = from + found;
+            if self.bytes[close..].starts_with(tag) {
+                return Some(close + tag.len());
+            }
+            from = close + 1;
+        }
+        Some(self.bytes.len())
     }
 
     /// True when a number starts at `at`: a digit, or `.` and a digit.
@@ -820,12 +826,15 @@ impl<'a> Collapser<'a> {
             return false;
         };
         let first = &self.out[group.open + 1..first_comma];
-        if !first.iter().any(Token::renders_as_question_mark) {
-            return false;
-        }
-        let starts = commas.iter().map(|c| c + 1);
-        let ends = commas.iter().skip(1).copied().chain([end - 1]);
-        starts.zip(ends).all(|(s, e)| same_tokens(first, &self.out[s..e]))
+        let elements = || {
+            let starts = commas.iter().map(|c| c + 1);
+            starts.zip(commas.iter().skip(1).copied().chain([end - 1]))
+        };
+        // Lengths first: refusing on them alone keeps nested lists of unlike
+        // elements (`x in (y in (…), 1)`) linear.
+        elements().all(|(s, e)| e - s == first.len())
+            && first.iter().any(Token::renders_as_question_mark)
+            && elements().all(|(s, e)| same_tokens(first, &self.out[s..e]))
     }
 
     fn finish(mut self) -> Vec<Token<'a>> {
