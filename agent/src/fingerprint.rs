@@ -571,8 +571,9 @@ impl<'a> Lexer<'a> {
     /// operator.
     fn next(&mut self, previous: Option<&Token<'a>>) -> Option<Token<'a>> {
         loop {
-            let start = self.at;
+            let start = self.scan(self.at, is_space);
             let b = *self.bytes.get(start)?;
+            self.at = start;
             let (kind, end) = self.lex(b, previous);
             self.at = end;
             if let Some(kind) = kind {
@@ -584,15 +585,14 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// The kind and end of the token starting with `b` at `self.at`; no kind
-    /// for whitespace and comments.
+    /// The kind and end of the token starting with `b` at `self.at` (never
+    /// whitespace); no kind for a comment.
     fn lex(&self, b: u8, previous: Option<&Token<'a>>) -> (Option<Kind>, usize) {
         let at = self.at;
         // Only a few bytes need to know, so this is asked lazily.
         let operand_before = || previous.is_some_and(Token::ends_operand);
         let dialect = self.dialect;
         let (kind, end) = match b {
-            _ if is_space(b) => return (None, self.scan(at + 1, is_space)),
             b'-' if self.peek(1) == b'-' && (dialect != Dialect::Mysql || self.peek(2) <= b' ') => {
                 return (None, self.line_end(at));
             }
@@ -911,7 +911,11 @@ fn render(tokens: &[Token<'_>], capacity: usize) -> String {
                 out.extend_from_slice(token.text);
                 unfolded = out.len();
             }
-            Kind::Word | Kind::Punct | Kind::Operator => out.extend_from_slice(token.text),
+            Kind::Word | Kind::Punct | Kind::Operator => match token.text {
+                // Most tokens are one byte (`,`, `(`, `=`): no copy call for those.
+                [byte] => out.push(*byte),
+                text => out.extend_from_slice(text),
+            },
         }
     }
     out[unfolded..].make_ascii_lowercase();
