@@ -1,31 +1,107 @@
 //! Statement normalization and fingerprints.
 //!
 //! A tokenizer (not regexes, not a parser) turns a statement into the text
-//! every execution of the same query shares: literals become `?`, bind
-//! parameters of every style become `?`, `IN (…)` lists and multi-row
-//! `VALUES` collapse to one group, comments disappear, whitespace is folded and
-//! unquoted words are lowercased; quoted identifiers are kept as written. It
-//! never needs the database, never panics, and gives truncated or malformed SQL
-//! a stable result too.
+//! every execution of the same query shares, and [`Fingerprint::of_normalized`]
+//! hashes that text. It never needs the database, never panics, makes no
+//! allocation per token, and gives truncated or malformed SQL a stable result
+//! too.
+//!
+//! ```
+//! use querypulse_agent::fingerprint::{Dialect, normalize_text};
+//!
+//! let text = normalize_text("SELECT * FROM t WHERE id IN (1, 2, 3) AND name = 'x' -- hi", Dialect::Postgres);
+//! assert_eq!(text, "select * from t where id in (?) and name = ?");
+//! ```
+//!
+//! # Rules
+//!
+//! | what | becomes | e.g. |
+//! |---|---|---|
+//! | string literals: `'…'` with `''` (and `\'` where the dialect escapes), `E'…'`, `N'…'`, `B'…'`, `X'…'`, `U&'…'`, `$$…$$` and `$tag$…$tag$` | `?` | `'it''s'` → `?` |
+//! | numbers: integers, decimals, exponents, `0x`/`0b`/`0o`, `1_000` | `?` | `1.5e-3` → `?` |
+//! | a sign right before a number, where an operand starts (after an operator, `(`, `,` or a keyword such as `select`, `then`, `limit`, `interval`) | part of the number | `a = -1` → `a = ?` |
+//! | a sign after an operand | a binary operator | `a-1` → `a - ?` |
+//! | `true`, `false`, `null` | `?` | `set flag = TRUE` → `set flag = ?` |
+//! | …right after `IS`, `IS NOT` or `NOT` | kept (lowercased) | `x IS NULL`, `a int NOT NULL` |
+//! | bind parameters `$1`, `?`, `?1`, `:name`, `@name`, `$name` (per dialect, below) | `?` | `a = $1` → `a = ?` |
+//! | `IN (…)` whose elements all normalize alike (and hold a placeholder) | one element | `in (1, 2)` → `in (?)`, `in ((1, 2), (3, 4))` → `in ((?, ?))` |
+//! | `ARRAY[…]` likewise | one element | `array[1, 2]` → `array[?]` |
+//! | `VALUES` rows that normalize alike | the first row | `values (1, 'a'), (2, 'b')` → `values (?, ?)` |
+//! | comments: `--`, `/* … */`, `#` (MySQL), MySQL `/*! … */` and `/*+ … */` hints | dropped | |
+//! | whitespace | one space, placed by token kind | `count( * )` → `count(*)`, `a=b` → `a = b` |
+//! | unquoted words (keywords, identifiers, functions) | ASCII-lowercased | `SELECT Name` → `select name` |
+//! | quoted identifiers `"…"`, `` `…` ``, `[…]` (SQLite) | kept as written | `"Users"` |
+//! | casts `::type`, operators, other identifiers | kept | `a::text`, `data ->> ?`, `table_2023` |
+//! | a trailing `;` | dropped | |
+//!
+//! Decisions on the ambiguous cases:
+//!
+//! - `LIMIT 10` becomes `limit ?` (and `LIMIT 10, 20` `limit ?, ?`): a page size
+//!   is a value the application varies, like any other.
+//! - `IS NULL`, `IS NOT TRUE` and `NOT NULL` keep their keyword: they are part of
+//!   the query's shape, not a value. `x = NULL` is a comparison with a value and
+//!   becomes `x = ?`.
+//! - Unquoted identifiers are lowercased like keywords. PostgreSQL and SQLite
+//!   treat them case-insensitively anyway; on MySQL with case-sensitive table
+//!   names `Users` and `users` share a fingerprint, as with pt-fingerprint.
+//!   Distinct identifiers (`t1` and `t2`, `table_2023` and `table_2024`) never do.
+//! - An `IN` list or `VALUES` rows collapse only when every element normalizes to
+//!   the same text: `in (1, a)` or `values (1, default), (2, 3)` stay as written,
+//!   because there the shape differs.
+//! - MySQL `/*! … */` comments run on MySQL, but they are nearly always dump or
+//!   version guards; they are dropped like optimizer hints (`/*+ … */`), which
+//!   change the plan but not the query.
+//! - A line's `--` is a comment everywhere except in MySQL, where it needs a
+//!   space or control character after it (`1--1` is `1 - -1` there). `#` is a
+//!   comment only in MySQL: the generic dialect reads it as PostgreSQL does, an
+//!   operator (`#>`, `#>>`), which application SQL uses more than `#` comments.
+//! - A sign belongs to a number only when it touches it: `-1` is one literal,
+//!   `- 1` an operator and a literal, as a person would read them.
+//! - `:name` after an operand is not a parameter but a slice bound
+//!   (`arr[lo:hi]`), and `?` after an operand in PostgreSQL is the JSON
+//!   operator (`data ? 'key'`), not a parameter.
+//! - An unterminated string, comment or quoted identifier runs to the end of the
+//!   statement; stray brackets stay where they are.
+//!
+//! # Dialects
+//!
+//! | | Generic | Postgres | Mysql | Sqlite |
+//! |---|---|---|---|---|
+//! | `"…"` | identifier | identifier | string | identifier |
+//! | `\` escapes in `'…'` | yes | only in `E'…'` | yes | no |
+//! | `$$…$$`, `$tag$…$tag$` | string | string | — | — |
+//! | `#` | operator | operator | comment | operator |
+//! | nested `/* /* */ */` | yes | yes | no | no |
+//! | `?` after an operand | operator (`?`, `?\|`, `?&`) | operator | parameter | parameter |
+//! | `?`, `$1` elsewhere | parameter | parameter | parameter, identifier | parameter |
+//! | `@name` | parameter where an operand starts | operator | user variable, kept (`@@name` too) | parameter |
+//! | `$name` | parameter | parameter | identifier | parameter |
+//! | `:1` | operator and number | operator and number | operator and number | parameter |
+//! | `[…]` where an operand starts | subscript | subscript | subscript | identifier |
+//! | `1abc` | `? abc` | `? abc` | identifier | `? abc` |
+//! | `1_000` | number | number | identifier | number |
 
 use querypulse_proto::{DbSystem, Fingerprint};
 
 /// Longest normalized text kept; the fingerprint still covers the whole text.
 pub const MAX_TEXT_LEN: usize = 16 * 1024;
 
-/// The SQL dialect, which decides the few ambiguous lexical rules: whether `"…"`
-/// is a string or an identifier, whether `\` escapes in `'…'`, whether `#`
-/// starts a comment and whether `@name` is a bind parameter.
+/// The SQL dialect, which decides the few ambiguous lexical rules (see the
+/// table in the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
-    /// Unknown engine: `"…"` is an identifier, `\` escapes, `# ` starts a comment.
+    /// Unknown engine: the PostgreSQL rules, except that `\` escapes in `'…'`
+    /// and `@name` is a parameter. `#` is an operator here, never a comment.
     #[default]
     Generic,
-    /// PostgreSQL: `\` escapes only in `E'…'`, `#` is an operator.
+    /// PostgreSQL: `\` escapes only in `E'…'`; `#`, `?|`, `@>` and (after an
+    /// operand) `?` are operators; comments nest.
     Postgres,
-    /// MySQL and MariaDB: `"…"` is a string, `#` starts a comment, `\` escapes.
+    /// MySQL and MariaDB: `"…"` is a string, `#` starts a comment, `\` escapes,
+    /// `@var` is a user variable.
     Mysql,
-    /// SQLite: `@name` and `$name` are bind parameters, `\` is an ordinary character.
+    /// SQLite: `?NNN`, `:name`, `@name` and `$name` are bind parameters, `[…]`
+    /// quotes an identifier, `\` is an ordinary character.
     Sqlite,
 }
 
@@ -66,8 +142,16 @@ pub fn normalize(sql: &str, dialect: Dialect) -> Normalized {
 
 /// The normalized text of `sql` (uncut).
 pub fn normalize_text(sql: &str, dialect: Dialect) -> String {
-    let tokens = collapse_lists(tokenize(sql, dialect));
-    render(&tokens, sql.len())
+    let mut lexer = Lexer {
+        bytes: sql.as_bytes(),
+        at: 0,
+        dialect,
+    };
+    let mut tokens = Collapser::with_capacity(sql.len() / 4 + 1);
+    while let Some(token) = lexer.next(tokens.last()) {
+        tokens.push(token);
+    }
+    render(&tokens.finish(), sql.len())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,55 +162,78 @@ enum Kind {
     Quoted,
     /// A literal or a bind parameter, rendered `?`.
     Placeholder,
-    /// One of `( ) [ ] , ; .`.
+    /// One of `( ) [ ] { } , ; .`.
     Punct,
     /// Any other operator, e.g. `=`, `<>`, `::`, `->>`.
     Operator,
-    /// `IN (?, ?, …)` collapsed: rendered `(?)`… see [`collapse_lists`].
-    List,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Token<'a> {
     kind: Kind,
-    text: &'a str,
+    /// The token's bytes; tokens start and end on character boundaries.
+    text: &'a [u8],
 }
 
 impl Token<'_> {
-    fn is(&self, kind: Kind, text: &str) -> bool {
-        self.kind == kind && self.text.eq_ignore_ascii_case(text)
-    }
-
-    fn same_as(&self, other: &Token<'_>) -> bool {
-        self.kind == other.kind
-            && match self.kind {
-                Kind::Placeholder | Kind::List => true,
-                Kind::Word => self.text.eq_ignore_ascii_case(other.text),
-                _ => self.text == other.text,
+    /// True for this kind and text (any case, for words).
+    fn is(&self, kind: Kind, text: &[u8]) -> bool {
+        self.kind == kind
+            && match kind {
+                Kind::Word => self.text.eq_ignore_ascii_case(text),
+                _ => self.text == text,
             }
     }
 
-    /// True when a `-` or `+` right after this token is a binary operator,
-    /// i.e. this token ends an operand.
+    fn renders_as_question_mark(&self) -> bool {
+        self.kind == Kind::Placeholder || (self.kind == Kind::Operator && self.text == b"?")
+    }
+
+    /// True when both tokens render the same text.
+    fn renders_like(&self, other: &Token<'_>) -> bool {
+        match (self.renders_as_question_mark(), other.renders_as_question_mark()) {
+            (true, true) => true,
+            (false, false) if self.kind == Kind::Word && other.kind == Kind::Word => {
+                self.text.eq_ignore_ascii_case(other.text)
+            }
+            (false, false) => self.text == other.text,
+            _ => false,
+        }
+    }
+
+    /// True when this token ends an operand, so that what follows is an
+    /// operator: `-` after it is binary, `?` (PostgreSQL) an operator, `:x` a
+    /// slice bound rather than a parameter.
     fn ends_operand(&self) -> bool {
         match self.kind {
-            Kind::Placeholder | Kind::Quoted | Kind::List => true,
-            Kind::Punct => matches!(self.text, ")" | "]"),
+            Kind::Placeholder | Kind::Quoted => true,
+            Kind::Punct => matches!(self.text, b")" | b"]" | b"}"),
             Kind::Word => !is_keyword(self.text),
             Kind::Operator => false,
         }
     }
+
+    /// True for an identifier: a word that is not a keyword, or a quoted name.
+    fn is_name(&self) -> bool {
+        matches!(self.kind, Kind::Word | Kind::Quoted) && self.ends_operand()
+    }
+
+    /// True when a `?` after this token is an operator (PostgreSQL): after an
+    /// operand, and after the `?` operator too, because normalizing the output
+    /// again cannot tell that from a `?` placeholder.
+    fn question_mark_is_operator_after(&self) -> bool {
+        self.ends_operand() || self.is(Kind::Operator, b"?")
+    }
 }
 
-/// Keywords after which a `-` or `+` starts a signed number, and before which
-/// `(` is set off by a space.
+/// Keywords after which an operand starts (so `-1` there is a negative number
+/// and `?` a parameter), and before which `(` is set off by a space.
 const KEYWORDS: &[&str] = &[
     "all",
     "and",
     "any",
     "array",
     "as",
-    "asc",
     "between",
     "by",
     "case",
@@ -134,11 +241,12 @@ const KEYWORDS: &[&str] = &[
     "cross",
     "default",
     "delete",
-    "desc",
     "distinct",
+    "div",
     "do",
     "else",
-    "end",
+    "elseif",
+    "elsif",
     "escape",
     "except",
     "exists",
@@ -147,6 +255,7 @@ const KEYWORDS: &[&str] = &[
     "for",
     "from",
     "full",
+    "glob",
     "group",
     "having",
     "if",
@@ -155,6 +264,7 @@ const KEYWORDS: &[&str] = &[
     "inner",
     "insert",
     "intersect",
+    "interval",
     "into",
     "is",
     "join",
@@ -162,6 +272,7 @@ const KEYWORDS: &[&str] = &[
     "left",
     "like",
     "limit",
+    "mod",
     "natural",
     "not",
     "offset",
@@ -172,6 +283,7 @@ const KEYWORDS: &[&str] = &[
     "over",
     "partition",
     "regexp",
+    "return",
     "returning",
     "right",
     "rlike",
@@ -181,6 +293,7 @@ const KEYWORDS: &[&str] = &[
     "some",
     "table",
     "then",
+    "to",
     "union",
     "update",
     "using",
@@ -189,39 +302,116 @@ const KEYWORDS: &[&str] = &[
     "where",
     "with",
     "within",
+    "xor",
 ];
 
-fn is_keyword(word: &str) -> bool {
-    if word.len() > 12 || !word.is_ascii() {
-        return false;
+/// Longest entry of [`KEYWORDS`].
+const MAX_KEYWORD_LEN: usize = 9;
+
+/// A word of up to 16 ASCII bytes, lowercased and packed first byte highest,
+/// so that packed words sort like the words: keyword lookup is then a binary
+/// search over integers, with no allocation and no string comparison.
+const fn pack(word: &[u8]) -> Option<u128> {
+    if word.len() > 16 {
+        return None;
     }
-    let mut buffer = [0u8; 12];
-    let lower = &mut buffer[..word.len()];
-    lower.copy_from_slice(word.as_bytes());
-    lower.make_ascii_lowercase();
-    KEYWORDS.binary_search_by(|k| k.as_bytes().cmp(lower)).is_ok()
+    let mut code = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        let b = if i < word.len() {
+            word[i].to_ascii_lowercase()
+        } else {
+            0
+        };
+        if b >= 0x80 {
+            return None;
+        }
+        code = (code << 8) | b as u128;
+        i += 1;
+    }
+    Some(code)
 }
 
+const KEYWORD_CODES: [u128; KEYWORDS.len()] = {
+    let mut codes = [0; KEYWORDS.len()];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        codes[i] = match pack(KEYWORDS[i].as_bytes()) {
+            Some(code) => code,
+            None => panic!("keywords are short ASCII words"),
+        };
+        i += 1;
+    }
+    codes
+};
+
+fn is_keyword(word: &[u8]) -> bool {
+    word.len() <= MAX_KEYWORD_LEN && pack(word).is_some_and(|code| KEYWORD_CODES.binary_search(&code).is_ok())
+}
+
+const WORD_START: u8 = 1;
+const WORD_CONTINUE: u8 = 2;
+const OPERATOR: u8 = 4;
+const SPACE: u8 = 8;
+
+/// What each byte can be, looked up once per byte while scanning. Bytes from
+/// 0x80 up belong to multi-byte characters, which are all word characters.
+const BYTE_CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class[b] |= WORD_START | WORD_CONTINUE;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class[b] |= WORD_CONTINUE;
+        }
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class[b] |= SPACE;
+        }
+        b += 1;
+    }
+    let operators = b"+-*/<>=~!@#%^&|?:";
+    let mut i = 0;
+    while i < operators.len() {
+        class[operators[i] as usize] |= OPERATOR;
+        i += 1;
+    }
+    class
+};
+
 fn is_word_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    BYTE_CLASS[usize::from(b)] & WORD_START != 0
 }
 
 fn is_word_continue(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    BYTE_CLASS[usize::from(b)] & WORD_CONTINUE != 0
 }
 
-const OPERATOR_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?:";
+fn is_operator(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] & OPERATOR != 0
+}
+
+fn is_space(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] & SPACE != 0
+}
 
 struct Lexer<'a> {
-    sql: &'a str,
+    /// The statement's bytes: a `&str`'s, so every token that starts and ends
+    /// at an ASCII byte (or the end) is whole characters.
     bytes: &'a [u8],
     at: usize,
     dialect: Dialect,
 }
 
 impl<'a> Lexer<'a> {
+    fn byte(&self, at: usize) -> u8 {
+        self.bytes.get(at).copied().unwrap_or(0)
+    }
+
     fn peek(&self, ahead: usize) -> u8 {
-        self.bytes.get(self.at + ahead).copied().unwrap_or(0)
+        self.byte(self.at + ahead)
     }
 
     /// Index just past a run of bytes from `at` matching `pred`.
@@ -232,11 +422,17 @@ impl<'a> Lexer<'a> {
         at
     }
 
-    /// Skips a quoted run opened at `self.at` by `quote`; a doubled quote is an
-    /// escaped quote, and so is a backslash-quote when `backslash` is set. An
-    /// unterminated run ends at the end of input.
-    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
-        let mut at = self.at + 1;
+    /// Index just past the line that `at` is on (the newline stays for the
+    /// whitespace rule).
+    fn line_end(&self, at: usize) -> usize {
+        self.scan(at, |c| c != b'\n')
+    }
+
+    /// Index just past the quoted run opened at `at` by `quote`; a doubled
+    /// quote is an escaped quote, and so is a backslash-quote when `backslash`
+    /// is set. An unterminated run ends at the end of input.
+    fn quoted_end(&self, at: usize, quote: u8, backslash: bool) -> usize {
+        let mut at = at + 1;
         while at < self.bytes.len() {
             let b = self.bytes[at];
             if backslash && b == b'\\' {
@@ -245,381 +441,487 @@ impl<'a> Lexer<'a> {
                 if self.bytes.get(at + 1) == Some(&quote) {
                     at += 2;
                 } else {
-                    at += 1;
-                    break;
+                    return at + 1;
                 }
             } else {
                 at += 1;
             }
         }
-        self.at = at.min(self.bytes.len());
+        self.bytes.len()
     }
 
-    /// `$tag$` at `self.at`: returns the length of the opening tag.
-    fn dollar_tag(&self) -> Option<usize> {
-        let end = self.scan(self.at + 1, |b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80);
-        let tag_ok = end == self.at + 1 || !self.bytes[self.at + 1].is_ascii_digit();
-        (tag_ok && self.bytes.get(end) == Some(&b'$')).then_some(end + 1 - self.at)
-    }
-
-    fn skip_dollar_quoted(&mut self, tag_len: usize) {
-        let tag = &self.sql[self.at..self.at + tag_len];
-        let body = self.at + tag_len;
-        self.at = match self.sql[body..].find(tag) {
-            Some(found) => body + found + tag_len,
-            None => self.bytes.len(),
-        };
-    }
-
-    /// A number starting at `self.at` (digits, or `.` followed by a digit).
-    fn skip_number(&mut self) {
-        let b = self.bytes;
-        if b[self.at] == b'0' && matches!(self.peek(1), b'x' | b'X' | b'b' | b'B') && self.peek(2).is_ascii_hexdigit() {
-            self.at = self.scan(self.at + 2, |c| c.is_ascii_hexdigit() || c == b'_');
-            return;
-        }
-        let mut at = self.scan(self.at, |c| c.is_ascii_digit() || c == b'_');
-        if b.get(at) == Some(&b'.') {
-            at = self.scan(at + 1, |c| c.is_ascii_digit() || c == b'_');
-        }
-        if matches!(b.get(at), Some(b'e' | b'E')) {
-            let mut exp = at + 1;
-            if matches!(b.get(exp), Some(b'+' | b'-')) {
-                exp += 1;
-            }
-            if b.get(exp).is_some_and(u8::is_ascii_digit) {
-                at = self.scan(exp, |c| c.is_ascii_digit());
+    /// Index just past the block comment opened at `at`.
+    fn block_comment_end(&self, at: usize) -> usize {
+        let nests = matches!(self.dialect, Dialect::Postgres | Dialect::Generic);
+        let mut depth = 0usize;
+        let mut at = at;
+        while at + 1 < self.bytes.len() {
+            match (self.bytes[at], self.bytes[at + 1]) {
+                (b'/', b'*') if depth == 0 || nests => {
+                    depth += 1;
+                    at += 2;
+                }
+                (b'*', b'/') => {
+                    depth -= 1;
+                    at += 2;
+                    if depth == 0 {
+                        return at;
+                    }
+                }
+                _ => at += 1,
             }
         }
-        self.at = at;
+        self.bytes.len()
     }
 
+    /// Index just past the `$tag$…$tag$` string opened at `at`, if a dollar
+    /// quote opens there.
+    fn dollar_quoted_end(&self, at: usize) -> Option<usize> {
+        let tag_end = self.scan(at + 1, |b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80);
+        let tag_ok = tag_end == at + 1 || !self.bytes[at + 1].is_ascii_digit();
+        if !tag_ok || self.byte(tag_end) != b'$' {
+            return None;
+        }
+        let tag = &self.bytes[at..=tag_end];
+        // Only a `$` can start the closing tag; trying each one keeps a long
+        // tag over a long body linear.
+        let mut from = tag_end + 1;
+        while let Some(found) = self.bytes[from..].iter().position(|&b| b == b'$') {
+            let close = from + found;
+            if self.bytes[close..].starts_with(tag) {
+                return Some(close + tag.len());
+            }
+            from = close + 1;
+        }
+        Some(self.bytes.len())
+    }
+
+    /// True when a number starts at `at`: a digit, or `.` and a digit.
+    fn number_starts(&self, at: usize) -> bool {
+        self.byte(at).is_ascii_digit() || (self.byte(at) == b'.' && self.byte(at + 1).is_ascii_digit())
+    }
+
+    /// True when the `.` at `at` directly follows a name, as in `t.5` (a
+    /// MySQL column may start with a digit), rather than starting `.5`.
+    fn qualifies(&self, at: usize, previous: Option<&Token<'a>>) -> bool {
+        let name = previous.is_some_and(Token::is_name);
+        name && at > 0 && (is_word_continue(self.bytes[at - 1]) || matches!(self.bytes[at - 1], b'"' | b'`' | b']'))
+    }
+
+    /// The end of the number starting at `at`, and whether it is really a word:
+    /// MySQL reads `1abc`, `1_000` and `0x1g` as identifiers.
+    fn number_end(&self, at: usize) -> (usize, bool) {
+        let mysql = self.dialect == Dialect::Mysql;
+        let digit = |c: u8| c.is_ascii_digit() || (c == b'_' && !mysql);
+        let radix = matches!(self.byte(at + 1), b'x' | b'X' | b'b' | b'B')
+            || (!mysql && matches!(self.byte(at + 1), b'o' | b'O'));
+        let mut end;
+        let mut fraction = false;
+        if self.byte(at) == b'0' && radix && self.byte(at + 2).is_ascii_hexdigit() {
+            end = self.scan(at + 2, |c| c.is_ascii_hexdigit() || (c == b'_' && !mysql));
+        } else {
+            end = self.scan(at, digit);
+            if self.byte(end) == b'.' {
+                fraction = true;
+                end = self.scan(end + 1, digit);
+            }
+            if matches!(self.byte(end), b'e' | b'E') {
+                let mut exponent = end + 1;
+                if matches!(self.byte(exponent), b'+' | b'-') {
+                    exponent += 1;
+                }
+                if self.byte(exponent).is_ascii_digit() {
+                    end = self.scan(exponent, |c| c.is_ascii_digit());
+                }
+            }
+        }
+        if mysql && !fraction && end < self.bytes.len() && is_word_continue(self.bytes[end]) {
+            return (self.scan(end, is_word_continue), true);
+        }
+        (end, false)
+    }
+
+    /// True when an operator run must stop before `at`, because a comment, a
+    /// signed number, a parameter or a variable starts there.
+    fn operator_stops(&self, run_start: usize, at: usize) -> bool {
+        let (b, next) = (self.bytes[at], self.byte(at + 1));
+        match b {
+            b'-' => next == b'-' || self.bytes[at - 1] == b'-' || self.number_starts(at + 1),
+            b'+' => self.number_starts(at + 1),
+            b'/' => next == b'*',
+            b'#' => self.dialect == Dialect::Mysql,
+            b'@' => self.dialect != Dialect::Postgres && (is_word_start(next) || next == b'@'),
+            // `@?` is a PostgreSQL jsonpath operator; `=?` is `=` and a parameter.
+            b'?' => !(at == run_start + 1 && self.bytes[run_start] == b'@' && self.dialect != Dialect::Mysql),
+            b':' => next == b':' || is_word_start(next),
+            _ => false,
+        }
+    }
+
+    fn operator_end(&self, start: usize) -> usize {
+        let mut end = start + 1;
+        while end < self.bytes.len() && is_operator(self.bytes[end]) && !self.operator_stops(start, end) {
+            end += 1;
+        }
+        end
+    }
+
+    /// The next token, skipping whitespace and comments. `previous` is the
+    /// last token kept, which decides between sign and minus, parameter and
+    /// operator.
     fn next(&mut self, previous: Option<&Token<'a>>) -> Option<Token<'a>> {
         loop {
-            let b = *self.bytes.get(self.at)?;
-            let start = self.at;
-            let token = |kind, end: usize| Token {
-                kind,
-                text: &self.sql[start..end],
-            };
-            match b {
-                b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => self.at += 1,
-                b'-' if self.peek(1) == b'-' => self.at = self.scan(self.at, |c| c != b'\n'),
-                b'#' if self.dialect == Dialect::Mysql
-                    || (self.dialect == Dialect::Generic && matches!(self.peek(1), b' ' | b'\t' | b'\n' | 0)) =>
-                {
-                    self.at = self.scan(self.at, |c| c != b'\n');
-                }
-                b'/' if self.peek(1) == b'*' => {
-                    // Block comments nest in PostgreSQL; nesting elsewhere is rare
-                    // enough that treating it the same way is harmless.
-                    let mut depth = 0usize;
-                    let mut at = self.at;
-                    while at < self.bytes.len() {
-                        if self.bytes[at] == b'/' && self.bytes.get(at + 1) == Some(&b'*') {
-                            depth += 1;
-                            at += 2;
-                        } else if self.bytes[at] == b'*' && self.bytes.get(at + 1) == Some(&b'/') {
-                            depth -= 1;
-                            at += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        } else {
-                            at += 1;
-                        }
-                    }
-                    self.at = at.min(self.bytes.len());
-                }
-                b'\'' => {
-                    let backslash = matches!(self.dialect, Dialect::Mysql | Dialect::Generic);
-                    self.skip_quoted(b'\'', backslash);
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b'"' => {
-                    if self.dialect == Dialect::Mysql {
-                        self.skip_quoted(b'"', true);
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    self.skip_quoted(b'"', false);
-                    return Some(token(Kind::Quoted, self.at));
-                }
-                b'`' => {
-                    self.skip_quoted(b'`', false);
-                    return Some(token(Kind::Quoted, self.at));
-                }
-                b'[' if self.dialect == Dialect::Sqlite
-                    && !previous.is_some_and(|p| p.ends_operand() || p.is(Kind::Word, "array")) =>
-                {
-                    let end = self.scan(self.at + 1, |c| c != b']');
-                    self.at = (end + 1).min(self.bytes.len());
-                    return Some(token(Kind::Quoted, self.at));
-                }
-                b'$' => {
-                    if self.peek(1).is_ascii_digit() {
-                        self.at = self.scan(self.at + 1, |c| c.is_ascii_digit());
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    if self.dialect != Dialect::Sqlite
-                        && let Some(tag_len) = self.dollar_tag()
-                    {
-                        self.skip_dollar_quoted(tag_len);
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    if is_word_start(self.peek(1)) {
-                        self.at = self.scan(self.at + 1, is_word_continue);
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    self.at += 1;
-                    return Some(token(Kind::Operator, self.at));
-                }
-                b'?' if !matches!(self.peek(1), b'|' | b'&') => {
-                    self.at = self.scan(self.at + 1, |c| c.is_ascii_digit());
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b':' if self.peek(1) == b':' => {
-                    self.at += 2;
-                    return Some(token(Kind::Operator, self.at));
-                }
-                b':' if is_word_start(self.peek(1)) => {
-                    self.at = self.scan(self.at + 1, is_word_continue);
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b'@' if self.dialect == Dialect::Sqlite && is_word_start(self.peek(1)) => {
-                    self.at = self.scan(self.at + 1, is_word_continue);
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b'0'..=b'9' => {
-                    self.skip_number();
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b'.' if self.peek(1).is_ascii_digit()
-                    && !previous.is_some_and(|p| p.kind == Kind::Word || p.kind == Kind::Quoted) =>
-                {
-                    self.skip_number();
-                    return Some(token(Kind::Placeholder, self.at));
-                }
-                b'(' | b')' | b'[' | b']' | b',' | b';' | b'.' | b'{' | b'}' => {
-                    self.at += 1;
-                    return Some(token(Kind::Punct, self.at));
-                }
-                _ if is_word_start(b) => {
-                    let end = self.scan(self.at, is_word_continue);
-                    let word = &self.sql[start..end];
-                    // Prefixed strings: E'…', N'…', B'…', X'…', U&'…'.
-                    if self.bytes.get(end) == Some(&b'\'') && word.len() == 1 && b"eEnNbBxX".contains(&b) {
-                        self.at = end;
-                        let backslash = matches!(b, b'e' | b'E') || self.dialect != Dialect::Postgres;
-                        self.skip_quoted(b'\'', backslash && self.dialect != Dialect::Sqlite);
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    if word.eq_ignore_ascii_case("u")
-                        && self.bytes.get(end) == Some(&b'&')
-                        && self.bytes.get(end + 1) == Some(&b'\'')
-                    {
-                        self.at = end + 1;
-                        self.skip_quoted(b'\'', false);
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    self.at = end;
-                    let literal = ["true", "false", "null"].iter().any(|l| word.eq_ignore_ascii_case(l));
-                    let after_is = previous.is_some_and(|p| p.is(Kind::Word, "is") || p.is(Kind::Word, "not"));
-                    if literal && !after_is {
-                        return Some(token(Kind::Placeholder, end));
-                    }
-                    return Some(token(Kind::Word, end));
-                }
-                _ if OPERATOR_CHARS.contains(&b) => {
-                    // A sign directly before a number, where no operand precedes it,
-                    // belongs to the literal.
-                    if matches!(b, b'-' | b'+')
-                        && (self.peek(1).is_ascii_digit() || (self.peek(1) == b'.' && self.peek(2).is_ascii_digit()))
-                        && !previous.is_some_and(Token::ends_operand)
-                    {
-                        self.at += 1;
-                        self.skip_number();
-                        return Some(token(Kind::Placeholder, self.at));
-                    }
-                    let mut end = self.at + 1;
-                    while end < self.bytes.len() && OPERATOR_CHARS.contains(&self.bytes[end]) {
-                        // A comment or a sign starts inside an operator run: stop there.
-                        let rest = &self.bytes[end..];
-                        if rest.starts_with(b"--") || rest.starts_with(b"/*") {
-                            break;
-                        }
-                        if matches!(rest[0], b'-' | b'+') && rest.get(1).is_some_and(u8::is_ascii_digit) {
-                            break;
-                        }
-                        if rest[0] == b'?'
-                            || (rest[0] == b':' && rest.get(1).is_some_and(|c| *c == b':' || is_word_start(*c)))
-                        {
-                            break;
-                        }
-                        end += 1;
-                    }
-                    self.at = end;
-                    return Some(token(Kind::Operator, end));
-                }
-                _ => {
-                    // Any other byte (control characters, stray backslashes, …)
-                    // is kept as a one-byte operator so nothing is lost silently.
-                    // (Bytes from 0x80 up start words, so this byte is ASCII.)
-                    self.at += 1;
-                    return Some(token(Kind::Operator, self.at));
-                }
-            }
-        }
-    }
-}
-
-fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
-    let mut lexer = Lexer {
-        sql,
-        bytes: sql.as_bytes(),
-        at: 0,
-        dialect,
-    };
-    let mut tokens: Vec<Token<'_>> = Vec::with_capacity(sql.len() / 4 + 1);
-    while let Some(token) = lexer.next(tokens.last()) {
-        tokens.push(token);
-    }
-    while tokens.last().is_some_and(|t| t.is(Kind::Punct, ";")) {
-        tokens.pop();
-    }
-    tokens
-}
-
-/// Index just past the group opened by the bracket at `open`, or `None` when
-/// it is not closed.
-fn group_end(tokens: &[Token<'_>], open: usize) -> Option<usize> {
-    let (opening, closing) = match tokens[open].text {
-        "(" => ("(", ")"),
-        "[" => ("[", "]"),
-        _ => return None,
-    };
-    let mut depth = 0usize;
-    for (i, token) in tokens.iter().enumerate().skip(open) {
-        if token.kind == Kind::Punct {
-            if token.text == opening {
-                depth += 1;
-            } else if token.text == closing {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// True when the group `tokens[open..end]` holds only placeholders (and
-/// collapsed lists) separated by commas, e.g. `(?, ?, ?)`.
-fn is_placeholder_list(group: &[Token<'_>]) -> bool {
-    let inner = &group[1..group.len() - 1];
-    !inner.is_empty()
-        && inner.iter().enumerate().all(|(i, t)| {
-            if i % 2 == 0 {
-                matches!(t.kind, Kind::Placeholder | Kind::List)
-            } else {
-                t.is(Kind::Punct, ",")
-            }
-        })
-}
-
-/// Collapses `IN (?, ?, …)` and `ARRAY[?, ?, …]` to one element and repeated
-/// identical `VALUES (…), (…)` rows to one row.
-fn collapse_lists(tokens: Vec<Token<'_>>) -> Vec<Token<'_>> {
-    let mut out: Vec<Token<'_>> = Vec::with_capacity(tokens.len());
-    let mut i = 0;
-    while i < tokens.len() {
-        let token = tokens[i];
-        let opens_group = token.kind == Kind::Punct && (token.text == "(" || token.text == "[");
-        if opens_group && let Some(end) = group_end(&tokens, i) {
-            let after_in = out.last().is_some_and(|p| p.is(Kind::Word, "in"));
-            let after_array = token.text == "[" && out.last().is_some_and(|p| p.is(Kind::Word, "array"));
-            if (after_in || after_array) && is_placeholder_list(&tokens[i..end]) {
-                out.push(Token {
-                    kind: Kind::List,
-                    text: if token.text == "(" { "(?)" } else { "[?]" },
+            let start = self.scan(self.at, is_space);
+            let b = *self.bytes.get(start)?;
+            self.at = start;
+            let (kind, end) = self.lex(b, previous);
+            self.at = end;
+            if let Some(kind) = kind {
+                return Some(Token {
+                    kind,
+                    text: &self.bytes[start..end],
                 });
-                i = end;
-                continue;
-            }
-            let after_values = out.last().is_some_and(|p| p.is(Kind::Word, "values"));
-            if after_values {
-                // Keep the first row; skip every following `, (row)` identical to it.
-                let row = &tokens[i..end];
-                out.extend_from_slice(row);
-                let mut next = end;
-                while next < tokens.len() && tokens[next].is(Kind::Punct, ",") {
-                    let Some(row_end) = tokens
-                        .get(next + 1)
-                        .filter(|t| t.is(Kind::Punct, "("))
-                        .and_then(|_| group_end(&tokens, next + 1))
-                    else {
-                        break;
-                    };
-                    let candidate = &tokens[next + 1..row_end];
-                    if candidate.len() != row.len() || !candidate.iter().zip(row).all(|(a, b)| a.same_as(b)) {
-                        break;
-                    }
-                    next = row_end;
-                }
-                i = next;
-                continue;
             }
         }
-        out.push(token);
-        i += 1;
     }
-    out
+
+    /// The kind and end of the token starting with `b` at `self.at` (never
+    /// whitespace); no kind for a comment.
+    fn lex(&self, b: u8, previous: Option<&Token<'a>>) -> (Option<Kind>, usize) {
+        let at = self.at;
+        // Only a few bytes need to know, so this is asked lazily.
+        let operand_before = || previous.is_some_and(Token::ends_operand);
+        let dialect = self.dialect;
+        let (kind, end) = match b {
+            b'-' if self.peek(1) == b'-' && (dialect != Dialect::Mysql || self.peek(2) <= b' ') => {
+                return (None, self.line_end(at));
+            }
+            b'#' if dialect == Dialect::Mysql => return (None, self.line_end(at)),
+            b'/' if self.peek(1) == b'*' => return (None, self.block_comment_end(at)),
+            b'\'' => {
+                let backslash = matches!(dialect, Dialect::Mysql | Dialect::Generic);
+                (Kind::Placeholder, self.quoted_end(at, b'\'', backslash))
+            }
+            b'"' if dialect == Dialect::Mysql => (Kind::Placeholder, self.quoted_end(at, b'"', true)),
+            b'"' | b'`' => (Kind::Quoted, self.quoted_end(at, b, false)),
+            b'[' if dialect == Dialect::Sqlite
+                && !operand_before()
+                && !previous.is_some_and(|p| p.is(Kind::Word, b"array")) =>
+            {
+                let end = self.scan(at + 1, |c| c != b']');
+                (Kind::Quoted, (end + 1).min(self.bytes.len()))
+            }
+            b'$' => self.dollar(at),
+            b'?' if matches!(dialect, Dialect::Postgres | Dialect::Generic)
+                && previous.is_some_and(Token::question_mark_is_operator_after) =>
+            {
+                (Kind::Operator, self.operator_end(at))
+            }
+            b'?' => (Kind::Placeholder, self.scan(at + 1, |c| c.is_ascii_digit())),
+            b':' if self.peek(1) == b':' => (Kind::Operator, at + 2),
+            b':' if !operand_before()
+                && (is_word_start(self.peek(1)) || (dialect == Dialect::Sqlite && self.peek(1).is_ascii_digit())) =>
+            {
+                (Kind::Placeholder, self.scan(at + 1, is_word_continue))
+            }
+            b'@' => self.at_sign(at, operand_before),
+            b'.' if self.number_starts(at) && !self.qualifies(at, previous) => {
+                (Kind::Placeholder, self.number_end(at).0)
+            }
+            b'0'..=b'9' => match self.number_end(at) {
+                (end, true) => (Kind::Word, end),
+                (end, false) => (Kind::Placeholder, end),
+            },
+            b'(' | b')' | b'[' | b']' | b',' | b';' | b'.' | b'{' | b'}' => (Kind::Punct, at + 1),
+            _ if is_word_start(b) => self.word(at, previous),
+            b'-' | b'+' if self.number_starts(at + 1) && !operand_before() => match self.number_end(at + 1) {
+                (end, false) => (Kind::Placeholder, end),
+                (_, true) => (Kind::Operator, at + 1),
+            },
+            _ if is_operator(b) => (Kind::Operator, self.operator_end(at)),
+            // Any other byte (control characters, stray backslashes, …) is kept
+            // as a one-byte operator so nothing is lost silently. Bytes from 0x80
+            // up start words, so this byte is ASCII.
+            _ => (Kind::Operator, at + 1),
+        };
+        (Some(kind), end)
+    }
+
+    /// A token starting with `$`: a positional parameter, a dollar-quoted
+    /// string, a named parameter or (MySQL) an identifier.
+    fn dollar(&self, at: usize) -> (Kind, usize) {
+        let next = self.peek(1);
+        if self.dialect == Dialect::Mysql {
+            return if is_word_continue(next) {
+                (Kind::Word, self.scan(at + 1, is_word_continue))
+            } else {
+                (Kind::Operator, at + 1)
+            };
+        }
+        if next.is_ascii_digit() {
+            return (Kind::Placeholder, self.scan(at + 1, |c| c.is_ascii_digit()));
+        }
+        if self.dialect != Dialect::Sqlite
+            && let Some(end) = self.dollar_quoted_end(at)
+        {
+            return (Kind::Placeholder, end);
+        }
+        if is_word_start(next) {
+            return (Kind::Placeholder, self.scan(at + 1, is_word_continue));
+        }
+        (Kind::Operator, at + 1)
+    }
+
+    /// A token starting with `@`: a MySQL variable, a SQLite (or generic)
+    /// parameter, or an operator such as `@>`.
+    fn at_sign(&self, at: usize, operand_before: impl Fn() -> bool) -> (Kind, usize) {
+        let next = self.peek(1);
+        match self.dialect {
+            Dialect::Mysql => {
+                let name = if next == b'@' { at + 2 } else { at + 1 };
+                match self.byte(name) {
+                    b'\'' | b'"' | b'`' => (Kind::Word, self.quoted_end(name, self.byte(name), true)),
+                    c if is_word_continue(c) => (Kind::Word, self.scan(name, is_word_continue)),
+                    _ => (Kind::Operator, self.operator_end(at)),
+                }
+            }
+            Dialect::Sqlite if is_word_start(next) => (Kind::Placeholder, self.scan(at + 1, is_word_continue)),
+            Dialect::Generic if is_word_start(next) && !operand_before() => {
+                (Kind::Placeholder, self.scan(at + 1, is_word_continue))
+            }
+            _ => (Kind::Operator, self.operator_end(at)),
+        }
+    }
+
+    /// A token starting with a word character: a word, a prefixed string
+    /// (`E'…'`, `N'…'`, `B'…'`, `X'…'`, `U&'…'`) or a boolean or null literal.
+    fn word(&self, at: usize, previous: Option<&Token<'a>>) -> (Kind, usize) {
+        let end = self.scan(at, is_word_continue);
+        let word = &self.bytes[at..end];
+        if self.byte(end) == b'\'' && word.len() == 1 && b"eEnNbBxX".contains(&self.bytes[at]) {
+            let backslash = match self.dialect {
+                Dialect::Postgres => word.eq_ignore_ascii_case(b"e"),
+                Dialect::Sqlite => false,
+                Dialect::Generic | Dialect::Mysql => true,
+            };
+            return (Kind::Placeholder, self.quoted_end(end, b'\'', backslash));
+        }
+        if word.eq_ignore_ascii_case(b"u") && self.byte(end) == b'&' && self.byte(end + 1) == b'\'' {
+            return (Kind::Placeholder, self.quoted_end(end + 1, b'\'', false));
+        }
+        let literal = [&b"true"[..], b"false", b"null"]
+            .iter()
+            .any(|l| word.eq_ignore_ascii_case(l));
+        if literal && !previous.is_some_and(|p| p.is(Kind::Word, b"is") || p.is(Kind::Word, b"not")) {
+            return (Kind::Placeholder, end);
+        }
+        (Kind::Word, end)
+    }
+}
+
+/// An open `(` or `[` while collapsing.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    /// Index of the bracket in the output.
+    open: usize,
+    /// Where this group's top-level commas start in `Collapser::commas`.
+    commas: usize,
+}
+
+/// Collects tokens and collapses `IN (…)` lists, `ARRAY[…]` and `VALUES` rows
+/// as each group closes, so inner groups are already collapsed when an outer
+/// one is compared, and the work stays linear in the input.
+struct Collapser<'a> {
+    out: Vec<Token<'a>>,
+    /// Open groups, innermost last.
+    groups: Vec<Group>,
+    /// Output indices of the top-level commas of the open groups.
+    commas: Vec<usize>,
+    /// The first row of a `VALUES` list (output range), which alike rows that
+    /// directly follow it collapse into.
+    row: Option<(usize, usize)>,
+}
+
+impl<'a> Collapser<'a> {
+    fn with_capacity(capacity: usize) -> Self {
+        Collapser {
+            out: Vec::with_capacity(capacity),
+            groups: Vec::new(),
+            commas: Vec::new(),
+            row: None,
+        }
+    }
+
+    fn last(&self) -> Option<&Token<'a>> {
+        self.out.last()
+    }
+
+    fn push(&mut self, token: Token<'a>) {
+        if token.kind == Kind::Punct {
+            match token.text {
+                b"(" | b"[" => self.groups.push(Group {
+                    open: self.out.len(),
+                    commas: self.commas.len(),
+                }),
+                b"," if !self.groups.is_empty() => self.commas.push(self.out.len()),
+                b")" | b"]" => {
+                    let opening: &[u8] = if token.text == b")" { b"(" } else { b"[" };
+                    if let Some(group) = self.groups.last().copied()
+                        && self.out[group.open].text == opening
+                    {
+                        self.groups.pop();
+                        self.out.push(token);
+                        self.close(group);
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.out.push(token);
+    }
+
+    /// Collapses the group that just closed, if it is a list or a repeated row.
+    fn close(&mut self, group: Group) {
+        let end = self.out.len();
+        let before = group.open.checked_sub(1).map(|i| self.out[i]);
+        let is_list = match self.out[group.open].text {
+            b"(" => before.is_some_and(|t| t.is(Kind::Word, b"in")),
+            _ => before.is_some_and(|t| t.is(Kind::Word, b"array")),
+        };
+        if is_list && self.elements_alike(group, end) {
+            let first_comma = self.commas[group.commas];
+            let close = self.out[end - 1];
+            self.out.truncate(first_comma);
+            self.out.push(close);
+        }
+        self.commas.truncate(group.commas);
+
+        if self.out[group.open].text != b"(" {
+            return;
+        }
+        let end = self.out.len();
+        if before.is_some_and(|t| t.is(Kind::Word, b"values")) {
+            self.row = Some((group.open, end));
+        } else if let Some((row_start, row_end)) = self.row
+            && group.open == row_end + 1
+            && self.out[row_end].is(Kind::Punct, b",")
+        {
+            if same_tokens(&self.out[row_start..row_end], &self.out[group.open..end]) {
+                self.out.truncate(row_end);
+                while self.commas.last().is_some_and(|&c| c >= row_end) {
+                    self.commas.pop();
+                }
+            } else {
+                self.row = None;
+            }
+        }
+    }
+
+    /// True when the group holds two or more elements that all render alike,
+    /// with at least one placeholder among them.
+    fn elements_alike(&self, group: Group, end: usize) -> bool {
+        let commas = &self.commas[group.commas..];
+        let Some(&first_comma) = commas.first() else {
+            return false;
+        };
+        let first = &self.out[group.open + 1..first_comma];
+        let elements = || {
+            let starts = commas.iter().map(|c| c + 1);
+            starts.zip(commas.iter().skip(1).copied().chain([end - 1]))
+        };
+        // Lengths first: refusing on them alone keeps nested lists of unlike
+        // elements (`x in (y in (…), 1)`) linear.
+        elements().all(|(s, e)| e - s == first.len())
+            && first.iter().any(Token::renders_as_question_mark)
+            && elements().all(|(s, e)| same_tokens(first, &self.out[s..e]))
+    }
+
+    fn finish(mut self) -> Vec<Token<'a>> {
+        while self.out.last().is_some_and(|t| t.is(Kind::Punct, b";")) {
+            self.out.pop();
+        }
+        self.out
+    }
+}
+
+fn same_tokens(a: &[Token<'_>], b: &[Token<'_>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.renders_like(y))
 }
 
 /// Keywords before which `(` is set off by a space; after any other word a `(`
 /// is a call or a column list and follows directly.
-fn spaced_before_paren(word: &str) -> bool {
-    is_keyword(word) && !word.eq_ignore_ascii_case("array")
+fn spaced_before_paren(word: &[u8]) -> bool {
+    is_keyword(word) && !word.eq_ignore_ascii_case(b"array")
+}
+
+/// True when no space goes between `prev` and `token`.
+fn tight(before: &[Token<'_>], token: &Token<'_>) -> bool {
+    let [.., prev] = before else {
+        return true;
+    };
+    if prev.is(Kind::Punct, b".") && token.kind == Kind::Word && token.text[0].is_ascii_digit() {
+        // A MySQL name such as `1col` joins the dot only after a name (`t.1col`);
+        // elsewhere `.1col` would read back as the number `.1`.
+        return before.len() >= 2 && before[before.len() - 2].is_name();
+    }
+    // Two operators never touch: `:` and `::` would read back as `::` and `:`.
+    // (A `?` operator is written like a placeholder, so it is spaced like one.)
+    let operator = |t: &Token<'_>| t.kind == Kind::Operator && !t.renders_as_question_mark();
+    let cast_after = prev.is(Kind::Operator, b"::") && !operator(token);
+    if cast_after || (prev.kind == Kind::Punct && matches!(prev.text, b"(" | b"[" | b".")) {
+        return true;
+    }
+    match token.kind {
+        Kind::Punct => match token.text {
+            b")" | b"]" | b"," | b";" | b"." => true,
+            b"(" => match prev.kind {
+                Kind::Word => !spaced_before_paren(prev.text),
+                Kind::Quoted => true,
+                _ => false,
+            },
+            b"[" => {
+                prev.is_name()
+                    || prev.is(Kind::Word, b"array")
+                    || prev.renders_as_question_mark()
+                    || prev.is(Kind::Punct, b")")
+                    || prev.is(Kind::Punct, b"]")
+            }
+            _ => false,
+        },
+        Kind::Operator => token.text == b"::" && !operator(prev),
+        _ => false,
+    }
 }
 
 fn render(tokens: &[Token<'_>], capacity: usize) -> String {
-    let mut out = String::with_capacity(capacity.min(MAX_TEXT_LEN + 16));
-    let mut previous: Option<&Token<'_>> = None;
-    for token in tokens {
-        if let Some(prev) = previous {
-            let tight_after =
-                prev.kind == Kind::Punct && matches!(prev.text, "(" | "[" | ".") || prev.is(Kind::Operator, "::");
-            let tight_before = match token.kind {
-                Kind::Punct => match token.text {
-                    ")" | "]" | "," | ";" | "." => true,
-                    "(" => match prev.kind {
-                        Kind::Word => !spaced_before_paren(prev.text),
-                        Kind::Quoted => true,
-                        _ => false,
-                    },
-                    "[" => {
-                        matches!(prev.kind, Kind::Word | Kind::Quoted | Kind::Placeholder)
-                            || prev.is(Kind::Punct, ")")
-                            || prev.is(Kind::Punct, "]")
-                    }
-                    _ => false,
-                },
-                Kind::Operator => token.text == "::",
-                Kind::List => prev.is(Kind::Word, "array"),
-                _ => false,
-            };
-            if !tight_after && !tight_before {
-                out.push(' ');
-            }
+    let mut out = Vec::with_capacity(capacity.min(MAX_TEXT_LEN) + 16);
+    // Only words have letters to fold, and only quoted identifiers must keep
+    // theirs: so everything is folded in long runs between quoted identifiers,
+    // rather than word by word.
+    let mut unfolded = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        if !tight(&tokens[..i], token) {
+            out.push(b' ');
         }
         match token.kind {
-            Kind::Word => out.extend(token.text.chars().map(|c| c.to_ascii_lowercase())),
-            Kind::Placeholder => out.push('?'),
-            _ => out.push_str(token.text),
+            Kind::Placeholder => out.push(b'?'),
+            Kind::Quoted => {
+                out[unfolded..].make_ascii_lowercase();
+                out.extend_from_slice(token.text);
+                unfolded = out.len();
+            }
+            Kind::Word | Kind::Punct | Kind::Operator => match token.text {
+                // Most tokens are one byte (`,`, `(`, `=`): no copy call for those.
+                [byte] => out.push(*byte),
+                text => out.extend_from_slice(text),
+            },
         }
-        previous = Some(token);
     }
-    out
+    out[unfolded..].make_ascii_lowercase();
+    // Tokens are whole characters and folding keeps ASCII ASCII, so this is
+    // valid UTF-8; the lossy path only keeps the function total.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -776,6 +1078,12 @@ mod tests {
     #[test]
     fn keyword_table_is_sorted_for_binary_search() {
         assert!(KEYWORDS.windows(2).all(|w| w[0] < w[1]));
-        assert!(KEYWORDS.iter().all(|k| k.len() <= 12));
+        assert_eq!(KEYWORDS.iter().map(|k| k.len()).max(), Some(MAX_KEYWORD_LEN));
+        assert!(
+            KEYWORDS
+                .iter()
+                .all(|k| is_keyword(k.as_bytes()) && is_keyword(k.to_uppercase().as_bytes()))
+        );
+        assert!(!is_keyword(b"selects") && !is_keyword(b"sel") && !is_keyword(b"") && !is_keyword("é".as_bytes()));
     }
 }

@@ -1,14 +1,17 @@
 //! The `querypulse` command line.
 
-use std::io::Write;
+use std::future::Future;
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use querypulse_agent::fingerprint::Dialect;
 
 use crate::config::{Config, DEFAULT_DATA_DIR, FileConfig};
 use crate::demo::Demo;
+use crate::fingerprint_cmd::{self, FingerprintError, Format};
 
 /// querypulse: which database queries are slow, getting slower or failing,
 /// and whether a connection pool is running dry, across every instance.
@@ -25,6 +28,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run a collector plus simulated services on real SQLite pools.
     Demo(DemoArgs),
+    /// Print the fingerprint and normalized text of each SQL statement read
+    /// from stdin, one statement per line, as `<16 hex digits><TAB><text>`.
+    Fingerprint(FingerprintArgs),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +70,41 @@ struct DemoArgs {
     listen: ListenArgs,
 }
 
+#[derive(Debug, Args)]
+struct FingerprintArgs {
+    /// SQL dialect of the statements
+    #[arg(long, value_enum, default_value_t = DialectArg::Generic)]
+    dialect: DialectArg,
+    /// Print JSON lines, {"fingerprint": "…", "text": "…"}, instead
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DialectArg {
+    /// Unknown engine
+    Generic,
+    /// PostgreSQL
+    #[value(alias = "postgresql")]
+    Postgres,
+    /// MySQL and MariaDB
+    #[value(alias = "mariadb")]
+    Mysql,
+    /// SQLite
+    Sqlite,
+}
+
+impl From<DialectArg> for Dialect {
+    fn from(arg: DialectArg) -> Self {
+        match arg {
+            DialectArg::Generic => Dialect::Generic,
+            DialectArg::Postgres => Dialect::Postgres,
+            DialectArg::Mysql => Dialect::Mysql,
+            DialectArg::Sqlite => Dialect::Sqlite,
+        }
+    }
+}
+
 impl ServeArgs {
     fn config(self) -> anyhow::Result<Config> {
         let mut config = Config::new(DEFAULT_DATA_DIR);
@@ -97,7 +138,15 @@ impl ListenArgs {
 
 /// Entry point of the `querypulse` binary.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    match Cli::parse().command {
+        Command::Serve(args) => run_async(serve(args)),
+        Command::Demo(args) => run_async(demo(args)),
+        Command::Fingerprint(args) => fingerprint(args),
+    }
+}
+
+/// Runs a server command: logs to stderr and an async runtime.
+fn run_async(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -109,12 +158,21 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Demo(args) => demo(args).await,
-        }
-    })
+    runtime.block_on(command)
+}
+
+fn fingerprint(args: FingerprintArgs) -> anyhow::Result<()> {
+    let format = if args.json { Format::Json } else { Format::Text };
+    match fingerprint_cmd::run(
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        args.dialect.into(),
+        format,
+    ) {
+        // The reader went away (`querypulse fingerprint < log | head`): done.
+        Err(FingerprintError::Write(e)) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("fingerprinting statements from stdin"),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

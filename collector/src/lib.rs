@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fingerprint_cmd;
 pub mod ingest;
 pub mod read;
 pub mod retention;
