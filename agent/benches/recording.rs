@@ -7,9 +7,12 @@
 //!
 //! - `known/*`: a statement the agent has seen before (the steady state of a
 //!   service), 60 B and 1 KB, on one thread and on two threads recording the
-//!   same statement at once (time per record per thread).
+//!   same statement at once (time per record per thread), by the wall clock
+//!   and by each thread's CPU time.
 //! - `first_sight/*`: a statement whose raw text was never seen (its literals
-//!   differ each time), so it is hashed, normalized and cached.
+//!   differ each time), so it is hashed, normalized and cached, by the wall
+//!   clock and by the thread's CPU time; and, for attribution, the normalizer
+//!   alone on a statement of the same size.
 //! - `peers/*`: metrics-rs `histogram!` with one label under
 //!   metrics-exporter-prometheus (macro and cached handle), a `prometheus`
 //!   `HistogramVec` observation and an OpenTelemetry SDK histogram record with
@@ -22,7 +25,9 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use cpu_time::ThreadTime;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use querypulse_agent::fingerprint::{Dialect, normalize};
 use querypulse_agent::{Agent, Outcome};
 
 mod support;
@@ -32,6 +37,7 @@ use support::latency;
 const SQL_60: &str = "SELECT id, total FROM orders WHERE customer_id = $1 LIMIT 10";
 /// The label value the peers record under: what a fingerprint looks like.
 const LABEL: &str = "3f2a9c0d1e4b5a67";
+/// The metric name the peers record under.
 const METRIC: &str = "db_client_operation_duration_seconds";
 
 /// A statement of exactly `len` bytes whose literals depend on `variant`:
@@ -51,22 +57,35 @@ fn statement(len: usize, variant: u64) -> String {
     sql
 }
 
-/// Runs `record` `iters` times on each of two threads released together and
-/// returns the slower thread's time: per iteration, the cost of one record
-/// while another thread records too.
-fn on_two_threads(iters: u64, record: impl Fn(u64) + Sync) -> Duration {
-    let start = Barrier::new(2);
+/// What a multi-thread measurement reads: wall time is what the service
+/// waits; a thread's CPU time leaves out the time it was not running, which
+/// on a machine shared with other work keeps the number about contention
+/// rather than about the scheduler.
+#[derive(Clone, Copy)]
+enum Clock {
+    Wall,
+    ThreadCpu,
+}
+
+/// Runs `record` `iters` times on each of `threads` threads released
+/// together and returns the slowest thread's time: per iteration, the cost of
+/// one record while the other threads record too.
+fn on_threads(threads: u64, clock: Clock, iters: u64, record: impl Fn(u64) + Sync) -> Duration {
+    let start = Barrier::new(threads as usize);
     std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..2u64)
+        let threads: Vec<_> = (0..threads)
             .map(|t| {
                 let (start, record) = (&start, &record);
                 scope.spawn(move || {
                     start.wait();
-                    let began = Instant::now();
+                    let (wall, cpu) = (Instant::now(), ThreadTime::now());
                     for i in 0..iters {
                         record(i + t * 512);
                     }
-                    began.elapsed()
+                    match clock {
+                        Clock::Wall => wall.elapsed(),
+                        Clock::ThreadCpu => cpu.elapsed(),
+                    }
                 })
             })
             .collect();
@@ -74,7 +93,7 @@ fn on_two_threads(iters: u64, record: impl Fn(u64) + Sync) -> Duration {
             .into_iter()
             .map(|t| t.join().expect("bench thread"))
             .max()
-            .expect("two threads")
+            .expect("at least one thread")
     })
 }
 
@@ -103,15 +122,31 @@ fn known(c: &mut Criterion, agent: &Agent) {
         });
         c.bench_function(&format!("known/{name}/2 threads"), |b| {
             b.iter_custom(|iters| {
-                on_two_threads(iters, |i| agent.record_query(black_box(sql), latency(i), Outcome::OK))
+                on_threads(2, Clock::Wall, iters, |i| {
+                    agent.record_query(black_box(sql), latency(i), Outcome::OK)
+                })
             })
         });
+        for (threads, label) in [(1, "1 thread"), (2, "2 threads")] {
+            c.bench_function(&format!("known/{name}/{label}/thread CPU time"), |b| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, Clock::ThreadCpu, iters, |i| {
+                        agent.record_query(black_box(sql), latency(i), Outcome::OK)
+                    })
+                })
+            });
+        }
     }
 }
 
 fn first_sight(c: &mut Criterion, agent: &Agent) {
+    let mut variant = 1_000_000u64;
     for (name, len) in [("100B", 100), ("1KB", 1024), ("10KB", 10 * 1024)] {
-        let mut variant = 1_000_000u64;
+        // The normalizer's share of a first sight, for attribution.
+        let sql = statement(len, 1);
+        c.bench_function(&format!("first_sight/{name}/normalize only"), |b| {
+            b.iter(|| normalize(black_box(&sql), Dialect::Generic))
+        });
         c.bench_function(&format!("first_sight/{name}"), |b| {
             b.iter_batched(
                 || {
@@ -126,9 +161,34 @@ fn first_sight(c: &mut Criterion, agent: &Agent) {
                 BatchSize::SmallInput,
             )
         });
+        // The same by this thread's CPU time: statements are made in chunks
+        // outside the clock, then recorded under it.
+        c.bench_function(&format!("first_sight/{name}/thread CPU time"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let chunk: Vec<String> = (0..(iters - done).min(256))
+                        .map(|_| {
+                            variant += 1;
+                            statement(len, variant)
+                        })
+                        .collect();
+                    let clock = ThreadTime::now();
+                    for sql in &chunk {
+                        agent.record_query(sql, latency(done), Outcome::OK);
+                    }
+                    spent += clock.elapsed();
+                    done += chunk.len() as u64;
+                }
+                spent
+            })
+        });
     }
 }
 
+/// The macro is given literals (not the constants above) so that it builds
+/// its key statically, its cheapest form.
 fn metrics_rs(c: &mut Criterion) {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -145,13 +205,15 @@ fn metrics_rs(c: &mut Criterion) {
     c.bench_function("peers/metrics histogram! (macro)/1 thread", |b| {
         b.iter(|| {
             i += 1;
-            metrics::histogram!(METRIC, "fingerprint" => LABEL).record(latency(i).as_secs_f64());
+            metrics::histogram!("db_client_operation_duration_seconds", "fingerprint" => "3f2a9c0d1e4b5a67")
+                .record(latency(i).as_secs_f64());
         })
     });
     c.bench_function("peers/metrics histogram! (macro)/2 threads", |b| {
         b.iter_custom(|iters| {
-            on_two_threads(iters, |i| {
-                metrics::histogram!(METRIC, "fingerprint" => LABEL).record(latency(i).as_secs_f64())
+            on_threads(2, Clock::Wall, iters, |i| {
+                metrics::histogram!("db_client_operation_duration_seconds", "fingerprint" => "3f2a9c0d1e4b5a67")
+                    .record(latency(i).as_secs_f64())
             })
         })
     });
@@ -179,7 +241,7 @@ fn prometheus_crate(c: &mut Criterion) {
     });
     c.bench_function("peers/prometheus HistogramVec observe/2 threads", |b| {
         b.iter_custom(|iters| {
-            on_two_threads(iters, |i| {
+            on_threads(2, Clock::Wall, iters, |i| {
                 histograms.with_label_values(&[LABEL]).observe(latency(i).as_secs_f64())
             })
         })
@@ -209,7 +271,7 @@ fn opentelemetry_sdk(c: &mut Criterion) {
     });
     c.bench_function("peers/opentelemetry histogram record/2 threads", |b| {
         b.iter_custom(|iters| {
-            on_two_threads(iters, |i| {
+            on_threads(2, Clock::Wall, iters, |i| {
                 histogram.record(
                     latency(i).as_secs_f64(),
                     &[KeyValue::new("db.query.fingerprint", LABEL)],
