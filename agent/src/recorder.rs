@@ -49,9 +49,9 @@ const RAW_INDEX_LEN: usize = 65_536;
 /// Upper bound on stripes, whatever the CPU count.
 const MAX_STRIPES: usize = 64;
 /// Calls in a window that make a fingerprint hot on a stripe: a hot one keeps
-/// its histogram's allocation for the next window; a window with fewer calls
-/// would have fit the compact form, so a dense array is given back.
-const HOT_CALLS: u64 = LatencyHistogram::COMPACT_MAX_BUCKETS as u64;
+/// its histogram's allocation for the next window, a cooler one gives a dense
+/// array back.
+const HOT_CALLS: u64 = 64;
 
 thread_local! {
     /// The stripe this thread records into, before reducing it to a recorder's

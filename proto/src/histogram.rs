@@ -48,6 +48,12 @@ pub enum HistogramError {
     },
 }
 
+/// Distinct buckets a histogram keeps as a sorted list before it switches to
+/// the dense array. 64 entries of 8 bytes (512 B) against ~20 KB for the array:
+/// a statement seen a few dozen times in a window never pays for the array, and
+/// one that fills more buckets than this is hot enough to earn it.
+const SPARSE_MAX_BUCKETS: usize = 64;
+
 /// An empty histogram of the shared configuration, used only for its bucket
 /// arithmetic (which value falls in which bucket), so the sparse form and the
 /// dense array can never disagree about bucket edges.
@@ -114,13 +120,6 @@ impl fmt::Debug for LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Distinct buckets a histogram keeps as a sorted list before it switches to
-    /// the dense array: 256 entries of 8 bytes (2 KB) against ~20 KB for the
-    /// array. A statement seen a few hundred times in a window never pays for the
-    /// array; one that fills more buckets than this is hot enough to earn it (and
-    /// records faster in it: an index instead of a binary search).
-    pub const COMPACT_MAX_BUCKETS: usize = 256;
-
     /// An empty histogram. Allocates nothing until the first value.
     pub fn new() -> Self {
         LatencyHistogram(Repr::Sparse(Vec::new()))
@@ -152,7 +151,7 @@ impl LatencyHistogram {
                 }
                 Err(at) => {
                     if let Some(count) = fits
-                        && buckets.len() < LatencyHistogram::COMPACT_MAX_BUCKETS
+                        && buckets.len() < SPARSE_MAX_BUCKETS
                     {
                         buckets.insert(at, SparseBucket { value, count });
                         return clamped;
@@ -407,13 +406,10 @@ mod tests {
             h.record(1_000 + (i % 40) * 20);
         }
         assert!(h.is_compact());
-        for v in 0..LatencyHistogram::COMPACT_MAX_BUCKETS as u64 {
+        for v in 0..SPARSE_MAX_BUCKETS as u64 {
             h.record(v);
         }
-        assert!(
-            !h.is_compact(),
-            "more buckets than the compact form holds need the array"
-        );
+        assert!(!h.is_compact(), "more than {SPARSE_MAX_BUCKETS} buckets need the array");
         h.reset();
         assert!(h.is_empty() && !h.is_compact(), "reset keeps the array");
     }
