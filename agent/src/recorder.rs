@@ -13,9 +13,11 @@
 //!
 //! Each stripe caches raw statement hash → fingerprint, so a statement is
 //! normalized once (on first sight, into a shared bounded index) and afterwards
-//! found by the hash of its raw text. Per-fingerprint latency histograms start
-//! compact and grow into the dense array only when they fill many buckets (see
-//! [`LatencyHistogram`]), so thousands of rare fingerprints stay small.
+//! found by the hash of its raw text. Latencies go into the sparse
+//! [`LatencyHistogram`] (16 bytes per non-empty bucket), so thousands of rare
+//! fingerprints stay small; a fingerprint that fills many buckets on a stripe
+//! gets a dense array there, where a record is an index instead of a binary
+//! search.
 //!
 //! The harvest takes each stripe's lock in turn and adds what it holds into the
 //! window's batch. Every record happens entirely under one stripe lock, so it
@@ -30,6 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
+use querypulse_proto::histogram::{BUCKETS, HIGHEST_US, bucket_index};
 use querypulse_proto::{
     AgentCounters, Batch, ConfigUpdate, ErrorClassCount, Fingerprint, LatencyHistogram, QueryStats, SlowQuerySample,
     Window,
@@ -48,10 +51,11 @@ const RAW_CACHE_PER_STRIPE: usize = 4_096;
 const RAW_INDEX_LEN: usize = 65_536;
 /// Upper bound on stripes, whatever the CPU count.
 const MAX_STRIPES: usize = 64;
-/// Calls in a window that make a fingerprint hot on a stripe: a hot one keeps
-/// its histogram's allocation for the next window, a cooler one gives a dense
-/// array back.
-const HOT_CALLS: u64 = 64;
+/// Distinct latency buckets a fingerprint fills on one stripe in one window
+/// before its counts move from the sparse histogram (a binary search per
+/// record, 16 bytes a bucket) to a dense array (an index per record, ~20 KB).
+/// Only statements recorded hundreds of times per window pay for the array.
+const DENSE_AFTER_BUCKETS: usize = 256;
 
 thread_local! {
     /// The stripe this thread records into, before reducing it to a recorder's
@@ -160,7 +164,67 @@ struct WindowStats {
     max_us: u64,
     outliers: u64,
     error_classes: Vec<(ErrorClass, u64)>,
-    latency: LatencyHistogram,
+    latency: StripeLatency,
+}
+
+/// One fingerprint's latency counts on one stripe: the shared sparse
+/// histogram while few buckets are filled, a dense array once many are.
+enum StripeLatency {
+    Sparse(LatencyHistogram),
+    Dense(Box<[u64]>),
+}
+
+impl Default for StripeLatency {
+    fn default() -> Self {
+        StripeLatency::Sparse(LatencyHistogram::new())
+    }
+}
+
+impl StripeLatency {
+    /// Records one latency; true when it was above the histogram's range.
+    fn record(&mut self, micros: u64) -> bool {
+        match self {
+            StripeLatency::Dense(counts) => {
+                counts[usize::from(bucket_index(micros))] += 1;
+                micros > HIGHEST_US
+            }
+            StripeLatency::Sparse(histogram) => {
+                let clamped = histogram.record(micros);
+                if histogram.indexed_buckets().len() > DENSE_AFTER_BUCKETS {
+                    let mut counts = vec![0u64; BUCKETS].into_boxed_slice();
+                    for (index, count) in histogram.indexed_buckets() {
+                        counts[usize::from(*index)] = *count;
+                    }
+                    *self = StripeLatency::Dense(counts);
+                }
+                clamped
+            }
+        }
+    }
+
+    /// The window's histogram, leaving `self` empty. `keep` says whether the
+    /// fingerprint was busy enough to keep a dense array for the next window.
+    fn take(&mut self, keep: bool) -> LatencyHistogram {
+        match self {
+            StripeLatency::Sparse(histogram) => {
+                let window = histogram.clone();
+                histogram.reset();
+                window
+            }
+            StripeLatency::Dense(counts) => {
+                let buckets = (0..BUCKETS as u16)
+                    .zip(counts.iter())
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(index, count)| (index, *count))
+                    .collect();
+                counts.fill(0);
+                if !keep {
+                    *self = StripeLatency::default();
+                }
+                LatencyHistogram::from_buckets(buckets).expect("indices in order and in range")
+            }
+        }
+    }
 }
 
 impl WindowStats {
@@ -197,16 +261,11 @@ impl WindowStats {
     }
 
     /// The window's statistics as shipped, leaving `self` empty for the next
-    /// window. A hot fingerprint keeps its histogram's allocation (it is
-    /// copied out, then cleared) so the next window records without
-    /// allocating; a cooler one gives a dense array back.
+    /// window. A busy fingerprint keeps its allocations so the next window
+    /// records without allocating; a quieter one gives a dense array back.
     fn take_window(&mut self, fingerprint: Fingerprint) -> QueryStats {
-        let latency = self.latency.clone();
-        if self.calls >= HOT_CALLS || self.latency.is_compact() {
-            self.latency.reset();
-        } else {
-            self.latency = LatencyHistogram::new();
-        }
+        // Fewer calls than that could not have needed the dense array.
+        let latency = self.latency.take(self.calls >= DENSE_AFTER_BUCKETS as u64);
         let mut error_classes: Vec<ErrorClassCount> = self
             .error_classes
             .drain(..)
@@ -537,7 +596,7 @@ mod tests {
                 lock(&stripe.0)
                     .stats
                     .iter()
-                    .map(|(fp, s)| (*fp, s.calls, s.latency.is_compact()))
+                    .map(|(fp, s)| (*fp, s.calls, matches!(s.latency, StripeLatency::Sparse(_))))
                     .collect::<Vec<_>>()
             })
             .collect()
