@@ -1,26 +1,84 @@
 //! The recording side: per-fingerprint statistics of the current window.
 //!
-//! Recording takes one shard lock chosen by the statement's hash, never
-//! awaits and never does I/O. Normalizing happens once per distinct raw
-//! statement; after that a statement is found by the hash of its raw text.
+//! Recording is the only part of the agent on the service's own request path,
+//! so it never awaits, never does I/O and, once a statement is known, never
+//! allocates. The state is split into a few *stripes* (about one per CPU),
+//! each behind its own lock. A thread keeps recording into the same stripe, so
+//! in steady state every lock is taken by one thread only and costs one
+//! uncontended atomic exchange; when a stripe is busy (another thread, or the
+//! harvest) the thread moves to the next free one instead of waiting, the way
+//! striped counters such as Java's `LongAdder` spread contention. Threads on one
+//! hot statement therefore never serialize on a shared lock, and memory grows
+//! with the number of stripes, not with the number of threads.
+//!
+//! Each stripe caches raw statement hash → fingerprint, so a statement is
+//! normalized once (on first sight, into a shared bounded index) and afterwards
+//! found by the hash of its raw text. Latencies go into the sparse
+//! [`LatencyHistogram`] (16 bytes per non-empty bucket), so thousands of rare
+//! fingerprints stay small; a fingerprint that fills many buckets on a stripe
+//! gets a dense array there, where a record is an index instead of a binary
+//! search.
+//!
+//! The harvest takes each stripe's lock in turn and adds what it holds into the
+//! window's batch. Every record happens entirely under one stripe lock, so it
+//! lands either before that stripe is harvested or after it, never both and
+//! never neither: the merged batch is exactly what one place would have counted.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-use querypulse_proto::{AgentCounters, Batch, ConfigUpdate, Fingerprint, QueryStats, SlowQuerySample, Window};
+use querypulse_proto::histogram::{BUCKETS, HIGHEST_US, bucket_index};
+use querypulse_proto::{
+    AgentCounters, Batch, ConfigUpdate, ErrorClassCount, Fingerprint, LatencyHistogram, QueryStats, SlowQuerySample,
+    Window,
+};
 use rustc_hash::FxHasher;
 
 use crate::fingerprint::{Dialect, normalize};
-use crate::outcome::Outcome;
+use crate::outcome::{ErrorClass, Outcome};
 
 type FxBuild = BuildHasherDefault<FxHasher>;
 
-/// Raw statements remembered per shard before the cache starts over.
-const RAW_CACHE_PER_SHARD: usize = 4_096;
-const SHARDS: usize = 16;
+/// Raw statements each stripe remembers before its cache starts over.
+const RAW_CACHE_PER_STRIPE: usize = 4_096;
+/// Raw statements the shared index remembers before it starts over. A stripe
+/// that misses its own cache looks here before normalizing again.
+const RAW_INDEX_LEN: usize = 65_536;
+/// Upper bound on stripes, whatever the CPU count.
+const MAX_STRIPES: usize = 64;
+/// Distinct latency buckets a fingerprint fills on one stripe in one window
+/// before its counts move from the sparse histogram (a binary search per
+/// record, 16 bytes a bucket) to a dense array (an index per record, ~20 KB).
+/// Only statements recorded hundreds of times per window pay for the array.
+const DENSE_AFTER_BUCKETS: usize = 256;
+
+thread_local! {
+    /// The stripe this thread records into, before reducing it to a recorder's
+    /// stripe count. Shared by every recorder in the process (it is a hint,
+    /// not a registration), so several agents in one process need no
+    /// per-thread bookkeeping. `usize::MAX` until the thread first records.
+    static STRIPE_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Hands new threads their first stripe round-robin, so the first threads of
+/// a process start apart instead of discovering each other by contention.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+fn stripe_hint() -> usize {
+    STRIPE_HINT.with(|hint| {
+        let mut value = hint.get();
+        if value == usize::MAX {
+            value = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            hint.set(value);
+        }
+        value
+    })
+}
 
 /// Settings the collector may change while the agent runs.
 #[derive(Debug)]
@@ -37,6 +95,7 @@ pub(crate) struct Counters {
     pub dropped_batches: AtomicU64,
     pub rejected_batches: AtomicU64,
     pub overflow_fingerprints: AtomicU64,
+    /// Calls counted into `other`; added at each harvest, not per record.
     pub overflow_calls: AtomicU64,
     pub dropped_samples: AtomicU64,
     pub dropped_records: AtomicU64,
@@ -65,15 +124,192 @@ impl Counters {
     }
 }
 
+/// One stripe's share of the current window. Its lock is padded onto its own
+/// cache lines so that threads on neighbouring stripes do not slow each other.
+#[repr(align(128))]
+struct Stripe(Mutex<StripeState>);
+
 #[derive(Default)]
-struct Shard {
+struct StripeState {
     by_raw: HashMap<u64, Fingerprint, FxBuild>,
-    stats: HashMap<Fingerprint, QueryStats, FxBuild>,
+    stats: HashMap<Fingerprint, WindowStats, FxBuild>,
+}
+
+impl StripeState {
+    fn record(&mut self, fingerprint: Fingerprint, micros: u64, outcome: Outcome) {
+        self.stats.entry(fingerprint).or_default().record(micros, outcome);
+    }
+
+    fn remember(&mut self, raw_hash: u64, fingerprint: Fingerprint) {
+        if self.by_raw.len() >= RAW_CACHE_PER_STRIPE {
+            self.by_raw.clear();
+        }
+        self.by_raw.insert(raw_hash, fingerprint);
+    }
+}
+
+/// One fingerprint's statistics in one stripe for the current window.
+///
+/// Unlike [`QueryStats`] nothing here allocates per record: error classes stay
+/// [`ErrorClass`] values until the harvest turns them into strings, and the sum
+/// of squares is an integer, exact until it is shipped.
+#[derive(Default)]
+struct WindowStats {
+    calls: u64,
+    errors: u64,
+    rows: u64,
+    sum_us: u64,
+    sum_squares_us: u128,
+    min_us: u64,
+    max_us: u64,
+    outliers: u64,
+    error_classes: Vec<(ErrorClass, u64)>,
+    latency: StripeLatency,
+}
+
+/// One fingerprint's latency counts on one stripe: the shared sparse
+/// histogram while few buckets are filled, a dense array once many are.
+enum StripeLatency {
+    Sparse(LatencyHistogram),
+    Dense(Box<[u64]>),
+}
+
+impl Default for StripeLatency {
+    fn default() -> Self {
+        StripeLatency::Sparse(LatencyHistogram::new())
+    }
+}
+
+impl StripeLatency {
+    /// Records one latency; true when it was above the histogram's range.
+    fn record(&mut self, micros: u64) -> bool {
+        match self {
+            StripeLatency::Dense(counts) => {
+                counts[usize::from(bucket_index(micros))] += 1;
+                micros > HIGHEST_US
+            }
+            StripeLatency::Sparse(histogram) => {
+                let clamped = histogram.record(micros);
+                if histogram.indexed_buckets().len() > DENSE_AFTER_BUCKETS {
+                    let mut counts = vec![0u64; BUCKETS].into_boxed_slice();
+                    for (index, count) in histogram.indexed_buckets() {
+                        counts[usize::from(*index)] = *count;
+                    }
+                    *self = StripeLatency::Dense(counts);
+                }
+                clamped
+            }
+        }
+    }
+
+    /// The window's histogram, leaving `self` empty. `keep` says whether the
+    /// fingerprint was busy enough to keep a dense array for the next window.
+    fn take(&mut self, keep: bool) -> LatencyHistogram {
+        match self {
+            StripeLatency::Sparse(histogram) => {
+                let window = histogram.clone();
+                histogram.reset();
+                window
+            }
+            StripeLatency::Dense(counts) => {
+                let buckets = (0..BUCKETS as u16)
+                    .zip(counts.iter())
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(index, count)| (index, *count))
+                    .collect();
+                counts.fill(0);
+                if !keep {
+                    *self = StripeLatency::default();
+                }
+                LatencyHistogram::from_buckets(buckets).expect("indices in order and in range")
+            }
+        }
+    }
+}
+
+impl WindowStats {
+    fn record(&mut self, micros: u64, outcome: Outcome) {
+        self.min_us = if self.calls == 0 {
+            micros
+        } else {
+            self.min_us.min(micros)
+        };
+        self.max_us = self.max_us.max(micros);
+        self.calls += 1;
+        self.sum_us = self.sum_us.saturating_add(micros);
+        // Below 2^64 squared stays below 2^128.
+        self.sum_squares_us = self
+            .sum_squares_us
+            .saturating_add(u128::from(micros) * u128::from(micros));
+        if self.latency.record(micros) {
+            self.outliers += 1;
+        }
+        match outcome {
+            Outcome::Ok { rows } => self.rows = self.rows.saturating_add(rows),
+            Outcome::Error(class) => {
+                self.errors += 1;
+                self.count_error(class);
+            }
+        }
+    }
+
+    fn count_error(&mut self, class: ErrorClass) {
+        match self.error_classes.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.error_classes.push((class, 1)),
+        }
+    }
+
+    /// The window's statistics as shipped, leaving `self` empty for the next
+    /// window. A busy fingerprint keeps its allocations so the next window
+    /// records without allocating; a quieter one gives a dense array back.
+    fn take_window(&mut self, fingerprint: Fingerprint) -> QueryStats {
+        // Fewer calls than that could not have needed the dense array.
+        let latency = self.latency.take(self.calls >= DENSE_AFTER_BUCKETS as u64);
+        let mut error_classes: Vec<ErrorClassCount> = self
+            .error_classes
+            .drain(..)
+            .map(|(class, count)| ErrorClassCount {
+                class: class.as_str().to_owned(),
+                count,
+            })
+            .collect();
+        error_classes.sort_by(|a, b| a.class.cmp(&b.class));
+        // Two classes may print alike (an invalid SQLSTATE prints as `other`).
+        error_classes.dedup_by(|later, earlier| {
+            let same = later.class == earlier.class;
+            if same {
+                earlier.count = earlier.count.saturating_add(later.count);
+            }
+            same
+        });
+        let stats = QueryStats {
+            fingerprint,
+            calls: self.calls,
+            errors: self.errors,
+            error_classes,
+            rows: self.rows,
+            sum_us: self.sum_us,
+            sum_squares_us: self.sum_squares_us as f64,
+            min_us: self.min_us,
+            max_us: self.max_us,
+            latency,
+            outliers: self.outliers,
+        };
+        *self = WindowStats {
+            error_classes: std::mem::take(&mut self.error_classes),
+            latency: std::mem::take(&mut self.latency),
+            ..WindowStats::default()
+        };
+        stats
+    }
 }
 
 #[derive(Default)]
 struct Registry {
     texts: HashMap<Fingerprint, Arc<str>, FxBuild>,
+    /// Raw statement hash → fingerprint, shared by the stripes (bounded).
+    by_raw: HashMap<u64, Fingerprint, FxBuild>,
 }
 
 #[derive(Default)]
@@ -87,7 +323,8 @@ pub(crate) struct Recorder {
     dialect: Dialect,
     max_fingerprints: usize,
     capture_raw_text: bool,
-    shards: Box<[Mutex<Shard>]>,
+    /// A power of two in length, so a thread's hint maps to a stripe by a mask.
+    stripes: Box<[Stripe]>,
     registry: Mutex<Registry>,
     slow: Mutex<SlowLog>,
     pub settings: LiveSettings,
@@ -100,6 +337,7 @@ impl std::fmt::Debug for Recorder {
         f.debug_struct("Recorder")
             .field("dialect", &self.dialect)
             .field("max_fingerprints", &self.max_fingerprints)
+            .field("stripes", &self.stripes.len())
             .finish_non_exhaustive()
     }
 }
@@ -120,13 +358,24 @@ pub(crate) struct RecorderConfig {
     pub interval: Duration,
 }
 
+/// About one stripe per CPU: no more threads than that run at once, so no
+/// more stripes are needed to keep them apart.
+fn stripe_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, NonZeroUsize::get)
+        .next_power_of_two()
+        .clamp(2, MAX_STRIPES)
+}
+
 impl Recorder {
     pub(crate) fn new(config: RecorderConfig) -> Recorder {
         Recorder {
             dialect: config.dialect,
             max_fingerprints: config.max_fingerprints,
             capture_raw_text: config.capture_raw_text,
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            stripes: (0..stripe_count())
+                .map(|_| Stripe(Mutex::new(StripeState::default())))
+                .collect(),
             registry: Mutex::new(Registry::default()),
             slow: Mutex::new(SlowLog::default()),
             settings: LiveSettings {
@@ -144,51 +393,76 @@ impl Recorder {
     pub(crate) fn record(&self, sql: &str, elapsed: Duration, outcome: Outcome, pool: Option<&str>) {
         let micros = duration_us(elapsed);
         let raw_hash = FxBuild::default().hash_one(sql);
-        let shard = &self.shards[(raw_hash as usize) % SHARDS];
-        let mut shard = lock(shard);
-        let fingerprint = match shard.by_raw.get(&raw_hash) {
-            Some(fingerprint) => *fingerprint,
+        let known = self.with_stripe(|stripe| {
+            let fingerprint = stripe.by_raw.get(&raw_hash).copied()?;
+            stripe.record(fingerprint, micros, outcome);
+            Some(fingerprint)
+        });
+        let fingerprint = match known {
+            Some(fingerprint) => fingerprint,
             None => {
-                let fingerprint = self.register(sql);
-                if shard.by_raw.len() >= RAW_CACHE_PER_SHARD {
-                    shard.by_raw.clear();
-                }
-                shard.by_raw.insert(raw_hash, fingerprint);
+                // First sight on this stripe: resolve it without holding the
+                // stripe, so normalizing a long statement delays nobody.
+                let fingerprint = self.resolve(raw_hash, sql);
+                self.with_stripe(|stripe| {
+                    stripe.remember(raw_hash, fingerprint);
+                    stripe.record(fingerprint, micros, outcome);
+                });
                 fingerprint
             }
         };
-        if fingerprint == Fingerprint::OTHER {
-            self.counters.overflow_calls.fetch_add(1, Ordering::Relaxed);
-        }
-        let class = outcome.error_class();
-        shard
-            .stats
-            .entry(fingerprint)
-            .or_insert_with(|| QueryStats::new(fingerprint))
-            .record(micros, outcome.row_count(), class.as_ref().map(|c| c.as_str()));
-        drop(shard);
-
         if micros >= self.settings.slow_threshold_us.load(Ordering::Relaxed) {
             self.sample_slow(fingerprint, sql, micros, outcome, pool);
         }
     }
 
-    /// Normalizes a statement seen for the first time and registers its
-    /// fingerprint, or answers [`Fingerprint::OTHER`] past the cap.
-    fn register(&self, sql: &str) -> Fingerprint {
+    /// Runs `f` on this thread's stripe, or on the next free one when that is
+    /// busy; the thread then stays on the stripe it found free. Only when every
+    /// stripe is busy (more threads recording at this instant than stripes)
+    /// does it wait, on its own stripe.
+    fn with_stripe<R>(&self, f: impl FnOnce(&mut StripeState) -> R) -> R {
+        let mask = self.stripes.len() - 1;
+        let hint = stripe_hint();
+        for step in 0..=mask {
+            let at = hint.wrapping_add(step);
+            let mut guard = match self.stripes[at & mask].0.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            if step > 0 {
+                STRIPE_HINT.with(|h| h.set(at & (usize::MAX >> 1)));
+            }
+            return f(&mut guard);
+        }
+        f(&mut lock(&self.stripes[hint & mask].0))
+    }
+
+    /// The fingerprint of a raw statement this stripe has not seen: from the
+    /// shared index, or by normalizing it and registering the result, or
+    /// [`Fingerprint::OTHER`] past the cap.
+    fn resolve(&self, raw_hash: u64, sql: &str) -> Fingerprint {
+        if let Some(fingerprint) = lock(&self.registry).by_raw.get(&raw_hash) {
+            return *fingerprint;
+        }
         let normalized = normalize(sql, self.dialect);
         let mut registry = lock(&self.registry);
-        if registry.texts.contains_key(&normalized.fingerprint) {
-            return normalized.fingerprint;
-        }
-        if registry.texts.len() >= self.max_fingerprints {
+        let fingerprint = if registry.texts.contains_key(&normalized.fingerprint) {
+            normalized.fingerprint
+        } else if registry.texts.len() >= self.max_fingerprints {
             self.counters.overflow_fingerprints.fetch_add(1, Ordering::Relaxed);
-            return Fingerprint::OTHER;
+            Fingerprint::OTHER
+        } else {
+            registry
+                .texts
+                .insert(normalized.fingerprint, Arc::from(normalized.text));
+            normalized.fingerprint
+        };
+        if registry.by_raw.len() >= RAW_INDEX_LEN {
+            registry.by_raw.clear();
         }
-        registry
-            .texts
-            .insert(normalized.fingerprint, Arc::from(normalized.text));
-        normalized.fingerprint
+        registry.by_raw.insert(raw_hash, fingerprint);
+        fingerprint
     }
 
     fn sample_slow(&self, fingerprint: Fingerprint, sql: &str, micros: u64, outcome: Outcome, pool: Option<&str>) {
@@ -223,16 +497,27 @@ impl Recorder {
     /// `window`. Fingerprint texts are attached by the sender, per stream.
     pub(crate) fn harvest(&self, seq: u64, window: Window) -> Batch {
         let mut merged: HashMap<Fingerprint, QueryStats, FxBuild> = HashMap::default();
-        for shard in self.shards.iter() {
-            let stats = std::mem::take(&mut lock(shard).stats);
-            for (fingerprint, stats) in stats {
-                match merged.get_mut(&fingerprint) {
-                    Some(existing) => existing.merge(&stats),
+        for stripe in self.stripes.iter() {
+            let mut stripe = lock(&stripe.0);
+            stripe.stats.retain(|fingerprint, stats| {
+                if stats.calls == 0 {
+                    // Idle on this stripe for a whole window: give its memory back.
+                    return false;
+                }
+                let window = stats.take_window(*fingerprint);
+                match merged.get_mut(fingerprint) {
+                    Some(total) => total.merge(&window),
                     None => {
-                        merged.insert(fingerprint, stats);
+                        merged.insert(*fingerprint, window);
                     }
                 }
-            }
+                true
+            });
+        }
+        // Calls beyond the cap are counted here rather than on every record,
+        // where a shared counter would be one more contended cache line.
+        if let Some(other) = merged.get(&Fingerprint::OTHER) {
+            self.counters.overflow_calls.fetch_add(other.calls, Ordering::Relaxed);
         }
         let slow = std::mem::take(&mut *lock(&self.slow));
         let mut batch = Batch::new(seq, window);
@@ -304,6 +589,168 @@ mod tests {
             start_ms: 0,
             length_ms: 10_000,
         }
+    }
+
+    /// Statistics of fingerprints held in the stripes, for memory tests.
+    fn tracked(r: &Recorder) -> Vec<(Fingerprint, u64, bool)> {
+        r.stripes
+            .iter()
+            .flat_map(|stripe| {
+                lock(&stripe.0)
+                    .stats
+                    .iter()
+                    .map(|(fp, s)| (*fp, s.calls, matches!(s.latency, StripeLatency::Sparse(_))))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// What thread `t` records as its `i`-th execution: two statement shapes
+    /// with varying literals, latencies up to 50 ms, some failures.
+    fn execution(t: u64, i: u64) -> (String, u64, Outcome) {
+        let sql = if i.is_multiple_of(2) {
+            format!("select * from orders where id = {}", i % 50)
+        } else {
+            format!("update stock set n = n - 1 where sku = '{}'", (i + t) % 13)
+        };
+        let micros = (i * 7_919 + t * 104_729) % 50_000 + 1;
+        let outcome = if i.is_multiple_of(97) {
+            Outcome::sqlstate("23505")
+        } else if i.is_multiple_of(211) {
+            Outcome::Error(ErrorClass::Timeout)
+        } else {
+            Outcome::rows(i % 5)
+        };
+        (sql, micros, outcome)
+    }
+
+    /// The statistics a single `QueryStats` per fingerprint would hold after
+    /// recording every execution one by one. Latencies are small enough that
+    /// the floating-point sum of squares is exact in any order.
+    fn recorded_in_one_place(threads: u64, per_thread: u64) -> Vec<QueryStats> {
+        let mut expected: HashMap<Fingerprint, QueryStats> = HashMap::new();
+        for t in 0..threads {
+            for i in 0..per_thread {
+                let (sql, micros, outcome) = execution(t, i);
+                let fingerprint = normalize(&sql, Dialect::Generic).fingerprint;
+                let class = outcome.error_class();
+                expected
+                    .entry(fingerprint)
+                    .or_insert_with(|| QueryStats::new(fingerprint))
+                    .record(micros, outcome.row_count(), class.as_ref().map(|c| c.as_str()));
+            }
+        }
+        let mut expected: Vec<QueryStats> = expected.into_values().collect();
+        expected.sort_by_key(|q| q.fingerprint);
+        expected
+    }
+
+    fn run(r: &Recorder, t: u64, per_thread: u64) {
+        for i in 0..per_thread {
+            let (sql, micros, outcome) = execution(t, i);
+            r.record(&sql, Duration::from_micros(micros), outcome, None);
+        }
+    }
+
+    #[test]
+    fn several_threads_on_the_same_statements_add_up_exactly() {
+        let r = recorder(10);
+        let (threads, per_thread) = (4, 5_000);
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let r = &r;
+                scope.spawn(move || run(r, t, per_thread));
+            }
+        });
+        let batch = r.harvest(1, window());
+        assert_eq!(batch.queries, recorded_in_one_place(threads, per_thread));
+        assert!(batch.queries.iter().all(|q| !q.error_classes.is_empty()));
+    }
+
+    #[test]
+    fn nothing_recorded_around_a_harvest_is_lost_or_counted_twice() {
+        let r = recorder(10);
+        let (threads, per_thread) = (3, 20_000);
+        let finished = AtomicUsize::new(0);
+        let mut batches = Vec::new();
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let (r, finished) = (&r, &finished);
+                scope.spawn(move || {
+                    run(r, t, per_thread);
+                    finished.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            // Harvest over and over while the threads record.
+            while finished.load(Ordering::SeqCst) < threads as usize {
+                batches.push(r.harvest(batches.len() as u64 + 1, window()));
+                std::thread::yield_now();
+            }
+        });
+        batches.push(r.harvest(batches.len() as u64 + 1, window()));
+        assert!(batches.len() > 2, "the harvest ran while recording");
+
+        let mut total: HashMap<Fingerprint, QueryStats> = HashMap::new();
+        for q in batches.iter().flat_map(|b| &b.queries) {
+            total
+                .entry(q.fingerprint)
+                .or_insert_with(|| QueryStats::new(q.fingerprint))
+                .merge(q);
+        }
+        for expected in recorded_in_one_place(threads, per_thread) {
+            let got = &total[&expected.fingerprint];
+            assert_eq!(
+                (got.calls, got.errors, got.rows, got.sum_us, got.min_us, got.max_us),
+                (
+                    expected.calls,
+                    expected.errors,
+                    expected.rows,
+                    expected.sum_us,
+                    expected.min_us,
+                    expected.max_us
+                )
+            );
+            assert_eq!(got.sum_squares_us, expected.sum_squares_us);
+            assert_eq!(got.error_classes, expected.error_classes);
+            assert_eq!(got.latency, expected.latency);
+        }
+    }
+
+    #[test]
+    fn idle_fingerprints_give_their_memory_back_and_hot_ones_keep_it() {
+        let r = recorder(10);
+        r.record("select 1 from rare", Duration::from_micros(10), Outcome::OK, None);
+        for us in 0..1_000 {
+            r.record("select 1 from hot", Duration::from_micros(us * 37), Outcome::OK, None);
+        }
+        r.harvest(1, window());
+        let after_first = tracked(&r);
+        assert_eq!(after_first.len(), 2, "both are kept, emptied, for the next window");
+        assert!(after_first.iter().all(|(_, calls, _)| *calls == 0));
+        assert!(
+            after_first.iter().any(|(_, _, compact)| !compact),
+            "the hot histogram keeps its array"
+        );
+
+        r.record("select 1 from hot", Duration::from_micros(5), Outcome::OK, None);
+        r.harvest(2, window());
+        let after_second = tracked(&r);
+        assert_eq!(after_second.len(), 1, "the rare one was idle for a window");
+        assert!(after_second[0].2, "one call does not keep a 20 KB array");
+        r.harvest(3, window());
+        assert!(tracked(&r).is_empty());
+        assert_eq!(r.fingerprint_count(), 2, "known fingerprints stay registered");
+    }
+
+    #[test]
+    fn agents_in_one_process_keep_their_own_statistics() {
+        let (a, b) = (recorder(10), recorder(10));
+        for _ in 0..3 {
+            a.record("select 1", Duration::from_micros(10), Outcome::OK, None);
+        }
+        b.record("select 1", Duration::from_micros(10), Outcome::OK, None);
+        assert_eq!(a.harvest(1, window()).queries[0].calls, 3);
+        assert_eq!(b.harvest(1, window()).queries[0].calls, 1);
     }
 
     #[test]
