@@ -73,6 +73,9 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
     pub max_future_secs: Option<u64>,
+    /// A window may end at most this many seconds in the past (default: two
+    /// days, the raw retention). Benchmarks raise it to load older data.
+    pub max_age_secs: Option<u64>,
 }
 
 /// Why a config file was refused.
@@ -128,6 +131,9 @@ impl FileConfig {
         }
         if let Some(v) = self.max_future_secs {
             config.limits.max_future = Duration::from_secs(v);
+        }
+        if let Some(v) = self.max_age_secs {
+            config.limits.max_age = Duration::from_secs(v);
         }
     }
 }
