@@ -45,6 +45,8 @@ pub const DEFAULT_IN_FLIGHT: usize = 16;
 pub const DEFAULT_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Instances per service when the number of services is not given.
 pub const INSTANCES_PER_SERVICE: u32 = 20;
+/// How long instances have to stop once told to before they are aborted.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Quantiles compared against the exact values.
 pub const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
 
@@ -242,8 +244,11 @@ pub struct Totals {
     pub reconnects: u64,
     /// Failed connects, broken streams, failed requests.
     pub failures: u64,
-    /// Windows still undelivered when the run ended.
+    /// Windows still undelivered when the run ended (instances that had to
+    /// be aborted not included).
     pub unacked_at_end: u64,
+    /// Instances that did not stop within [`STOP_GRACE`] of being told to.
+    pub instances_aborted: u64,
 }
 
 /// The outcome of a run.
@@ -346,8 +351,8 @@ impl LoadgenReport {
         let _ = writeln!(out, "  ack        {}", latency_line(&self.ack_latency));
         let _ = writeln!(
             out,
-            "  problems   {} rejected, {} dropped, {} duplicates, {} reconnects, {} failures, {} unacked at end",
-            t.rejected, t.dropped, t.duplicates, t.reconnects, t.failures, t.unacked_at_end
+            "  problems   {} rejected, {} dropped, {} duplicates, {} reconnects, {} failures, {} unacked at end, {} instances aborted",
+            t.rejected, t.dropped, t.duplicates, t.reconnects, t.failures, t.unacked_at_end, t.instances_aborted
         );
         if self.backfill_windows > 0 {
             let _ = writeln!(out, "  backfill   {} windows per instance", self.backfill_windows);
@@ -526,6 +531,11 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
             _ = tokio::time::sleep_until(give_up), if *phase_tx.borrow() != Phase::Stop => {
                 let _ = phase_tx.send(Phase::Stop);
             }
+            // A run is bounded in time whatever the target does.
+            _ = tokio::time::sleep_until(give_up + STOP_GRACE) => {
+                tasks.abort_all();
+                break;
+            }
             _ = next_tick => {
                 let now = Instant::now();
                 let period = now.duration_since(last_tick.0).as_secs_f64().max(1e-9);
@@ -548,6 +558,10 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
         }
     }
     while tasks.join_next().await.is_some() {}
+    while let Ok(event) = events.try_recv() {
+        books.take(event);
+    }
+    books.totals.instances_aborted = u64::from(config.instances) - books.finished;
     let last_ack = books.last_ack.unwrap_or_else(Instant::now);
     Ok(LoadgenReport {
         elapsed: last_ack.duration_since(started),
@@ -574,6 +588,7 @@ struct Books {
     reject_reasons: Vec<String>,
     first_ack: Option<Instant>,
     last_ack: Option<Instant>,
+    finished: u64,
 }
 
 impl Books {
@@ -588,6 +603,7 @@ impl Books {
             reject_reasons: Vec::new(),
             first_ack: None,
             last_ack: None,
+            finished: 0,
         }
     }
 
@@ -628,7 +644,10 @@ impl Books {
             Event::Dropped => self.totals.dropped += 1,
             Event::Reconnected => self.totals.reconnects += 1,
             Event::StreamFailed => self.totals.failures += 1,
-            Event::Finished { unacked } => self.totals.unacked_at_end += unacked,
+            Event::Finished { unacked } => {
+                self.totals.unacked_at_end += unacked;
+                self.finished += 1;
+            }
         }
     }
 }
