@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -116,10 +117,15 @@ def wait_http(url, what, deadline_s=60):
 
 
 class ProcWatch:
-    """CPU seconds and peak RSS of one process, from /proc."""
+    """CPU seconds and peak RSS of one process, from /proc. With kill_above
+    (bytes), the process is killed once its RSS passes that, so a collector
+    that cannot keep up does not take the machine down with it."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, kill_above=None):
         self.pid = pid
+        self.kill_above = kill_above
+        self.killed = None
+        self.over_512mib_after_s = None
         self.peak_rss = 0
         self.stop = threading.Event()
         self.cpu0 = self.cpu()
@@ -142,18 +148,30 @@ class ProcWatch:
     def sample(self):
         while not self.stop.is_set():
             try:
-                self.peak_rss = max(self.peak_rss, self.rss())
+                rss = self.rss()
             except OSError:
                 return
-            time.sleep(0.5)
+            self.peak_rss = max(self.peak_rss, rss)
+            if rss > 512 * 2**20 and self.over_512mib_after_s is None:
+                self.over_512mib_after_s = time.time() - self.t0
+            if self.kill_above and rss > self.kill_above and self.killed is None:
+                os.kill(self.pid, signal.SIGKILL)
+                self.killed = {"after_s": time.time() - self.t0, "rss": rss}
+                log(f"  !! killed pid {self.pid}: RSS {mib(rss)} passed the {mib(self.kill_above)} limit")
+                return
+            time.sleep(0.25)
 
     def finish(self):
-        cpu = self.cpu() - self.cpu0
-        wall = time.time() - self.t0
-        final_rss = self.rss()
         self.stop.set()
         self.thread.join()
-        return {"cpu_s": cpu, "wall_s": wall, "cpu_cores": cpu / wall, "peak_rss": self.peak_rss, "rss": final_rss}
+        wall = time.time() - self.t0
+        try:
+            cpu, final_rss = self.cpu() - self.cpu0, self.rss()
+        except (OSError, IndexError):
+            cpu, final_rss = None, None
+        return {"cpu_s": cpu, "wall_s": wall, "cpu_cores": cpu / wall if cpu is not None else None,
+                "peak_rss": self.peak_rss, "rss": final_rss, "killed": self.killed,
+                "over_512mib_after_s": self.over_512mib_after_s}
 
 
 class Collector:
@@ -239,6 +257,7 @@ def loadgen(binary, workdir, name, args):
     summary = os.path.join(workdir, f"{name}.json")
     command = [binary, "loadgen", *args, "--summary-json", summary]
     log("  $ " + " ".join(command[1:]))
+    usage0, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     with open(os.path.join(workdir, f"{name}.log"), "w") as out:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         STARTED.append(proc)
@@ -247,8 +266,12 @@ def loadgen(binary, workdir, name, args):
             log("    " + line.rstrip())
         if proc.wait() != 0:
             raise SystemExit(f"loadgen {name} failed; see {out.name}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(summary) as f:
-        return json.load(f)
+        report = json.load(f)
+    cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
+    report["loadgen_cpu_cores"] = cpu / max(time.time() - started, 1e-9)
+    return report
 
 
 def errors_against_exact(series, estimates):
@@ -294,7 +317,7 @@ def phase_ingest(ctx, scale):
     instances, fingerprints, duration = scale
     log(f"== ingest: live, {instances} instances x {fingerprints} fingerprints, 10 s windows, {duration}")
     collector = Collector(ctx.binary, ctx.workdir, "ingest")
-    watch = ProcWatch(collector.proc.pid)
+    watch = ProcWatch(collector.proc.pid, ctx.rss_limit_gib * 2**30)
     report = loadgen(
         ctx.binary,
         ctx.workdir,
@@ -315,6 +338,7 @@ def phase_ingest(ctx, scale):
         "batches_per_s": report["totals"]["batches_acked"] / max(report["active_s"], 1e-9),
         "ack_latency_ms": report["ack_latency_ms"],
         "totals": report["totals"],
+        "loadgen_cpu_cores": report["loadgen_cpu_cores"],
         "collector": proc,
         "disk_bytes": disk,
         "disk_per_window": disk / windows if windows else None,
@@ -328,7 +352,7 @@ def phase_compare(ctx, scale):
     log(f"== compare: backfill {span}, {instances} instances x {fingerprints} fingerprints in one service")
 
     collector = Collector(ctx.binary, ctx.workdir, "compare")
-    watch = ProcWatch(collector.proc.pid)
+    watch = ProcWatch(collector.proc.pid, ctx.rss_limit_gib * 2**30)
     ours = loadgen(ctx.binary, ctx.workdir, "compare-querypulse", [*common, "--endpoint", f"http://{collector.grpc}"])
     ours_proc = watch.finish()
     estimates, calls = api_estimates(collector.http, ours, "svc-000")
@@ -369,6 +393,7 @@ def phase_compare(ctx, scale):
             "windows_per_s": ours["fingerprint_windows_per_s"],
             "ack_latency_ms": ours["ack_latency_ms"],
             "totals": ours["totals"],
+            "loadgen_cpu_cores": ours["loadgen_cpu_cores"],
             "collector": ours_proc,
             "disk_bytes": ours_disk,
             "disk_per_window": ours_disk / ours_windows if ours_windows else None,
@@ -382,6 +407,7 @@ def phase_compare(ctx, scale):
             "samples_per_s": samples / max(theirs["active_s"], 1e-9),
             "request_latency_ms": theirs["ack_latency_ms"],
             "totals": theirs["totals"],
+            "loadgen_cpu_cores": theirs["loadgen_cpu_cores"],
             "process": prom_proc,
             "snapshot_bytes": snapshot,
             "bytes_per_sample": snapshot / samples if samples else None,
@@ -464,8 +490,25 @@ def mib(n):
     return f"{n / 2**20:.0f} MiB"
 
 
+def cores(proc):
+    return "n/a (killed)" if proc["cpu_cores"] is None else f"{proc['cpu_cores']:.2f} cores"
+
+
+def rss_text(proc):
+    text = mib(proc["peak_rss"])
+    if proc.get("over_512mib_after_s") is not None:
+        text += f", past 512 MiB after {proc['over_512mib_after_s']:.0f} s"
+    if proc.get("killed"):
+        text += f"; killed by the harness at {mib(proc['killed']['rss'])} after {proc['killed']['after_s']:.0f} s"
+    return text
+
+
 def pct(x):
     return "n/a" if x is None else f"{x * 100:+.1f} %"
+
+
+def pct_abs(x):
+    return "n/a" if x is None else f"{x * 100:.1f} %"
 
 
 def markdown(results):
@@ -482,8 +525,9 @@ def markdown(results):
                   f"| batches/s (acked) | {r['batches_per_s']:.1f} |",
                   f"| ack latency p50 / p99 / max | {r['ack_latency_ms']['p50']:.0f} / {r['ack_latency_ms']['p99']:.0f} / {r['ack_latency_ms']['max']:.0f} ms |",
                   f"| rejected / dropped / reconnects / unacked at end | {r['totals']['rejected']} / {r['totals']['dropped']} / {r['totals']['reconnects']} / {r['totals']['unacked_at_end']} |",
-                  f"| collector RSS peak / at end | {mib(r['collector']['peak_rss'])} / {mib(r['collector']['rss'])} |",
-                  f"| collector CPU | {r['collector']['cpu_cores']:.2f} cores |",
+                  f"| collector RSS peak | {rss_text(r['collector'])} |",
+                  f"| collector CPU | {cores(r['collector'])} |",
+                  f"| loadgen CPU (same machine) | {r.get('loadgen_cpu_cores', 0):.2f} cores |",
                   f"| disk per fingerprint-window | {r['disk_per_window']:.1f} B ({mib(r['disk_bytes'])} total) |"]
     if "compare" in results:
         r = results["compare"]
@@ -493,13 +537,14 @@ def markdown(results):
                   f"{r['fingerprints']} fingerprints in one service, as fast as each acknowledges:", "",
                   "| measure | querypulse | Prometheus 2.42 | ratio |", "|---|---|---|---|",
                   f"| distributions/s absorbed | {q['windows_per_s']:.0f} fingerprint-windows/s | {p['histograms_per_s']:.0f} histograms/s ({p['samples_per_s']:.0f} samples/s) | {ratio:.2f}x |",
-                  f"| server CPU while ingesting | {q['collector']['cpu_cores']:.2f} cores | {p['process']['cpu_cores']:.2f} cores | |",
-                  f"| server RSS peak | {mib(q['collector']['peak_rss'])} | {mib(p['process']['peak_rss'])} | |",
+                  f"| server CPU while ingesting | {cores(q['collector'])} | {cores(p['process'])} | |",
+                  f"| server RSS peak | {rss_text(q['collector'])} | {rss_text(p['process'])} | |",
+                  f"| loadgen CPU (same machine) | {q.get('loadgen_cpu_cores', 0):.2f} cores | {p.get('loadgen_cpu_cores', 0):.2f} cores | |",
                   f"| bytes on disk per distribution | {q['disk_per_window']:.1f} B per fingerprint-window | {p['bytes_per_histogram']:.1f} B per histogram ({p['bytes_per_sample']:.2f} B/sample, block snapshot) | {q['disk_per_window'] / p['bytes_per_histogram']:.2f}x |"]
         for name in ("p50", "p95", "p99"):
             qe, pe = q["errors"].get(name), p["errors"].get(name)
             if qe and pe:
-                lines.append(f"| {name} error, median / worst of {qe['series']} series | {pct(qe['median_abs'])} / {pct(qe['max_abs'])} | {pct(pe['median_abs'])} / {pct(pe['max_abs'])} | |")
+                lines.append(f"| {name} abs. error, median / worst of {qe['series']} series | {pct_abs(qe['median_abs'])} / {pct_abs(qe['max_abs'])} | {pct_abs(pe['median_abs'])} / {pct_abs(pe['max_abs'])} | |")
         for name in ("p50", "p95", "p99"):
             qe, pe = q["errors"].get(name), p["errors"].get(name)
             if qe and pe:
@@ -528,6 +573,10 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--requests", type=int, default=50, help="read requests per endpoint and data set, at most")
     parser.add_argument("--read-seconds", type=float, default=120, help="time cap per endpoint and data set")
+    parser.add_argument("--ingest", metavar="INSTANCESxFINGERPRINTS",
+                        help="shape of the live ingest phase instead of the scale's, e.g. 200x1000")
+    parser.add_argument("--rss-limit-gib", type=float, default=4,
+                        help="kill a collector whose RSS passes this (the machine is shared)")
     parser.add_argument("--out", help="directory for logs and results [default: a new temporary directory]")
     ctx = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -539,7 +588,10 @@ def main():
     ctx.workdir = ctx.out or tempfile.mkdtemp(prefix="querypulse-bench-")
     os.makedirs(ctx.workdir, exist_ok=True)
     log(f"working in {ctx.workdir}")
-    scale = SCALES[ctx.scale]
+    scale = dict(SCALES[ctx.scale])
+    if ctx.ingest:
+        instances, fingerprints = (int(n) for n in ctx.ingest.lower().split("x"))
+        scale["ingest"] = (instances, fingerprints, scale["ingest"][2])
     results = {"machine": machine(), "scale": ctx.scale}
     try:
         for phase in ctx.phases.split(","):
