@@ -87,3 +87,55 @@ async fn a_backfill_delivers_every_past_window_and_stops_by_itself() {
     }
     collector.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_survive_a_collector_restart_and_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, target) = collector(&dir).await;
+    let (grpc, http) = (first.grpc_addr(), first.http_addr());
+    let mut config = LoadgenConfig::new(3, 10, Duration::from_secs(1), Duration::from_secs(8), target);
+    config.seed = 7;
+    let run = tokio::spawn(loadgen::run(config));
+
+    // Restart once the first windows are stored: the simulated agents must
+    // reconnect and resend what was not acknowledged.
+    let url = format!("http://{http}/api/v1/queries");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if body["queries"].as_array().is_some_and(|q| !q.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no window stored within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.shutdown().await.unwrap();
+    let mut config = Config::ephemeral(dir.path());
+    config.grpc_listen = grpc;
+    config.http_listen = http;
+    let second = Collector::start(config).await.unwrap();
+
+    let report = run.await.unwrap().unwrap();
+    assert!(report.totals.reconnects >= 1, "{}", report.summary());
+    assert_eq!(
+        (report.totals.unacked_at_end, report.totals.rejected),
+        (0, 0),
+        "{}",
+        report.summary()
+    );
+    let (from, to) = report.delivered_range_ms.unwrap();
+    let body: serde_json::Value = reqwest::get(format!("{url}?from={}&to={}", from - 60_000, to + 60_000))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: u64 = body["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stored, report.totals.calls_acked, "every acknowledged call stored once");
+    second.shutdown().await.unwrap();
+}
