@@ -71,6 +71,12 @@ def stop_process(proc, timeout):
         proc.wait()
 
 
+def discard(ctx, data_dir):
+    """Removes a server's data once measured (the full run writes ~12 GB)."""
+    if not ctx.keep_data:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def log(*parts):
     print(*parts, flush=True)
 
@@ -329,6 +335,7 @@ def phase_ingest(ctx, scale):
     collector.stop()
     windows = report["totals"]["fingerprint_windows_acked"]
     disk = disk_bytes(collector.data)
+    discard(ctx, collector.data)
     offered = instances * fingerprints / 10
     return {
         "instances": instances,
@@ -360,6 +367,7 @@ def phase_compare(ctx, scale):
     collector.stop()
     ours_windows = ours["totals"]["fingerprint_windows_acked"]
     ours_disk = disk_bytes(collector.data)
+    discard(ctx, collector.data)
 
     prometheus = Prometheus(ctx.workdir)
     watch = ProcWatch(prometheus.proc.pid)
@@ -382,6 +390,7 @@ def phase_compare(ctx, scale):
             prom_estimates.setdefault(key, [None] * len(QUANTILES))[i] = value * 1000 if value == value else None
     snapshot = prometheus.snapshot_bytes()
     prometheus.stop()
+    discard(ctx, prometheus.data)
     prom_histograms = theirs["totals"]["fingerprint_windows_acked"]
     prom_rate = prom_histograms / max(theirs["active_s"], 1e-9)
     return {
@@ -457,6 +466,8 @@ def phase_reads(ctx, scale):
                                ctx.read_seconds)
         proc = watch.finish()
         collector.stop()
+        disk = disk_bytes(collector.data)
+        discard(ctx, collector.data)
         results[label] = {
             "span": span,
             "interval": interval,
@@ -466,7 +477,7 @@ def phase_reads(ctx, scale):
             "queries": queries,
             "series": series if series else "404: not served by this collector",
             "collector_during_reads": proc,
-            "disk_bytes": disk_bytes(collector.data),
+            "disk_bytes": disk,
         }
     return results
 
@@ -577,6 +588,8 @@ def main():
                         help="shape of the live ingest phase instead of the scale's, e.g. 200x1000")
     parser.add_argument("--rss-limit-gib", type=float, default=4,
                         help="kill a collector whose RSS passes this (the machine is shared)")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the servers' data directories (the full run needs ~12 GB free)")
     parser.add_argument("--out", help="directory for logs and results [default: a new temporary directory]")
     ctx = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
