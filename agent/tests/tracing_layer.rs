@@ -63,7 +63,9 @@ async fn the_tracing_layer_records_statements_sqlx_reports() {
     }
     // A statement sqlx logs by its summary alone.
     let (_, short) = collector
-        .eventually("qp_traced_short", Duration::from_secs(20), |c| c.query("qp_traced_short"))
+        .eventually("qp_traced_short", Duration::from_secs(20), |c| {
+            c.query("qp_traced_short")
+        })
         .await;
     assert_eq!(short.calls, 1);
 }

@@ -20,7 +20,10 @@ fn texts() -> Vec<FingerprintText> {
     (0..FINGERPRINTS)
         .map(|i| {
             let text = format!("select * from table_{i} where id = ?");
-            FingerprintText { fingerprint: Fingerprint::of_normalized(&text), text }
+            FingerprintText {
+                fingerprint: Fingerprint::of_normalized(&text),
+                text,
+            }
         })
         .collect()
 }
@@ -28,7 +31,13 @@ fn texts() -> Vec<FingerprintText> {
 /// A window of one instance: every fingerprint with a few dozen calls spread
 /// log-normally around a per-fingerprint median.
 fn batch(seq: u64, start_ms: i64, instance: usize, texts: &[FingerprintText]) -> Batch {
-    let mut batch = Batch::new(seq, Window { start_ms, length_ms: WINDOW_MS as u32 });
+    let mut batch = Batch::new(
+        seq,
+        Window {
+            start_ms,
+            length_ms: WINDOW_MS as u32,
+        },
+    );
     let mut state = (seq as u32).wrapping_mul(2_654_435_761) ^ instance as u32;
     let mut next = || {
         state ^= state << 13;
@@ -53,7 +62,13 @@ fn ingest(c: &mut Criterion) {
     let (_store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default()).unwrap();
     let texts = texts();
     let hellos: Vec<Arc<Hello>> = (0..INSTANCES)
-        .map(|i| Arc::new(Hello { service: "bench".into(), instance_id: format!("instance-{i}"), ..Hello::default() }))
+        .map(|i| {
+            Arc::new(Hello {
+                service: "bench".into(),
+                instance_id: format!("instance-{i}"),
+                ..Hello::default()
+            })
+        })
         .collect();
     let now = chrono::Utc::now().timestamp_millis();
     let mut window = now - 36 * 3_600_000;
@@ -91,7 +106,11 @@ fn read(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default()).unwrap();
     let texts = texts();
-    let hello = Arc::new(Hello { service: "bench".into(), instance_id: "instance-0".into(), ..Hello::default() });
+    let hello = Arc::new(Hello {
+        service: "bench".into(),
+        instance_id: "instance-0".into(),
+        ..Hello::default()
+    });
     let now = chrono::Utc::now().timestamp_millis();
     let day_ago = now - 24 * 3_600_000;
     // One instance, every fingerprint, one window per minute over 24 hours.
@@ -109,7 +128,11 @@ fn read(c: &mut Criterion) {
     group.sample_size(20);
     let hour = 3_600_000;
     group.bench_function("summaries of 1000 fingerprints over 24 h", |b| {
-        b.iter(|| store.query_stats(service, day_ago / hour * hour, (now / hour + 1) * hour).unwrap())
+        b.iter(|| {
+            store
+                .query_stats(service, day_ago / hour * hour, (now / hour + 1) * hour)
+                .unwrap()
+        })
     });
     group.finish();
 }

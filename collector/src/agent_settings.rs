@@ -34,7 +34,9 @@ impl AgentSettings {
         if let Some(ms) = self.slow_threshold_ms
             && ms > MAX_SLOW_THRESHOLD_MS
         {
-            return Err(AgentSettingsError(format!("slow_threshold_ms must be at most {MAX_SLOW_THRESHOLD_MS}, got {ms}")));
+            return Err(AgentSettingsError(format!(
+                "slow_threshold_ms must be at most {MAX_SLOW_THRESHOLD_MS}, got {ms}"
+            )));
         }
         for (name, value) in [
             ("max_samples_per_fingerprint", self.max_samples_per_fingerprint),
@@ -43,7 +45,9 @@ impl AgentSettings {
             if let Some(n) = value
                 && n > MAX_SAMPLES
             {
-                return Err(AgentSettingsError(format!("{name} must be at most {MAX_SAMPLES}, got {n}")));
+                return Err(AgentSettingsError(format!(
+                    "{name} must be at most {MAX_SAMPLES}, got {n}"
+                )));
             }
         }
         if let Some(ms) = self.interval_ms
@@ -79,13 +83,34 @@ mod tests {
     #[test]
     fn out_of_range_fields_are_named() {
         for (bad, field) in [
-            (AgentSettings { slow_threshold_ms: Some(u64::MAX), ..Default::default() }, "slow_threshold_ms"),
-            (AgentSettings { max_samples_per_window: Some(1_000_000), ..Default::default() }, "max_samples_per_window"),
-            (AgentSettings { interval_ms: Some(10), ..Default::default() }, "interval_ms"),
+            (
+                AgentSettings {
+                    slow_threshold_ms: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "slow_threshold_ms",
+            ),
+            (
+                AgentSettings {
+                    max_samples_per_window: Some(1_000_000),
+                    ..Default::default()
+                },
+                "max_samples_per_window",
+            ),
+            (
+                AgentSettings {
+                    interval_ms: Some(10),
+                    ..Default::default()
+                },
+                "interval_ms",
+            ),
         ] {
             assert!(bad.validate().unwrap_err().0.contains(field));
         }
-        let good = AgentSettings { slow_threshold_ms: Some(250), ..Default::default() };
+        let good = AgentSettings {
+            slow_threshold_ms: Some(250),
+            ..Default::default()
+        };
         assert_eq!(good.validate(), Ok(()));
         assert_eq!(good.to_update().slow_threshold_us, Some(250_000));
     }

@@ -135,7 +135,10 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
         .route("/api/v1/slow-queries", get(slow_queries))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/retention", get(get_retention).put(put_retention))
-        .route("/api/v1/agent-settings", get(get_agent_settings).put(put_agent_settings))
+        .route(
+            "/api/v1/agent-settings",
+            get(get_agent_settings).put(put_agent_settings),
+        )
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
         .with_state(Api { source, admin })
 }

@@ -99,7 +99,8 @@ impl Catalog {
             return Ok(AgentSettings::default());
         };
         let narrow = |v: Option<i64>| -> Result<Option<u32>, CatalogError> {
-            v.map(|v| u32::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}")))).transpose()
+            v.map(|v| u32::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}"))))
+                .transpose()
         };
         Ok(AgentSettings {
             slow_threshold_ms: slow
@@ -158,7 +159,11 @@ mod tests {
         };
         catalog.set_retention(&custom, 1).await.unwrap();
         catalog.set_retention(&custom, 2).await.unwrap();
-        let settings = AgentSettings { slow_threshold_ms: Some(250), interval_ms: Some(5_000), ..Default::default() };
+        let settings = AgentSettings {
+            slow_threshold_ms: Some(250),
+            interval_ms: Some(5_000),
+            ..Default::default()
+        };
         catalog.set_agent_settings(&settings, 3).await.unwrap();
         catalog.close().await;
         let reopened = Catalog::open(dir.path()).await.unwrap();

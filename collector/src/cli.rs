@@ -4,6 +4,7 @@ use std::future::Future;
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,6 +13,7 @@ use querypulse_agent::fingerprint::Dialect;
 use crate::config::{Config, DEFAULT_DATA_DIR, FileConfig};
 use crate::demo::Demo;
 use crate::fingerprint_cmd::{self, FingerprintError, Format};
+use crate::loadgen::{LoadgenConfig, Target};
 
 /// querypulse: which database queries are slow, getting slower or failing,
 /// and whether a connection pool is running dry, across every instance.
@@ -31,6 +33,8 @@ enum Command {
     /// Print the fingerprint and normalized text of each SQL statement read
     /// from stdin, one statement per line, as `<16 hex digits><TAB><text>`.
     Fingerprint(FingerprintArgs),
+    /// Simulate many agents against a collector (or Prometheus) for benchmarks.
+    Loadgen(LoadgenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +109,97 @@ impl From<DialectArg> for Dialect {
     }
 }
 
+#[derive(Debug, Args)]
+struct LoadgenArgs {
+    /// Simulated service instances, one gRPC stream each
+    #[arg(long, default_value_t = 100)]
+    instances: u32,
+    /// Statements each instance reports every window
+    #[arg(long, default_value_t = 100)]
+    fingerprints: usize,
+    /// Services the instances are spread over [default: one per 20 instances]
+    #[arg(long)]
+    services: Option<usize>,
+    /// Window length (10s, 1m, ...)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Stop after this long (30s, 5m, 2h, ...)
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The collector's gRPC endpoint
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7171",
+        conflicts_with = "prometheus_remote_write"
+    )]
+    endpoint: String,
+    /// Bearer token for the collector
+    #[arg(long, env = "QUERYPULSE_INGEST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Send to this Prometheus remote-write URL instead of a collector, as
+    /// classic histograms with the default buckets
+    #[arg(long, value_name = "URL")]
+    prometheus_remote_write: Option<String>,
+    /// Seed of the generated latency distributions
+    #[arg(long, default_value_t = crate::loadgen::DEFAULT_SEED)]
+    seed: u64,
+    /// Send every window of this past span as fast as acks allow, then stop
+    /// (the collector rejects windows older than its max age, 2 days by default)
+    #[arg(long, value_parser = parse_duration)]
+    backfill: Option<Duration>,
+    /// Unacknowledged batches per instance
+    #[arg(long, default_value_t = crate::loadgen::DEFAULT_IN_FLIGHT)]
+    in_flight: usize,
+    /// Print a progress line this often
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    report_every: Duration,
+    /// Write the final report, with the exact quantiles of every series, as JSON
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
+}
+
+/// Parses `250ms`, `10s`, `5m`, `24h`, `7d`; a bare number is seconds.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 500ms, 10s, 5m, 24h or 7d"))?;
+    let seconds = match unit {
+        "ms" => number / 1_000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3_600.0,
+        "d" => number * 86_400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {value:?}: use ms, s, m, h or d")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{value:?} is out of range"))
+}
+
+impl LoadgenArgs {
+    fn config(self) -> LoadgenConfig {
+        let target = match self.prometheus_remote_write {
+            Some(url) => Target::PrometheusRemoteWrite { url },
+            None => Target::Collector {
+                endpoint: self.endpoint,
+                token: self.token.filter(|t| !t.is_empty()),
+            },
+        };
+        let mut config = LoadgenConfig::new(self.instances, self.fingerprints, self.interval, self.duration, target);
+        if let Some(services) = self.services {
+            config.services = services;
+        }
+        config.seed = self.seed;
+        config.backfill = self.backfill;
+        config.in_flight = self.in_flight;
+        config.report_every = Some(self.report_every);
+        config
+    }
+}
+
 impl ServeArgs {
     fn config(self) -> anyhow::Result<Config> {
         let mut config = Config::new(DEFAULT_DATA_DIR);
@@ -142,6 +237,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Serve(args) => run_async(serve(args)),
         Command::Demo(args) => run_async(demo(args)),
         Command::Fingerprint(args) => fingerprint(args),
+        Command::Loadgen(args) => run_async(loadgen(args)),
     }
 }
 
@@ -219,6 +315,38 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     demo.shutdown().await.context("stopping the demo")
 }
 
+async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    let summary_json = args.summary_json.clone();
+    let config = args.config();
+    let target = match &config.target {
+        Target::Collector { endpoint, .. } => format!("collector {endpoint}"),
+        Target::PrometheusRemoteWrite { url } => format!("Prometheus remote write {url}"),
+    };
+    println!(
+        "loadgen: {} instances × {} fingerprints in {} services, {} s windows, {} for at most {} s, to {target}",
+        config.instances,
+        config.fingerprints,
+        config.services,
+        config.interval.as_secs(),
+        match config.backfill {
+            Some(span) => format!("backfilling {} s", span.as_secs()),
+            None => "live".to_owned(),
+        },
+        config.duration.as_secs(),
+    );
+    let report = tokio::select! {
+        report = crate::loadgen::run(config) => report.context("running the load generator")?,
+        _ = shutdown_signal() => anyhow::bail!("interrupted"),
+    };
+    print!("{}", report.summary());
+    if let Some(path) = summary_json {
+        let json = serde_json::to_vec_pretty(&report.to_json()).context("encoding the report")?;
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+        println!("  report     {}", path.display());
+    }
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = async {
@@ -240,4 +368,47 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "s", "10x", "-5s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loadgen_spreads_instances_over_services_by_default() {
+        let cli =
+            Cli::try_parse_from(["querypulse", "loadgen", "--instances", "2000", "--fingerprints", "1000"]).unwrap();
+        let Command::Loadgen(args) = cli.command else {
+            panic!("not loadgen")
+        };
+        let config = args.config();
+        assert_eq!(
+            (config.instances, config.fingerprints, config.services),
+            (2000, 1000, 100)
+        );
+        assert_eq!(config.interval, Duration::from_secs(10));
+        assert!(matches!(config.target, Target::Collector { ref endpoint, .. } if endpoint == "http://127.0.0.1:7171"));
+        let both = Cli::try_parse_from([
+            "querypulse",
+            "loadgen",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--prometheus-remote-write",
+            "http://127.0.0.1:2/api/v1/write",
+        ]);
+        assert!(both.is_err(), "one target per run");
+    }
 }

@@ -86,6 +86,10 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
     pub max_future_secs: Option<u64>,
+    /// Retention at first start, as a `[retention]` table with `raw_seconds`,
+    /// `minute_seconds`, `hour_seconds` and `max_bytes`; once changed through
+    /// the API the catalog's value wins.
+    pub retention: Option<Retention>,
 }
 
 /// Why a config file was refused.
@@ -116,10 +120,17 @@ impl FileConfig {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.to_string(),
-        })
+        })?;
+        if let Some(retention) = &file.retention {
+            retention.validate().map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                message: format!("[retention]: {e}"),
+            })?;
+        }
+        Ok(file)
     }
 
     /// Applies the file on top of `config`.
@@ -144,6 +155,9 @@ impl FileConfig {
         }
         if let Some(v) = self.max_future_secs {
             config.limits.max_future = Duration::from_secs(v);
+        }
+        if let Some(v) = self.retention {
+            config.retention = v;
         }
     }
 }

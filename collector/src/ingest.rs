@@ -282,7 +282,9 @@ impl StreamTask {
         // Settings set through the API reach the agent now and on every change.
         let settings = *self.settings.borrow_and_update();
         if !settings.is_empty() {
-            let _ = pending_tx.send(Pending::Ready(CollectorMessage::Config(settings.to_update()))).await;
+            let _ = pending_tx
+                .send(Pending::Ready(CollectorMessage::Config(settings.to_update())))
+                .await;
         }
         let acker = tokio::spawn(acknowledge(pending_rx, self.out.clone()));
         let mut texts: HashMap<Fingerprint, String> = HashMap::new();
@@ -294,7 +296,11 @@ impl StreamTask {
             };
             let Some(message) = message else {
                 let settings = *self.settings.borrow_and_update();
-                if pending_tx.send(Pending::Ready(CollectorMessage::Config(settings.to_update()))).await.is_err() {
+                if pending_tx
+                    .send(Pending::Ready(CollectorMessage::Config(settings.to_update())))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;

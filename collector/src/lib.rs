@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod fingerprint_cmd;
 pub mod ingest;
+pub mod loadgen;
 pub mod read;
 pub mod retention;
 pub mod store;
@@ -115,7 +116,10 @@ impl Collector {
         let agent_settings = catalog
             .agent_settings()
             .await
-            .map_err(|source| CollectorError::Catalog { path: config.data_dir.clone(), source })?;
+            .map_err(|source| CollectorError::Catalog {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let (agent_settings, agent_settings_rx) = watch::channel(agent_settings);
         let store_dir = config.data_dir.join("store");
         let (store, store_writer) = {

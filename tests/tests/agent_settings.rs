@@ -11,11 +11,18 @@ use serde_json::{Value, json};
 const SQL: &str = "SELECT * FROM invoices WHERE total > 100";
 
 fn agent(collector: &TestCollector) -> Agent {
-    Agent::builder("billing").endpoint(collector.endpoint()).interval(Duration::from_secs(60)).start().unwrap()
+    Agent::builder("billing")
+        .endpoint(collector.endpoint())
+        .interval(Duration::from_secs(60))
+        .start()
+        .unwrap()
 }
 
 async fn slow_samples(collector: &TestCollector) -> Vec<Value> {
-    collector.get_json("/api/v1/slow-queries?service=billing").await["slow_queries"].as_array().unwrap().clone()
+    collector.get_json("/api/v1/slow-queries?service=billing").await["slow_queries"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +36,10 @@ async fn thresholds_set_in_the_api_reach_connected_and_new_agents() {
     let early = agent(&collector);
     early.record_query(SQL, Duration::from_millis(40), Outcome::OK);
     early.flush().await.unwrap();
-    assert!(slow_samples(&collector).await.is_empty(), "40 ms is below the default 1 s threshold");
+    assert!(
+        slow_samples(&collector).await.is_empty(),
+        "40 ms is below the default 1 s threshold"
+    );
 
     let response = client
         .put(collector.url("/api/v1/agent-settings"))
@@ -51,10 +61,17 @@ async fn thresholds_set_in_the_api_reach_connected_and_new_agents() {
     let applied = eventually(Duration::from_secs(10), || async {
         late.record_query(SQL, Duration::from_millis(30), Outcome::OK);
         late.flush().await.unwrap();
-        slow_samples(&collector).await.iter().any(|s| s["instance_id"] == late.instance_id()).then_some(())
+        slow_samples(&collector)
+            .await
+            .iter()
+            .any(|s| s["instance_id"] == late.instance_id())
+            .then_some(())
     })
     .await;
-    assert!(applied.is_some(), "an agent connecting later gets the threshold at once");
+    assert!(
+        applied.is_some(),
+        "an agent connecting later gets the threshold at once"
+    );
 
     let settings = collector.get_json("/api/v1/agent-settings").await;
     assert_eq!(settings["slow_threshold_ms"], 25);
@@ -67,7 +84,11 @@ async fn thresholds_set_in_the_api_reach_connected_and_new_agents() {
         .unwrap();
     assert_eq!(refused.status(), 400);
     assert!(refused.text().await.unwrap().contains("interval_ms"));
-    assert_eq!(collector.get_json("/api/v1/agent-settings").await, settings, "a refused change changes nothing");
+    assert_eq!(
+        collector.get_json("/api/v1/agent-settings").await,
+        settings,
+        "a refused change changes nothing"
+    );
 
     early.shutdown().await.unwrap();
     late.shutdown().await.unwrap();

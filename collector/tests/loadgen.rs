@@ -1,0 +1,141 @@
+//! `querypulse loadgen` against an in-process collector: every window it
+//! reports as acknowledged is stored, once, and what it says it sent is what
+//! the API serves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use querypulse_collector::loadgen::{self, LoadgenConfig, Target};
+use querypulse_collector::{Collector, Config};
+
+/// A collector on free ports of 127.0.0.1, and the loadgen target for it.
+async fn collector(dir: &tempfile::TempDir) -> (Collector, Target) {
+    let collector = Collector::start(Config::ephemeral(dir.path())).await.unwrap();
+    let target = Target::Collector {
+        endpoint: format!("http://{}", collector.grpc_addr()),
+        token: None,
+    };
+    (collector, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_window_is_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, target) = collector(&dir).await;
+    let mut config = LoadgenConfig::new(3, 20, Duration::from_secs(1), Duration::from_secs(4), target);
+    config.services = 2;
+    config.seed = 42;
+    let report = loadgen::run(config).await.unwrap();
+
+    let totals = &report.totals;
+    assert!(totals.batches_acked >= 3, "{}", report.summary());
+    assert_eq!(
+        (totals.rejected, totals.dropped, totals.unacked_at_end),
+        (0, 0, 0),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(totals.fingerprint_windows_acked, totals.batches_acked * 20);
+    let sent = report.series();
+    assert_eq!(sent.len(), 2 * 20, "both services report all their statements");
+    assert_eq!(sent.iter().map(|s| s.calls).sum::<u64>(), totals.calls_acked);
+
+    let (from, to) = report.delivered_range_ms.unwrap();
+    let url = format!(
+        "http://{}/api/v1/queries?from={}&to={}",
+        collector.http_addr(),
+        from - 60_000,
+        to + 60_000
+    );
+    let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let stored: HashMap<(String, String), u64> = body["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let key = (
+                q["service"].as_str().unwrap().to_owned(),
+                q["fingerprint"].as_str().unwrap().to_owned(),
+            );
+            (key, q["calls"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(stored.len(), sent.len(), "no series missing, none extra");
+    for series in &sent {
+        let key = (series.service.clone(), series.fingerprint.to_string());
+        assert_eq!(stored.get(&key), Some(&series.calls), "calls of {key:?}");
+    }
+    collector.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_delivers_every_past_window_and_stops_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, target) = collector(&dir).await;
+    let mut config = LoadgenConfig::new(2, 5, Duration::from_secs(10), Duration::from_secs(60), target);
+    config.backfill = Some(Duration::from_secs(600));
+    let report = loadgen::run(config).await.unwrap();
+
+    assert_eq!(report.backfill_windows, 60);
+    assert_eq!(report.totals.batches_acked, 2 * 60, "{}", report.summary());
+    assert_eq!(report.totals.unacked_at_end, 0);
+    let (from, to) = report.delivered_range_ms.unwrap();
+    assert_eq!(to - from, 600_000);
+    for series in report.series() {
+        assert_eq!(series.windows, 2 * 60);
+        assert!(series.exact_ms[0] <= series.exact_ms[1] && series.exact_ms[1] <= series.exact_ms[2]);
+    }
+    collector.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_survive_a_collector_restart_and_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, target) = collector(&dir).await;
+    let (grpc, http) = (first.grpc_addr(), first.http_addr());
+    let mut config = LoadgenConfig::new(3, 10, Duration::from_secs(1), Duration::from_secs(8), target);
+    config.seed = 7;
+    let run = tokio::spawn(loadgen::run(config));
+
+    // Restart once the first windows are stored: the simulated agents must
+    // reconnect and resend what was not acknowledged.
+    let url = format!("http://{http}/api/v1/queries");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if body["queries"].as_array().is_some_and(|q| !q.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no window stored within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.shutdown().await.unwrap();
+    let mut config = Config::ephemeral(dir.path());
+    config.grpc_listen = grpc;
+    config.http_listen = http;
+    let second = Collector::start(config).await.unwrap();
+
+    let report = run.await.unwrap().unwrap();
+    assert!(report.totals.reconnects >= 1, "{}", report.summary());
+    assert_eq!(
+        (report.totals.unacked_at_end, report.totals.rejected),
+        (0, 0),
+        "{}",
+        report.summary()
+    );
+    let (from, to) = report.delivered_range_ms.unwrap();
+    let body: serde_json::Value = reqwest::get(format!("{url}?from={}&to={}", from - 60_000, to + 60_000))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: u64 = body["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stored, report.totals.calls_acked, "every acknowledged call stored once");
+    second.shutdown().await.unwrap();
+}
