@@ -91,6 +91,8 @@ fn ingest(c: &mut Criterion) {
                         texts: if seq == 1 { texts.clone() } else { Vec::new() },
                     })
                     .collect();
+                // Live ingest: the collector's clock is just past the window.
+                let now = window + WINDOW_MS;
                 let started = Instant::now();
                 writer.write(requests, now).unwrap();
                 writer.maintain(now, Duration::from_millis(5)).unwrap();

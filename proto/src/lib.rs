@@ -19,4 +19,4 @@ pub mod wire {
 pub use convert::ValidationError;
 pub use domain::*;
 pub use fingerprint::Fingerprint;
-pub use histogram::LatencyHistogram;
+pub use histogram::{DenseHistogram, LatencyHistogram};

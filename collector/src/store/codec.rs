@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use querypulse_proto::{
-    AgentCounters, Batch, DbSystem, ErrorClassCount, Fingerprint, FingerprintText, Gauge, HealthCheckStats,
-    LatencyHistogram, LeakSample, PoolStats, QueryStats, SlowQuerySample, Window,
+    AgentCounters, Batch, DbSystem, DenseHistogram, ErrorClassCount, Fingerprint, FingerprintText, Gauge,
+    HealthCheckStats, LatencyHistogram, LeakSample, PoolStats, QueryStats, SlowQuerySample, Window,
 };
 
 use super::StoreError;
@@ -146,6 +146,27 @@ impl<'a> In<'a> {
         LatencyHistogram::from_buckets(buckets).ok_or_else(|| corrupt("histogram bucket out of range"))
     }
 
+    /// Reads a histogram straight into a dense accumulator (no allocation).
+    pub(crate) fn histogram_into(&mut self, dense: &mut DenseHistogram) -> Result<()> {
+        let len = self.u()? as usize;
+        if len > querypulse_proto::histogram::BUCKETS {
+            return Err(corrupt("histogram has too many buckets"));
+        }
+        let mut index = 0u64;
+        for i in 0..len {
+            let delta = self.u()?;
+            if i > 0 && delta == 0 {
+                return Err(corrupt("histogram buckets out of order"));
+            }
+            index += delta;
+            if index >= querypulse_proto::histogram::BUCKETS as u64 {
+                return Err(corrupt("histogram bucket out of range"));
+            }
+            dense.add_bucket(index as u16, self.u()?);
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -194,23 +215,7 @@ impl WindowValue for QueryStats {
     }
 
     fn read(input: &mut In<'_>) -> Result<Self> {
-        let mut stats = QueryStats::new(Fingerprint::OTHER);
-        stats.calls = input.u()?;
-        stats.errors = input.u()?;
-        stats.rows = input.u()?;
-        stats.sum_us = input.u()?;
-        stats.sum_squares_us = input.f()?;
-        stats.min_us = input.u()?;
-        stats.max_us = input.u()?;
-        stats.outliers = input.u()?;
-        let classes = input.u()? as usize;
-        for _ in 0..classes.min(1_024) {
-            let class = input.s()?;
-            stats.error_classes.push(ErrorClassCount {
-                class,
-                count: input.u()?,
-            });
-        }
+        let mut stats = read_query_counters(input)?;
         stats.latency = input.histogram()?;
         Ok(stats)
     }
@@ -218,6 +223,29 @@ impl WindowValue for QueryStats {
     fn merge(&mut self, later: &Self) {
         QueryStats::merge(self, later);
     }
+}
+
+/// The counters of a stored `QueryStats`, up to (not including) its
+/// histogram, which the caller reads next.
+pub(crate) fn read_query_counters(input: &mut In<'_>) -> Result<QueryStats> {
+    let mut stats = QueryStats::new(Fingerprint::OTHER);
+    stats.calls = input.u()?;
+    stats.errors = input.u()?;
+    stats.rows = input.u()?;
+    stats.sum_us = input.u()?;
+    stats.sum_squares_us = input.f()?;
+    stats.min_us = input.u()?;
+    stats.max_us = input.u()?;
+    stats.outliers = input.u()?;
+    let classes = input.u()? as usize;
+    for _ in 0..classes.min(1_024) {
+        let class = input.s()?;
+        stats.error_classes.push(ErrorClassCount {
+            class,
+            count: input.u()?,
+        });
+    }
+    Ok(stats)
 }
 
 /// Per-instance counters of one fingerprint (no histogram: the per-instance

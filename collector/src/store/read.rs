@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use querypulse_proto::{Fingerprint, HealthCheckStats, PoolStats, QueryStats, SlowQuerySample};
+use querypulse_proto::{DenseHistogram, Fingerprint, HealthCheckStats, PoolStats, QueryStats, SlowQuerySample};
 
 use super::catalog::{InstanceRecord, SeriesKey};
-use super::codec::{InstanceQueries, InstanceQuery, WindowValue, decode_chunk, decode_slow, key};
+use super::codec::{
+    In, InstanceQueries, InstanceQuery, WindowValue, decode_chunk, decode_slow, key, read_query_counters,
+};
 use super::partition::{Tier, ceil, floor};
 use super::{Store, StoreError};
 
@@ -43,6 +45,39 @@ pub struct PoolWindow {
     pub health: Option<HealthCheckStats>,
     /// Start of the latest window in the range.
     pub last_window_ms: i64,
+}
+
+/// Statement statistics folded window by window; histograms accumulate in a
+/// dense array, so merging hundreds of windows allocates nothing per window.
+#[derive(Default)]
+struct QueryFold {
+    head: Option<QueryStats>,
+    dense: DenseHistogram,
+}
+
+impl QueryFold {
+    fn add_stats(&mut self, stats: &QueryStats) {
+        match &mut self.head {
+            Some(head) => head.merge(stats),
+            None => self.head = Some(stats.clone()),
+        }
+    }
+
+    fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut input = In::with_format(bytes, "window")?;
+        let counters = read_query_counters(&mut input)?;
+        input.histogram_into(&mut self.dense)?;
+        self.add_stats(&counters);
+        Ok(())
+    }
+
+    /// The folded statistics (`None` without calls); the fold is empty after.
+    fn finish(&mut self) -> Option<QueryStats> {
+        let dense = self.dense.take();
+        let mut head = self.head.take()?;
+        head.latency.add(&dense);
+        (head.calls > 0).then_some(head)
+    }
 }
 
 /// The segments that cover `[from, to)` exactly, in time order: raw windows at
@@ -198,18 +233,64 @@ impl Store {
         self.catalog().text(fingerprint)
     }
 
-    /// Fingerprints of a service with their statistics over `[from, to)`
-    /// (only those with calls).
-    pub fn query_stats(&self, service: u32, from: i64, to: i64) -> Result<Vec<QueryStats>, StoreError> {
-        let mut out = Vec::new();
-        for (fingerprint, series) in self.catalog().query_series(service) {
-            if let Some(mut stats) = self.merged::<QueryStats>(series, from, to, true)?
-                && stats.calls > 0
-            {
-                stats.fingerprint = fingerprint;
-                out.push(stats);
+    /// Folds every window of query series `series` covering `[from, to)`
+    /// into `fold`, decoding histograms straight into its dense accumulator.
+    fn fold_query(&self, series: u32, from: i64, to: i64, fold: &mut QueryFold) -> Result<(), StoreError> {
+        for (tier, a, b) in cover(from, to) {
+            let scan_from = floor(a, tier.chunk_ms());
+            for partition in self.partitions().overlapping(tier, scan_from, b) {
+                let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
+                let end = key::window(series, b.min(partition.end_ms()), key::SINGLE);
+                let mut last_single = None;
+                for entry in partition.db.range(start..end) {
+                    let (k, v) = entry?;
+                    let Some((_, at, kind)) = key::parse_window(&k) else {
+                        continue;
+                    };
+                    if kind == key::CHUNK {
+                        for (t, stats) in decode_chunk::<QueryStats>(&v)? {
+                            // A single at the chunk's start read just before
+                            // the chunk replaced it: that is one window, once.
+                            if (a..b).contains(&t) && last_single != Some(t) {
+                                fold.add_stats(&stats);
+                            }
+                        }
+                    } else if (a..b).contains(&at) {
+                        fold.add_encoded(&v)?;
+                        last_single = Some(at);
+                    }
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Fingerprints of a service with their statistics over `[from, to)`
+    /// (only those with calls). Large services are read on two threads.
+    pub fn query_stats(&self, service: u32, from: i64, to: i64) -> Result<Vec<QueryStats>, StoreError> {
+        let series = self.catalog().query_series(service);
+        let read = |part: &[(Fingerprint, u32)]| -> Result<Vec<QueryStats>, StoreError> {
+            let mut fold = QueryFold::default();
+            let mut out = Vec::new();
+            for (fingerprint, series) in part {
+                self.fold_query(*series, from, to, &mut fold)?;
+                if let Some(mut stats) = fold.finish() {
+                    stats.fingerprint = *fingerprint;
+                    out.push(stats);
+                }
+            }
+            Ok(out)
+        };
+        if series.len() < 64 {
+            return read(&series);
+        }
+        let (first, second) = series.split_at(series.len() / 2);
+        let (a, b) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| read(second));
+            (read(first), other.join())
+        });
+        let mut out = a?;
+        out.extend(b.map_err(|_| StoreError::Corrupt("a read thread panicked".into()))??);
         Ok(out)
     }
 
@@ -241,7 +322,9 @@ impl Store {
         let Some(series) = self.catalog().series_id(&SeriesKey::Query { service, fingerprint }) else {
             return Ok(None);
         };
-        Ok(self.merged::<QueryStats>(series, from, to, true)?.map(|mut s| {
+        let mut fold = QueryFold::default();
+        self.fold_query(series, from, to, &mut fold)?;
+        Ok(fold.finish().map(|mut s| {
             s.fingerprint = fingerprint;
             s
         }))

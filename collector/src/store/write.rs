@@ -1,5 +1,6 @@
 //! The write path: validate, log (fsync), apply to every resolution.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,13 +101,54 @@ fn merge_entry<V: WindowValue>(map: &mut BTreeMap<(u32, i64), V>, key: (u32, i64
     }
 }
 
+/// Adds the 1-minute and 1-hour writes implied by the raw writes. Every
+/// partition written by the group records `last` as applied: any entry of the
+/// group that concerns it is in these writes.
+fn derive_rollups(writes: &mut BTreeMap<(Tier, i64), PartitionWrites>, last: u64) {
+    let raw: Vec<((Tier, i64), PartitionWrites)> = std::mem::take(writes).into_iter().collect();
+    for (_, w) in &raw {
+        for tier in [Tier::Minute, Tier::Hour] {
+            for ((series, at), value) in &w.queries {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.queries, (*series, at), value);
+            }
+            if tier != Tier::Hour {
+                for ((series, at), value) in &w.instances {
+                    let at = tier.align(*at);
+                    let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                    merge_entry(&mut target.instances, (*series, at), value);
+                }
+            }
+            for ((series, at), value) in &w.pools {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.pools, (*series, at), value);
+            }
+            for ((series, at), value) in &w.health {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.health, (*series, at), value);
+            }
+        }
+    }
+    for (key, w) in raw {
+        writes.insert(key, w);
+    }
+    for w in writes.values_mut() {
+        w.last_entry = last;
+    }
+}
+
 /// Series ids of one log entry, resolved before anything is written.
-struct Resolved {
+struct Resolved<'a> {
     service: u32,
-    queries: Vec<(u32, QueryStats)>,
+    /// Borrowed from the entry, owned only where the cap folded several
+    /// fingerprints into one series.
+    queries: Vec<(u32, Cow<'a, QueryStats>)>,
     instance: u32,
-    pools: Vec<(u32, PoolStats)>,
-    health: Vec<(u32, HealthCheckStats)>,
+    pools: Vec<(u32, &'a PoolStats)>,
+    health: Vec<(u32, &'a HealthCheckStats)>,
 }
 
 impl StoreWriter {
@@ -196,14 +238,14 @@ impl StoreWriter {
         Ok(())
     }
 
-    fn resolve(&mut self, entry: &WalEntry, batch: &mut sled::Batch) -> Result<(Resolved, bool), StoreError> {
+    fn resolve<'a>(&self, entry: &'a WalEntry, batch: &mut sled::Batch) -> Result<(Resolved<'a>, bool), StoreError> {
         let catalog = self.store.catalog();
         let cap = self.store.limits().max_fingerprints_per_service;
         let (service, mut created) = catalog.service_id(&entry.service)?;
         for text in &entry.batch.texts {
             created |= catalog.insert_text(text.fingerprint, &text.text)?;
         }
-        let mut queries: BTreeMap<u32, QueryStats> = BTreeMap::new();
+        let mut queries: BTreeMap<u32, Cow<'_, QueryStats>> = BTreeMap::new();
         let mut overflow = 0;
         for stats in &entry.batch.queries {
             let series_key = SeriesKey::Query {
@@ -229,9 +271,9 @@ impl StoreWriter {
                 }
             };
             match queries.get_mut(&id) {
-                Some(existing) => existing.merge(stats),
+                Some(existing) => existing.to_mut().merge(stats),
                 None => {
-                    queries.insert(id, stats.clone());
+                    queries.insert(id, Cow::Borrowed(stats));
                 }
             }
         }
@@ -250,7 +292,7 @@ impl StoreWriter {
             };
             let (id, new) = catalog.series_id_or_create(&key)?;
             created |= new;
-            pools.push((id, pool.clone()));
+            pools.push((id, pool));
         }
         let mut health = Vec::new();
         for check in &entry.batch.health_checks {
@@ -260,7 +302,7 @@ impl StoreWriter {
             };
             let (id, new) = catalog.series_id_or_create(&key)?;
             created |= new;
-            health.push((id, check.clone()));
+            health.push((id, check));
         }
         let resolved = Resolved {
             service,
@@ -290,9 +332,14 @@ impl StoreWriter {
 
         let mut writes: BTreeMap<(Tier, i64), PartitionWrites> = BTreeMap::new();
         let mut applied_by: HashMap<(Tier, i64), u64> = HashMap::new();
+        // Live writes merge the group at raw resolution first and derive the
+        // rollups from those merged windows (one merge per series instead of
+        // one per instance); a replay must skip each tier its databases
+        // already hold, so it goes entry by entry and tier by tier.
+        let tiers: &[Tier] = if replay { &Tier::ALL } else { &[Tier::Raw] };
         for (entry, r) in entries.iter().zip(&resolved) {
             let batch = &entry.batch;
-            for tier in Tier::ALL {
+            for &tier in tiers {
                 let at = tier.align(batch.window.start_ms);
                 let part_start = floor(at, tier.partition_ms());
                 if replay {
@@ -367,6 +414,10 @@ impl StoreWriter {
             }
         }
 
+        if !replay {
+            let last = entries.last().map_or(0, |e| e.wal_seq);
+            derive_rollups(&mut writes, last);
+        }
         for ((tier, part_start), w) in writes {
             let partition = self.store.partitions().get_or_create(tier, part_start)?;
             let mut batch = sled::Batch::default();
