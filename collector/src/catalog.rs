@@ -1,6 +1,7 @@
-//! The catalog: configuration that users change through the API (retention
-//! today; alert rules, channels and silences later), in SQLite inside the data
-//! directory, with migrations from `migrations/` embedded in the binary.
+//! The catalog: configuration that users change through the API (retention,
+//! agent settings; alert rules, channels, silences and history live in
+//! `crate::alerts::store`), in SQLite inside the data directory, with
+//! migrations from `migrations/` embedded in the binary.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -99,7 +100,8 @@ impl Catalog {
             return Ok(AgentSettings::default());
         };
         let narrow = |v: Option<i64>| -> Result<Option<u32>, CatalogError> {
-            v.map(|v| u32::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}")))).transpose()
+            v.map(|v| u32::try_from(v).map_err(|_| CatalogError::Invalid(format!("agent setting {v}"))))
+                .transpose()
         };
         Ok(AgentSettings {
             slow_threshold_ms: slow
@@ -136,6 +138,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// The connection pool, for the catalog tables other modules own (alert
+    /// rules, channels, silences, history: `crate::alerts::store`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Closes the connections.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -158,7 +166,11 @@ mod tests {
         };
         catalog.set_retention(&custom, 1).await.unwrap();
         catalog.set_retention(&custom, 2).await.unwrap();
-        let settings = AgentSettings { slow_threshold_ms: Some(250), interval_ms: Some(5_000), ..Default::default() };
+        let settings = AgentSettings {
+            slow_threshold_ms: Some(250),
+            interval_ms: Some(5_000),
+            ..Default::default()
+        };
         catalog.set_agent_settings(&settings, 3).await.unwrap();
         catalog.close().await;
         let reopened = Catalog::open(dir.path()).await.unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alerts::AlertsConfig;
 use crate::ingest::IngestLimits;
 use crate::retention::Retention;
 use crate::store::Limits;
@@ -41,6 +42,9 @@ pub struct Config {
     pub retention: Retention,
     /// Per-service limits of the store.
     pub store_limits: Limits,
+    /// Alert evaluation and the notification handlers of an embedding
+    /// program.
+    pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -56,6 +60,7 @@ impl Config {
             limits: IngestLimits::default(),
             retention: Retention::default(),
             store_limits: Limits::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 
@@ -86,6 +91,8 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
     pub max_future_secs: Option<u64>,
+    /// Seconds between alert rule evaluations.
+    pub alert_evaluation_secs: Option<u64>,
 }
 
 /// Why a config file was refused.
@@ -144,6 +151,9 @@ impl FileConfig {
         }
         if let Some(v) = self.max_future_secs {
             config.limits.max_future = Duration::from_secs(v);
+        }
+        if let Some(v) = self.alert_evaluation_secs {
+            config.alerts.evaluation_interval = Duration::from_secs(v.max(1));
         }
     }
 }
