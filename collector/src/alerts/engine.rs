@@ -106,6 +106,7 @@ pub(super) struct Engine {
     deliveries: JoinSet<Result<(), NotifyError>>,
     delivering: HashMap<tokio::task::Id, Delivering>,
     pruned_at_ms: i64,
+    evaluated_at_ms: i64,
 }
 
 impl Engine {
@@ -129,6 +130,7 @@ impl Engine {
             deliveries: JoinSet::new(),
             delivering: HashMap::new(),
             pruned_at_ms: 0,
+            evaluated_at_ms: 0,
         }
     }
 
@@ -142,7 +144,7 @@ impl Engine {
         let mut next_tick = Instant::now() + self.interval;
         self.evaluate().await;
         loop {
-            let wake = match self.book.next_deadline() {
+            let wake = match self.book.next_deadline(self.evaluated_at_ms) {
                 Some(deadline_ms) => {
                     let wait = u64::try_from(deadline_ms - now_ms()).unwrap_or(0) + 1;
                     next_tick.min(Instant::now() + Duration::from_millis(wait))
@@ -247,6 +249,7 @@ impl Engine {
 
     async fn evaluate(&mut self) {
         let now = now_ms();
+        self.evaluated_at_ms = now;
         let enabled: Vec<(i64, Arc<Rule>)> = self.rules.iter().filter(|(_, r)| r.enabled).cloned().collect();
         let mut transitions = Vec::new();
         for (id, rule, samples) in self.measure_rules(enabled.clone(), now).await {

@@ -313,13 +313,16 @@ impl Book {
         transitions
     }
 
-    /// When the first pending alert is due to fire, so the engine can
-    /// evaluate exactly then rather than at the next tick.
-    pub fn next_deadline(&self) -> Option<i64> {
+    /// When the first pending alert is due to fire after `after_ms` (the
+    /// last evaluation), so the engine can evaluate exactly then rather than
+    /// at the next tick. Deadlines already evaluated (a rule whose
+    /// measurement failed) wait for the regular tick.
+    pub fn next_deadline(&self, after_ms: i64) -> Option<i64> {
         self.alerts
             .values()
             .filter(|a| a.state == State::Pending)
             .map(|a| a.active_since_ms.saturating_add(millis(a.rule.for_)))
+            .filter(|deadline| *deadline > after_ms)
             .min()
     }
 

@@ -69,12 +69,17 @@ fn an_alert_is_pending_for_exactly_for_then_fires() {
     let mut book = Book::default();
     let t = book.apply(7, &r, &sample(1.0), 0);
     assert_eq!((t[0].from, t[0].to, t[0].value), (State::Inactive, State::Pending, 1.0));
-    assert_eq!(book.next_deadline(), Some(60 * S));
+    assert_eq!(book.next_deadline(0), Some(60 * S));
+    assert_eq!(
+        book.next_deadline(60 * S),
+        None,
+        "a deadline already evaluated waits for the tick"
+    );
     assert!(book.apply(7, &r, &sample(0.95), 59 * S + 999).is_empty());
     assert_eq!(state(&book), State::Pending);
     let t = book.apply(7, &r, &sample(0.95), 60 * S);
     assert_eq!((t[0].from, t[0].to, t[0].value), (State::Pending, State::Firing, 0.95));
-    assert_eq!(book.next_deadline(), None);
+    assert_eq!(book.next_deadline(60 * S), None);
     notify(&mut book, 60 * S, &[Status::Firing]);
 }
 
