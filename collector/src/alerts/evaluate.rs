@@ -182,7 +182,193 @@ fn silence_samples(store: &Store, rule: &Rule, now_ms: i64) -> Vec<Sample> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use querypulse_proto::{Batch, Fingerprint, FingerprintText, Gauge, HealthCheckStats, Hello, PoolStats, Window};
+    use serde_json::json;
+
     use super::*;
+    use crate::alerts::rules::RuleInput;
+    use crate::retention::Retention;
+    use crate::store::{BatchRequest, Limits, StoreWriter};
+
+    /// 2026-11-27T10:00:00Z.
+    const NOW: i64 = 1_795_773_600_000;
+    const TEXT: &str = "select * from orders where id = ?";
+
+    fn rule(value: serde_json::Value) -> Rule {
+        serde_json::from_value::<RuleInput>(value)
+            .unwrap()
+            .validate(|_| true)
+            .unwrap()
+    }
+
+    fn request(instance: &str, started_at_ms: i64, batch: Batch) -> BatchRequest {
+        BatchRequest {
+            hello: Arc::new(Hello {
+                service: "orders".into(),
+                instance_id: instance.into(),
+                host: "web-1".into(),
+                started_at_ms,
+                interval_ms: 10_000,
+                ..Hello::default()
+            }),
+            batch,
+            texts: vec![FingerprintText {
+                fingerprint: Fingerprint::of_normalized(TEXT),
+                text: TEXT.into(),
+            }],
+        }
+    }
+
+    /// Two instances of `orders`: 100 executions (4 failed, 3 at 2 s), a
+    /// pool at 9 of 10 with 2 timeouts and waits, 2 failed health checks.
+    fn store_with_windows(dir: &std::path::Path) -> (Store, StoreWriter) {
+        let (store, mut writer) = Store::open(dir, Retention::default(), Limits::default()).unwrap();
+        let window = Window {
+            start_ms: NOW,
+            length_ms: 10_000,
+        };
+        let mut requests = Vec::new();
+        for (i, instance) in ["a", "b"].into_iter().enumerate() {
+            let mut batch = Batch::new(1, window);
+            let mut stats = QueryStats::new(Fingerprint::of_normalized(TEXT));
+            for n in 0..50u64 {
+                let us = if i == 0 && n < 3 { 2_000_000 } else { 1_000 + n * 10 };
+                stats.record(us, 1, (n < 2).then_some("40001"));
+            }
+            batch.queries.push(stats);
+            let mut pool = PoolStats {
+                pool: "main".into(),
+                max_size: 10,
+                in_use: Gauge {
+                    last: 3,
+                    peak: 9 - i as u32,
+                },
+                timeouts: 1,
+                ..PoolStats::default()
+            };
+            pool.acquire_wait.record(250_000);
+            batch.pools.push(pool);
+            batch.health_checks.push(HealthCheckStats {
+                pool: "main".into(),
+                checks: 3,
+                failures: 1,
+                ..HealthCheckStats::default()
+            });
+            let request = request(instance, NOW - 60_000 + i as i64, batch);
+            writer.register(&request.hello, NOW).unwrap();
+            requests.push(request);
+        }
+        writer.write(requests, NOW + 10_000).unwrap();
+        (store, writer)
+    }
+
+    fn values(samples: &[Sample], label: &str) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = samples
+            .iter()
+            .map(|s| (s.labels.get(label).cloned().unwrap_or_default(), s.value))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn every_kind_measures_the_merged_windows_of_its_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = store_with_windows(dir.path());
+        let at = NOW + 20_000;
+        let measure = |r: serde_json::Value| measure(&store, &rule(r), at).unwrap();
+
+        let p99 = measure(json!({"name": "p", "kind": "query_latency", "threshold": 1, "percentile": 99}));
+        assert_eq!(values(&p99, "service").len(), 1, "one series for the whole service");
+        let p99 = p99[0].value;
+        assert!(
+            (1_980.0..=2_000.0).contains(&p99),
+            "3 of 100 executions took 2 s: p99 {p99} ms"
+        );
+        let p95 = measure(json!({"name": "p", "kind": "query_latency", "threshold": 1, "percentile": 95}))[0].value;
+        assert!(p95 < 2.0, "p95 is among the fast executions: {p95} ms");
+
+        let errors = measure(json!({"name": "e", "kind": "query_error_rate", "threshold": 0.01}));
+        assert_eq!(errors[0].value, 0.04);
+        let too_few = measure(json!({"name": "e", "kind": "query_error_rate", "threshold": 0.01, "min_calls": 101}));
+        assert!(too_few.is_empty(), "fewer calls than min_calls: not judged");
+        let slow = measure(json!({"name": "s", "kind": "slow_query_count", "threshold": 1, "slow_ms": 1000}));
+        assert_eq!(slow[0].value, 3.0);
+        let by_fingerprint = measure(
+            json!({"name": "f", "kind": "query_latency", "threshold": 1, "percentile": 50,
+            "scope": {"fingerprint": Fingerprint::of_normalized(TEXT).to_string()}}),
+        );
+        assert_eq!(
+            by_fingerprint[0].labels["fingerprint"],
+            Fingerprint::of_normalized(TEXT).to_string()
+        );
+
+        let utilization = measure(json!({"name": "u", "kind": "pool_utilization", "threshold": 0.9}));
+        assert_eq!(
+            values(&utilization, "instance"),
+            [("a".to_owned(), 0.9), ("b".to_owned(), 0.8)]
+        );
+        assert_eq!(utilization[0].labels["pool"], "main");
+        let wait = measure(
+            json!({"name": "w", "kind": "pool_acquire_wait", "threshold": 100, "percentile": 99,
+            "scope": {"instance": "a"}}),
+        );
+        assert_eq!(wait.len(), 1);
+        assert!((249.0..=251.0).contains(&wait[0].value), "{}", wait[0].value);
+        let timeouts =
+            measure(json!({"name": "t", "kind": "pool_timeouts", "threshold": 1, "scope": {"pool": "main"}}));
+        assert_eq!(
+            values(&timeouts, "instance"),
+            [("a".to_owned(), 1.0), ("b".to_owned(), 1.0)]
+        );
+        let health = measure(json!({"name": "h", "kind": "health_check_failures", "threshold": 1}));
+        assert_eq!(health.iter().map(|s| s.value).sum::<f64>(), 2.0);
+        let nothing = measure(json!({"name": "n", "kind": "pool_timeouts", "threshold": 1, "scope": {"service": "x"}}));
+        assert!(nothing.is_empty());
+        let later = super::measure(
+            &store,
+            &rule(json!({"name": "u", "kind": "pool_utilization", "threshold": 0.9})),
+            NOW + 120_000,
+        );
+        assert!(
+            later.unwrap().is_empty(),
+            "windows older than the rule's window are not read"
+        );
+    }
+
+    #[test]
+    fn silent_instances_are_named_unless_replaced_on_their_host_or_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = store_with_windows(dir.path());
+        let silent = rule(json!({"name": "s", "kind": "agent_silent", "threshold": 3}));
+        // Both last reported at NOW + 10 s, every 10 s.
+        let samples = measure(&store, &silent, NOW + 45_000).unwrap();
+        assert_eq!(
+            values(&samples, "instance"),
+            [("a".to_owned(), 3.5), ("b".to_owned(), 3.5)]
+        );
+        // `b` started after `a` on the same host and reports on: `a` was
+        // restarted into `b`, it is not missing.
+        let later = request(
+            "b",
+            NOW - 59_999,
+            Batch::new(
+                2,
+                Window {
+                    start_ms: NOW + 10_000,
+                    length_ms: 10_000,
+                },
+            ),
+        );
+        writer.write(vec![later], NOW + 20_000).unwrap();
+        let samples = measure(&store, &silent, NOW + 45_000).unwrap();
+        assert_eq!(values(&samples, "instance"), [("b".to_owned(), 2.5)]);
+        assert_eq!(samples[0].labels["host"], "web-1");
+        let forgotten = measure(&store, &silent, NOW + 20_000 + 3_600_001).unwrap();
+        assert!(forgotten.is_empty(), "silent longer than forget_after");
+    }
 
     #[test]
     fn slow_executions_are_counted_from_the_histogram() {
