@@ -87,6 +87,13 @@ fn one_row(done: sqlx::sqlite::SqliteQueryResult, what: &str, id: i64) -> Result
     Ok(())
 }
 
+/// A stored rule or channel this version cannot read (written by a newer
+/// one, or edited by hand) is logged and left out, so the others still work.
+fn readable<T>(row: Result<T, AlertsError>) -> Option<T> {
+    row.map_err(|error| tracing::error!(%error, "skipping an unreadable catalog entry"))
+        .ok()
+}
+
 fn encode(value: &impl Serialize) -> Result<String, AlertsError> {
     serde_json::to_string(value).map_err(|e| AlertsError::Catalog(CatalogError::Invalid(e.to_string())))
 }
@@ -158,14 +165,16 @@ impl AlertStore {
             .fetch_all(&self.pool)
             .await
             .map_err(sql)?;
-        rows.into_iter()
+        Ok(rows
+            .into_iter()
             .map(|row| {
                 let id: i64 = row.get(0);
                 let text: String = row.get(1);
                 let value = serde_json::from_str(&text).map_err(|e| corrupt("channel", id, e))?;
                 Ok((id, channels::from_stored(value).map_err(|e| corrupt("channel", id, e))?))
             })
-            .collect()
+            .filter_map(readable)
+            .collect())
     }
 
     /// One channel.
@@ -245,7 +254,8 @@ impl AlertStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(sql)?;
-        rows.into_iter()
+        Ok(rows
+            .into_iter()
             .map(|row| {
                 let id: i64 = row.get(0);
                 let text: String = row.get(1);
@@ -258,7 +268,8 @@ impl AlertStore {
                     rule,
                 })
             })
-            .collect()
+            .filter_map(readable)
+            .collect())
     }
 
     /// One rule.
@@ -557,6 +568,20 @@ mod tests {
         let after = store.rules().await.unwrap();
         assert_eq!(after.len(), 3, "the removed default is not installed again");
         assert_eq!(after[0].default_key.as_deref(), Some("service_p99"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_rule_is_left_out_and_the_others_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).await.unwrap();
+        let store = AlertStore::new(&catalog);
+        store.install_defaults(1).await.unwrap();
+        sqlx::query("UPDATE alert_rules SET definition = '{\"kind\": \"from_the_future\"}' WHERE id = 1")
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+        let rules = store.rules().await.unwrap();
+        assert_eq!(rules.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 3, 4]);
     }
 
     #[tokio::test]
