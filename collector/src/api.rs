@@ -64,6 +64,10 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The change conflicts with what is stored (a name taken, a channel in
+    /// use).
+    #[error("{0}")]
+    Conflict(String),
     /// Something failed inside the collector; details go to the log only.
     #[error("internal error")]
     Internal(String),
@@ -94,6 +98,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "API request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -114,12 +119,14 @@ pub struct Admin {
     pub token: Option<String>,
     /// Settings pushed to every connected agent.
     pub agent_settings: Arc<tokio::sync::watch::Sender<AgentSettings>>,
+    /// The alert engine (rules, channels, silences, alerts).
+    pub alerts: crate::alerts::Alerts,
 }
 
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     source: Arc<dyn Source>,
-    admin: Admin,
+    pub(crate) admin: Admin,
 }
 
 /// The API routes.
@@ -139,6 +146,7 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
             "/api/v1/agent-settings",
             get(get_agent_settings).put(put_agent_settings),
         )
+        .merge(crate::alerts::api::routes())
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
         .with_state(Api { source, admin })
 }
@@ -545,7 +553,7 @@ async fn get_retention(State(api): State<Api>) -> Json<Retention> {
 }
 
 /// Checks the admin token of a write request.
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &admin.token else {
         return Err(ApiError::Forbidden(
             "changes are disabled: start the collector with --admin-token (or QUERYPULSE_ADMIN_TOKEN)".into(),

@@ -1,6 +1,7 @@
-//! The catalog: configuration that users change through the API (retention
-//! today; alert rules, channels and silences later), in SQLite inside the data
-//! directory, with migrations from `migrations/` embedded in the binary.
+//! The catalog: configuration that users change through the API (retention,
+//! agent settings; alert rules, channels, silences and history live in
+//! `crate::alerts::store`), in SQLite inside the data directory, with
+//! migrations from `migrations/` embedded in the binary.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -135,6 +136,12 @@ impl Catalog {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The connection pool, for the catalog tables other modules own (alert
+    /// rules, channels, silences, history: `crate::alerts::store`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the connections.

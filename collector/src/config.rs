@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alerts::AlertsConfig;
 use crate::ingest::IngestLimits;
 use crate::retention::Retention;
 use crate::store::Limits;
@@ -41,6 +42,9 @@ pub struct Config {
     pub retention: Retention,
     /// Per-service limits of the store.
     pub store_limits: Limits,
+    /// Alert evaluation and the notification handlers of an embedding
+    /// program.
+    pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -56,6 +60,7 @@ impl Config {
             limits: IngestLimits::default(),
             retention: Retention::default(),
             store_limits: Limits::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 
@@ -90,6 +95,8 @@ pub struct FileConfig {
     /// `minute_seconds`, `hour_seconds` and `max_bytes`; once changed through
     /// the API the catalog's value wins.
     pub retention: Option<Retention>,
+    /// Seconds between alert rule evaluations.
+    pub alert_evaluation_secs: Option<u64>,
 }
 
 /// Why a config file was refused.
@@ -158,6 +165,9 @@ impl FileConfig {
         }
         if let Some(v) = self.retention {
             config.retention = v;
+        }
+        if let Some(v) = self.alert_evaluation_secs {
+            config.alerts.evaluation_interval = Duration::from_secs(v.max(1));
         }
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent_settings;
+pub mod alerts;
 pub mod api;
 pub mod catalog;
 pub mod cli;
@@ -85,6 +86,7 @@ pub struct Collector {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
+    alerts: JoinHandle<()>,
     catalog: Catalog,
 }
 
@@ -177,11 +179,15 @@ impl Collector {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
         );
 
+        let (alerts, alerts_task) = alerts::Alerts::start(store.clone(), &catalog, &config.alerts, shutdown_rx.clone())
+            .await
+            .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
         let admin = api::Admin {
             catalog: catalog.clone(),
             store: store.clone(),
             token: config.admin_token.clone(),
             agent_settings: Arc::new(agent_settings),
+            alerts,
         };
         let source = Arc::new(StoreSource::new(store));
         let app = api::router(source.clone(), admin).merge(querypulse_web::router(source));
@@ -196,6 +202,7 @@ impl Collector {
             grpc,
             http,
             writer: writer_thread,
+            alerts: alerts_task,
             catalog,
         })
     }
@@ -216,6 +223,9 @@ impl Collector {
         let _ = self.shutdown.send(true);
         let grpc = tokio::time::timeout(SHUTDOWN_GRACE, self.grpc).await;
         let http = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.alerts).await.is_err() {
+            tracing::warn!("the alert engine did not stop in time");
+        }
         let writer = self.writer;
         tokio::task::spawn_blocking(move || writer.join())
             .await
@@ -240,7 +250,7 @@ fn server_outcome(name: &str, joined: Joined) -> Result<(), CollectorError> {
     }
 }
 
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 

@@ -1,5 +1,8 @@
 //! Support for querypulse's end-to-end tests: a real collector started
-//! in-process on free ports, and helpers to read its HTTP API.
+//! in-process on free ports, helpers to read its HTTP API, and real receivers
+//! of alert notifications ([`receivers`]).
+
+pub mod receivers;
 
 use std::path::Path;
 use std::time::Duration;
