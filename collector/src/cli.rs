@@ -25,6 +25,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run a collector plus simulated services on real SQLite pools.
     Demo(DemoArgs),
+    /// Print a running collector's performance report (top, slowest and failing queries, regressions, pools).
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +115,7 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Demo(args) => demo(args).await,
+            Command::Report(args) => crate::report::run(args).await,
         }
     })
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod admin;
 pub mod agent_settings;
 pub mod api;
 pub mod catalog;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod read;
+pub mod report;
 pub mod retention;
 pub mod store;
 
@@ -114,7 +116,10 @@ impl Collector {
         let agent_settings = catalog
             .agent_settings()
             .await
-            .map_err(|source| CollectorError::Catalog { path: config.data_dir.clone(), source })?;
+            .map_err(|source| CollectorError::Catalog {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let (agent_settings, agent_settings_rx) = watch::channel(agent_settings);
         let store_dir = config.data_dir.join("store");
         let (store, store_writer) = {
@@ -179,7 +184,9 @@ impl Collector {
             agent_settings: Arc::new(agent_settings),
         };
         let source = Arc::new(StoreSource::new(store));
-        let app = api::router(source.clone(), admin).merge(querypulse_web::router(source));
+        let dashboard = querypulse_web::Dashboard::new(source.clone())
+            .with_settings(Arc::new(admin.clone()), config.admin_token.clone());
+        let app = api::router(source, admin).merge(dashboard.router());
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
 

@@ -6,6 +6,10 @@ pub(crate) fn duration_ms(ms: f64) -> String {
     if !ms.is_finite() {
         return "–".to_owned();
     }
+    if ms == 0.0 {
+        // Also -0.0, the sum of nothing.
+        return "0 ms".to_owned();
+    }
     if ms >= 1_000.0 {
         format!("{:.2} s", ms / 1_000.0)
     } else if ms >= 100.0 {
@@ -30,6 +34,91 @@ pub(crate) fn count(n: u64) -> String {
     out
 }
 
+/// A share (0..1) as a percentage: `87.5 %`, `0.12 %`, `100 %`.
+pub(crate) fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    if !p.is_finite() {
+        "–".to_owned()
+    } else if p == 0.0 || p == 100.0 {
+        format!("{p:.0} %")
+    } else if p < 1.0 {
+        format!("{p:.2} %")
+    } else {
+        format!("{p:.1} %")
+    }
+}
+
+/// Events per second over `length_ms`: `12.5/s`, `0.03/s`.
+pub(crate) fn rate(events: u64, length_ms: i64) -> String {
+    if length_ms <= 0 {
+        return "–".to_owned();
+    }
+    let per_second = events as f64 * 1_000.0 / length_ms as f64;
+    if events == 0 {
+        "0/s".to_owned()
+    } else if per_second >= 10.0 {
+        format!("{per_second:.0}/s")
+    } else if per_second >= 0.1 {
+        format!("{per_second:.1}/s")
+    } else {
+        format!("{:.1}/min", per_second * 60.0)
+    }
+}
+
+/// A UTC time to the second: `2026-11-27 10:00:05`.
+pub(crate) fn timestamp(ms: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "–".to_owned())
+}
+
+/// How long ago `ms` was: `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`.
+pub(crate) fn ago(now_ms: i64, ms: i64) -> String {
+    if ms <= 0 {
+        return "never".to_owned();
+    }
+    let s = (now_ms - ms).max(0) / 1_000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3_600 => format!("{} min ago", s / 60),
+        3_600..86_400 => format!("{} h ago", s / 3_600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// A size in bytes: `512 B`, `1.5 MiB`, `2.0 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1_024.0 && unit < UNITS.len() - 1 {
+        value /= 1_024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A retention length in seconds: `2 days`, `6 hours`, `90 minutes`.
+pub(crate) fn span(seconds: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if seconds >= 86_400 && seconds.is_multiple_of(86_400) {
+        plural(seconds / 86_400, "day")
+    } else if seconds >= 3_600 && seconds.is_multiple_of(3_600) {
+        plural(seconds / 3_600, "hour")
+    } else if seconds >= 60 && seconds.is_multiple_of(60) {
+        plural(seconds / 60, "minute")
+    } else {
+        plural(seconds, "second")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +130,7 @@ mod tests {
         assert_eq!(duration_ms(250.4), "250 ms");
         assert_eq!(duration_ms(1_250.0), "1.25 s");
         assert_eq!(duration_ms(f64::NAN), "–");
+        assert_eq!(duration_ms(-0.0), "0 ms");
     }
 
     #[test]
@@ -49,5 +139,22 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(1_000), "1,000");
         assert_eq!(count(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn shares_rates_times_and_sizes_read_naturally() {
+        assert_eq!(percent(0.875), "87.5 %");
+        assert_eq!(percent(0.0012), "0.12 %");
+        assert_eq!(percent(1.0), "100 %");
+        assert_eq!(percent(0.0), "0 %");
+        assert_eq!(rate(600, 60_000), "10/s");
+        assert_eq!(rate(3, 60_000), "3.0/min");
+        assert_eq!(rate(0, 60_000), "0/s");
+        assert_eq!(timestamp(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(ago(100_000, 88_000), "12 s ago");
+        assert_eq!(ago(10_000_000, 0), "never");
+        assert_eq!(bytes(1_536 * 1_024), "1.5 MiB");
+        assert_eq!(span(172_800), "2 days");
+        assert_eq!(span(5_400), "90 minutes");
     }
 }
