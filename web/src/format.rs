@@ -1,8 +1,9 @@
-//! How numbers read on the page.
+//! How numbers read on the page (public so tests can check a page shows
+//! exactly the API's numbers).
 
 /// A latency in milliseconds with precision that fits its size:
 /// `0.042 ms`, `3.10 ms`, `250 ms`, `1.25 s`.
-pub(crate) fn duration_ms(ms: f64) -> String {
+pub fn duration_ms(ms: f64) -> String {
     if !ms.is_finite() {
         return "–".to_owned();
     }
@@ -22,7 +23,7 @@ pub(crate) fn duration_ms(ms: f64) -> String {
 }
 
 /// A count with thousands separators: `1,234,567`.
-pub(crate) fn count(n: u64) -> String {
+pub fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -35,7 +36,7 @@ pub(crate) fn count(n: u64) -> String {
 }
 
 /// A share (0..1) as a percentage: `87.5 %`, `0.12 %`, `100 %`.
-pub(crate) fn percent(share: f64) -> String {
+pub fn percent(share: f64) -> String {
     let p = share * 100.0;
     if !p.is_finite() {
         "–".to_owned()
@@ -49,7 +50,7 @@ pub(crate) fn percent(share: f64) -> String {
 }
 
 /// Events per second over `length_ms`: `12.5/s`, `0.03/s`.
-pub(crate) fn rate(events: u64, length_ms: i64) -> String {
+pub fn rate(events: u64, length_ms: i64) -> String {
     if length_ms <= 0 {
         return "–".to_owned();
     }
@@ -66,7 +67,7 @@ pub(crate) fn rate(events: u64, length_ms: i64) -> String {
 }
 
 /// A UTC time to the second: `2026-11-27 10:00:05`.
-pub(crate) fn timestamp(ms: i64) -> String {
+pub fn timestamp(ms: i64) -> String {
     use chrono::TimeZone;
     chrono::Utc
         .timestamp_millis_opt(ms)
@@ -76,7 +77,7 @@ pub(crate) fn timestamp(ms: i64) -> String {
 }
 
 /// How long ago `ms` was: `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`.
-pub(crate) fn ago(now_ms: i64, ms: i64) -> String {
+pub fn ago(now_ms: i64, ms: i64) -> String {
     if ms <= 0 {
         return "never".to_owned();
     }
@@ -90,7 +91,7 @@ pub(crate) fn ago(now_ms: i64, ms: i64) -> String {
 }
 
 /// A size in bytes: `512 B`, `1.5 MiB`, `2.0 GiB`.
-pub(crate) fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -106,7 +107,7 @@ pub(crate) fn bytes(n: u64) -> String {
 }
 
 /// A retention length in seconds: `2 days`, `6 hours`, `90 minutes`.
-pub(crate) fn span(seconds: u64) -> String {
+pub fn span(seconds: u64) -> String {
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     if seconds >= 86_400 && seconds.is_multiple_of(86_400) {
         plural(seconds / 86_400, "day")

@@ -2,7 +2,7 @@
 
 mod auth;
 mod chart;
-mod format;
+pub mod format;
 mod pages;
 pub mod report;
 pub mod settings;

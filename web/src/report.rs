@@ -189,13 +189,13 @@ impl Report {
                 out.push_str(&format!("{}\n\n", section.empty));
                 continue;
             }
-            out.push_str("| Query | Service | Calls | Errors | Error rate | Total | Mean | p95 | p99 |");
+            out.push_str("| Fingerprint | Query | Service | Calls | Errors | Error rate | Total | Mean | p95 | p99 |");
             out.push_str(if section.note.is_empty() { "\n" } else { " Change |\n" });
-            out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|");
+            out.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|");
             out.push_str(if section.note.is_empty() { "\n" } else { "---|\n" });
             for r in &section.rows {
                 out.push_str(&format!(
-                    "| `{}` {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.fingerprint,
                     markdown_cell(&r.text),
                     markdown_cell(&r.service),
