@@ -172,36 +172,41 @@ pub(crate) fn lines(label: &str, range: TimeRange, step_ms: i64, series: &[Serie
     let mut out = String::with_capacity(4_096);
     frame.open(&mut out, label, series, unit);
     for s in series {
-        let mut path = String::new();
-        let mut previous: Option<i64> = None;
-        for (t, v) in &s.points {
-            let command = if previous.is_some_and(|p| t - p <= step_ms) {
-                'L'
-            } else {
-                'M'
-            };
-            let _ = write!(path, "{command}{:.1} {:.1}", frame.x(*t), frame.y(*v));
-            previous = Some(*t);
-        }
-        if s.points.len() == 1 {
-            let (t, v) = s.points[0];
-            let _ = write!(
-                out,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
-                frame.x(t),
-                frame.y(v),
-                s.color
-            );
-        } else if !path.is_empty() {
-            let _ = write!(
-                out,
-                r#"<path d="{path}" fill="none" stroke="{}" stroke-width="1.6" stroke-linejoin="round"/>"#,
-                s.color
-            );
-        }
+        let points: Vec<(f64, f64)> = s.points.iter().map(|(t, v)| (frame.x(*t), frame.y(*v))).collect();
+        draw_runs(&mut out, &points, &s.points, step_ms, s.color, 1.6);
     }
     out.push_str("</svg>");
     out
+}
+
+/// Draws `xy` (the positions of `points`) as lines through neighbouring
+/// steps; a point without a neighbour is a dot, so a gap in the data stays a
+/// gap and a lone value still shows.
+fn draw_runs(out: &mut String, xy: &[(f64, f64)], points: &[(i64, f64)], step_ms: i64, color: &str, width: f64) {
+    let mut start = 0;
+    for end in 1..=points.len() {
+        if end < points.len() && points[end].0 - points[end - 1].0 <= step_ms {
+            continue;
+        }
+        let run = &xy[start..end];
+        if let [(x, y)] = run {
+            let _ = write!(
+                out,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="{:.1}" fill="{color}"/>"#,
+                width * 1.3
+            );
+        } else {
+            out.push_str(r#"<path d=""#);
+            for (i, (x, y)) in run.iter().enumerate() {
+                let _ = write!(out, "{}{x:.1} {y:.1}", if i == 0 { 'M' } else { 'L' });
+            }
+            let _ = write!(
+                out,
+                r#"" fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"/>"#
+            );
+        }
+        start = end;
+    }
 }
 
 /// Bar chart, one bar per step, `series` stacked bottom to top.
@@ -249,21 +254,10 @@ pub(crate) fn sparkline(range: TimeRange, step_ms: i64, points: &[(i64, f64)], c
     let x = |t: i64| ((t - range.from_ms) as f64 / span * W).clamp(0.0, W);
     let y = |v: f64| H - 1.0 - v / max * (H - 2.0);
     let mut path = String::new();
-    let mut previous: Option<i64> = None;
-    for (t, v) in points {
-        let command = if previous.is_some_and(|p| t - p <= step_ms) {
-            'L'
-        } else {
-            'M'
-        };
-        let _ = write!(path, "{command}{:.1} {:.1}", x(*t), y(*v));
-        previous = Some(*t);
-    }
-    if points.len() == 1 {
-        let _ = write!(path, "h2");
-    }
+    let xy: Vec<(f64, f64)> = points.iter().map(|(t, v)| (x(*t), y(*v))).collect();
+    draw_runs(&mut path, &xy, points, step_ms, color, 1.4);
     format!(
-        r#"<svg class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" aria-hidden="true" xmlns="http://www.w3.org/2000/svg"><path d="{path}" fill="none" stroke="{color}" stroke-width="1.4"/></svg>"#
+        r#"<svg class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" aria-hidden="true" xmlns="http://www.w3.org/2000/svg">{path}</svg>"#
     )
 }
 
@@ -293,7 +287,11 @@ mod tests {
             |v| format!("{v}"),
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
-        assert_eq!(svg.matches('M').count(), 2, "{svg}");
+        assert_eq!(svg.matches("<path").count(), 2, "two runs: {svg}");
+        let lone = lines("x", range, 10_000, &[series(vec![(0, 1.0), (50_000, 2.0)])], |v| {
+            format!("{v}")
+        });
+        assert_eq!(lone.matches("<circle").count(), 2, "lone points are dots: {lone}");
         assert!(svg.contains("p95 &lt;ms&gt;") && svg.contains(r#"aria-label="a &lt;b&gt;""#));
         assert!(!svg.contains("<b>"));
     }

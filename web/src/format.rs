@@ -61,8 +61,10 @@ pub fn rate(events: u64, length_ms: i64) -> String {
         format!("{per_second:.0}/s")
     } else if per_second >= 0.1 {
         format!("{per_second:.1}/s")
-    } else {
+    } else if per_second * 60.0 >= 0.1 {
         format!("{:.1}/min", per_second * 60.0)
+    } else {
+        format!("{:.1}/h", per_second * 3_600.0)
     }
 }
 
@@ -90,6 +92,11 @@ pub fn ago(now_ms: i64, ms: i64) -> String {
     }
 }
 
+/// A count and a noun, plural when it is not one: `1 pool`, `3 pools`.
+pub fn plural(n: u64, noun: &str) -> String {
+    format!("{} {noun}{}", count(n), if n == 1 { "" } else { "s" })
+}
+
 /// A size in bytes: `512 B`, `1.5 MiB`, `2.0 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -108,7 +115,6 @@ pub fn bytes(n: u64) -> String {
 
 /// A retention length in seconds: `2 days`, `6 hours`, `90 minutes`.
 pub fn span(seconds: u64) -> String {
-    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     if seconds >= 86_400 && seconds.is_multiple_of(86_400) {
         plural(seconds / 86_400, "day")
     } else if seconds >= 3_600 && seconds.is_multiple_of(3_600) {
@@ -151,11 +157,14 @@ mod tests {
         assert_eq!(rate(600, 60_000), "10/s");
         assert_eq!(rate(3, 60_000), "3.0/min");
         assert_eq!(rate(0, 60_000), "0/s");
+        assert_eq!(rate(1, 3_600_000), "1.0/h");
         assert_eq!(timestamp(1_700_000_000_000), "2023-11-14 22:13:20");
         assert_eq!(ago(100_000, 88_000), "12 s ago");
         assert_eq!(ago(10_000_000, 0), "never");
         assert_eq!(bytes(1_536 * 1_024), "1.5 MiB");
         assert_eq!(span(172_800), "2 days");
         assert_eq!(span(5_400), "90 minutes");
+        assert_eq!(plural(1, "pool"), "1 pool");
+        assert_eq!(plural(1_200, "pool"), "1,200 pools");
     }
 }

@@ -6,7 +6,7 @@
 //! [`Source::alerts`](crate::Source::alerts): once the alert engine reports
 //! them they count here without any change to this module.
 
-use crate::format::{duration_ms, percent};
+use crate::format::{duration_ms, percent, plural};
 use crate::source::{AgentSummary, AlertSeverity, AlertState, AlertSummary, PoolSummary};
 
 /// Utilization from which a pool counts as close to exhaustion (the alert
@@ -84,7 +84,7 @@ pub(crate) fn pool(p: &PoolSummary) -> Assessment {
         a.raise(Health::Critical, format!("last health check failed: {error}"));
     }
     if p.timeouts > 0 {
-        a.raise(Health::Critical, format!("{} acquire timeouts", p.timeouts));
+        a.raise(Health::Critical, plural(p.timeouts, "acquire timeout"));
     }
     if p.utilization >= EXHAUSTION && p.waiting.last > 0 {
         a.raise(
@@ -101,10 +101,13 @@ pub(crate) fn pool(p: &PoolSummary) -> Assessment {
         );
     }
     if p.waiting.peak > 0 && p.waiting.last == 0 {
-        a.raise(Health::Degraded, format!("up to {} tasks waited", p.waiting.peak));
+        a.raise(
+            Health::Degraded,
+            format!("up to {} waited", plural(u64::from(p.waiting.peak), "task")),
+        );
     }
     if p.errors > 0 {
-        a.raise(Health::Degraded, format!("{} acquire errors", p.errors));
+        a.raise(Health::Degraded, plural(p.errors, "acquire error"));
     }
     if let Some(h) = &p.health
         && h.failures > 0

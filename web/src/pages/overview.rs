@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::{Layout, PageError, Request, html, pool_href, query_href, read};
-use crate::format::{ago, count, duration_ms, percent};
+use crate::format::{ago, count, duration_ms, percent, plural};
 use crate::source::{AlertState, PoolSummary, QuerySummary};
 use crate::status::{self, Assessment};
 use crate::{Dashboard, QueryFilter, TimeRange};
@@ -229,7 +229,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
         (
             format!("{healthy} / {}", service_rows.len()),
             "services healthy".to_owned(),
-            format!("{} pools", pools.iter().filter(|p| in_view(&p.service)).count()),
+            plural(pools.iter().filter(|p| in_view(&p.service)).count() as u64, "pool"),
         ),
     ];
 
