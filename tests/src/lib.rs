@@ -1,6 +1,8 @@
 //! Support for querypulse's end-to-end tests: a real collector started
 //! in-process on free ports, and helpers to read its HTTP API.
 
+pub mod browser;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -125,9 +127,9 @@ pub fn hello(service: &str, instance: &str) -> Hello {
 }
 
 impl RawAgent {
-    /// Opens a stream and says `hello`.
-    pub async fn open(collector: &TestCollector, hello: &Hello) -> RawAgent {
-        let mut client = IngestClient::connect(collector.endpoint()).await.expect("gRPC connect");
+    /// Opens a stream to the collector at `endpoint` and says `hello`.
+    pub async fn open(endpoint: &str, hello: &Hello) -> RawAgent {
+        let mut client = IngestClient::connect(endpoint.to_owned()).await.expect("gRPC connect");
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tx.send(wire::AgentMessage {
             kind: Some(wire::agent_message::Kind::Hello(hello.into())),

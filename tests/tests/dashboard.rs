@@ -94,9 +94,9 @@ fn health(pool: &str, checks: u64, failures: u64, at: i64) -> HealthCheckStats {
 /// Two services, three instances, four statements (one with a `<script>` in
 /// its text), two pools (one running dry), slow samples and agent drops.
 async fn fill(collector: &TestCollector, t: i64) {
-    let mut co1 = RawAgent::open(collector, &hello("checkout", "co-1")).await;
-    let mut co2 = RawAgent::open(collector, &hello("checkout", "co-2")).await;
-    let mut le1 = RawAgent::open(collector, &hello("ledger", "le-1")).await;
+    let mut co1 = RawAgent::open(&collector.endpoint(), &hello("checkout", "co-1")).await;
+    let mut co2 = RawAgent::open(&collector.endpoint(), &hello("checkout", "co-2")).await;
+    let mut le1 = RawAgent::open(&collector.endpoint(), &hello("ledger", "le-1")).await;
 
     // The previous hour: the balance query was fast then.
     co1.send_acked(&window(1, t - 90 * MINUTE, &[(ORDERS, 300, 500, None)]))
