@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod auth;
+mod cache;
 mod chart;
 pub mod format;
 mod pages;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub use cache::DEFAULT_TTL as DEFAULT_CACHE_TTL;
 pub use settings::{AgentDefaults, RetentionSettings, Settings, SettingsError};
 pub use source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
 
@@ -25,6 +27,7 @@ pub struct Dashboard {
     source: Arc<dyn Source>,
     settings: Option<Arc<dyn Settings>>,
     sessions: Arc<auth::Sessions>,
+    cache: Arc<cache::Cache>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -40,7 +43,16 @@ impl Dashboard {
             source,
             settings: None,
             sessions: Arc::new(auth::Sessions::new(None)),
+            cache: Arc::new(cache::Cache::new(cache::DEFAULT_TTL)),
         }
+    }
+
+    /// How long a summary is served before it is recomputed in the
+    /// background (default [`DEFAULT_CACHE_TTL`]); zero computes every page
+    /// from the store.
+    pub fn with_cache_ttl(mut self, ttl: std::time::Duration) -> Dashboard {
+        self.cache = Arc::new(cache::Cache::new(ttl));
+        self
     }
 
     /// Lets signed-in users change `settings`. Signing in takes `admin_token`;

@@ -137,6 +137,18 @@ impl View {
         }
     }
 
+    /// What names this view's data in the dashboard's cache: the preset
+    /// (so "the last 24 h" stays one key as time moves) or the exact range,
+    /// and the service.
+    pub fn cache_key(&self) -> String {
+        let range = if self.range_key == "custom" {
+            format!("{}-{}", self.range.from_ms, self.range.to_ms)
+        } else {
+            self.range_key.clone()
+        };
+        format!("{range}|{}", self.service.as_deref().unwrap_or(""))
+    }
+
     /// "last 1 hour" or the custom range's ends.
     pub fn label(&self) -> String {
         match PRESETS.iter().find(|(k, ..)| *k == self.range_key) {

@@ -20,6 +20,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use crate::ServiceSummary;
 use crate::auth::Visitor;
+use crate::cache::Cached;
 use crate::chart::escape;
 use crate::view::{BadParameter, PRESETS, REFRESH, View, datetime_local};
 use crate::{Dashboard, now_ms};
@@ -234,6 +235,7 @@ impl Request {
             writes_enabled: self.visitor.writes_enabled,
             csrf: self.visitor.csrf.clone().unwrap_or_default(),
             generated: crate::format::timestamp(self.now),
+            as_of: String::new(),
         }
     }
 }
@@ -269,6 +271,47 @@ pub(crate) struct Layout {
     pub writes_enabled: bool,
     pub csrf: String,
     pub generated: String,
+    /// How old the page's numbers are, when they come from the cache.
+    pub as_of: String,
+}
+
+impl Layout {
+    /// Says how old the numbers are when they were computed a while ago.
+    pub fn computed(&mut self, at: std::time::Instant) {
+        let age = at.elapsed().as_secs();
+        if age >= 1 {
+            self.as_of = format!("numbers as of {age} s ago");
+        }
+    }
+}
+
+/// Every fingerprint's summary over the view (cached, see `cache`).
+pub(crate) async fn summaries(
+    dashboard: &Dashboard,
+    view: &View,
+) -> Result<Cached<Vec<crate::QuerySummary>>, PageError> {
+    let source = dashboard.source.clone();
+    let filter = crate::QueryFilter {
+        service: view.service.clone(),
+        range: view.range.for_summary(),
+    };
+    dashboard
+        .cache
+        .get(format!("queries|{}", view.cache_key()), move || source.queries(&filter))
+        .await
+}
+
+/// Every pool's summary over the view (cached).
+pub(crate) async fn pool_summaries(
+    dashboard: &Dashboard,
+    view: &View,
+) -> Result<Cached<Vec<crate::source::PoolSummary>>, PageError> {
+    let source = dashboard.source.clone();
+    let range = view.range.for_summary();
+    dashboard
+        .cache
+        .get(format!("pools|{}", view.cache_key()), move || source.pools(range))
+        .await
 }
 
 /// Link to a query's page.

@@ -12,7 +12,7 @@ use super::{Layout, PageError, Request, html, pool_href, query_href, read};
 use crate::format::{ago, count, duration_ms, percent, plural};
 use crate::source::{AlertState, PoolSummary, QuerySummary};
 use crate::status::{self, Assessment};
-use crate::{Dashboard, QueryFilter, TimeRange};
+use crate::{Dashboard, TimeRange};
 
 /// Queries listed.
 const TOP_QUERIES: usize = 10;
@@ -152,22 +152,20 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
     let view = request.view.clone();
     let range = view.range.for_summary();
     let now_range = TimeRange::last(request.now, NOW_MS);
+    let queries = super::summaries(&dashboard, &view).await?;
+    let pools = super::pool_summaries(&dashboard, &view).await?;
     let source = dashboard.source.clone();
-    let filter = QueryFilter {
-        service: view.service.clone(),
-        range,
-    };
-    let (services, queries, pools, pools_now, agents, alerts) = read(move || {
+    let (services, pools_now, agents, alerts) = read(move || {
         Ok((
             source.services()?,
-            source.queries(&filter)?,
-            source.pools(range)?,
             source.pools(now_range)?,
             source.agents()?,
             source.alerts(range)?,
         ))
     })
     .await?;
+    let computed = queries.computed.min(pools.computed);
+    let (queries, pools) = (queries.value, pools.value);
     let in_view = |service: &str| view.service.as_deref().is_none_or(|s| s == service);
     let firing: Vec<_> = alerts
         .iter()
@@ -177,7 +175,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
         .collect();
 
     let mut per_service: BTreeMap<&str, (u64, u64, f64)> = BTreeMap::new();
-    for q in &queries {
+    for q in queries.iter() {
         let entry = per_service.entry(q.service.as_str()).or_default();
         entry.0 += q.calls;
         entry.1 += q.errors;
@@ -233,7 +231,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
         ),
     ];
 
-    let mut top = queries;
+    let mut top: Vec<&QuerySummary> = queries.iter().collect();
     top.sort_by(|a, b| {
         b.total_ms
             .total_cmp(&a.total_ms)
@@ -303,7 +301,8 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
             .collect()
     });
 
-    let layout = request.layout("Overview", "overview", "/", &services);
+    let mut layout = request.layout("Overview", "overview", "/", &services);
+    layout.computed(computed);
     html(Overview {
         layout,
         cards,

@@ -102,50 +102,51 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
     let range = view.range.for_summary();
     let step = step_for(range.length_ms(), SPARK_POINTS);
     let spark_range = aligned(range, step);
-    let filter = QueryFilter {
-        service: view.service.clone(),
-        range,
-    };
-    let source = dashboard.source.clone();
+    let summaries = super::summaries(&dashboard, &view).await?;
+    let total = summaries.value.len();
     let needle = text.to_lowercase();
-    let sort_key = sort.clone();
-    let ascending = dir == "asc";
-    let (services, total, matched, rows) = read(move || {
-        let services = source.services()?;
-        let mut queries = source.queries(&filter)?;
-        let total = queries.len();
-        if !needle.is_empty() {
-            queries.retain(|q| q.text.to_lowercase().contains(&needle) || q.fingerprint.to_string().contains(&needle));
-        }
-        queries.sort_by(|a, b| {
-            let order = key(&sort_key, b).total_cmp(&key(&sort_key, a));
-            let order = if ascending { order.reverse() } else { order };
-            order.then_with(|| a.fingerprint.cmp(&b.fingerprint))
-        });
-        let matched = queries.len();
-        let mut rows = Vec::new();
-        for q in queries.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE) {
-            let by_service = QueryFilter {
-                service: Some(q.service.clone()),
-                range: spark_range,
-            };
-            let points: Vec<(i64, f64)> = source
-                .query_series(q.fingerprint, &by_service, step)?
-                .map(|s| s.points.iter().map(|p| (p.start_ms, p.p95_ms)).collect())
-                .unwrap_or_default();
-            rows.push((q, points));
-        }
-        Ok((services, total, matched, rows))
-    })
-    .await?;
-
+    let mut queries: Vec<&QuerySummary> = summaries
+        .value
+        .iter()
+        .filter(|q| {
+            needle.is_empty() || q.text.to_lowercase().contains(&needle) || q.fingerprint.to_string().contains(&needle)
+        })
+        .collect();
+    queries.sort_by(|a, b| {
+        let order = key(&sort, b).total_cmp(&key(&sort, a));
+        let order = if dir == "asc" { order.reverse() } else { order };
+        order.then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    let matched = queries.len();
+    let mut rows = Vec::new();
+    for q in queries.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE) {
+        let source = dashboard.source.clone();
+        let (fingerprint, service) = (q.fingerprint, q.service.clone());
+        let key = format!("spark|{fingerprint}|{service}|{}", view.cache_key());
+        let points = dashboard
+            .cache
+            .get(key, move || {
+                let filter = QueryFilter {
+                    service: Some(service.clone()),
+                    range: spark_range,
+                };
+                Ok(source
+                    .query_series(fingerprint, &filter, step)?
+                    .map(|s| s.points.iter().map(|p| (p.start_ms, p.p95_ms)).collect::<Vec<_>>())
+                    .unwrap_or_default())
+            })
+            .await?;
+        rows.push((q.clone(), points.value));
+    }
+    let source = dashboard.source.clone();
+    let services = read(move || source.services()).await?;
     let rows = rows
         .into_iter()
         .map(|(q, points)| Row {
             q: QueryRow::new(&view, &q),
             fingerprint: q.fingerprint.to_string(),
             error_rate: percent(q.error_rate()),
-            spark: sparkline(spark_range, step, &points, BLUE),
+            spark: sparkline(spark_range, step, points.as_slice(), BLUE),
         })
         .collect();
     let headings = SORTS
@@ -174,7 +175,8 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
     let previous = (page > 1).then(|| page_href(page - 1));
     let next = (page * PAGE_SIZE < matched).then(|| page_href(page + 1));
     let keep = [("q", text.as_str()), ("sort", sort.as_str()), ("dir", dir)];
-    let layout = request.layout_keeping("Queries", "queries", "/queries", &services, &keep);
+    let mut layout = request.layout_keeping("Queries", "queries", "/queries", &services, &keep);
+    layout.computed(summaries.computed);
     html(QueriesPage {
         layout,
         headings,

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use querypulse_proto::Fingerprint;
 
-use super::{Layout, PageError, Request, aligned, html, read, step_for};
+use super::{Layout, PageError, Request, aligned, html, step_for};
 use crate::chart::{self, BLUE, GREY, ORANGE, RED, Series};
 use crate::format::{ago, count, duration_ms, percent, timestamp};
 use crate::source::{QuerySummary, SlowFilter};
@@ -148,45 +148,50 @@ pub(crate) async fn page(
     let chart_range = aligned(range, step);
     let source = dashboard.source.clone();
     let service = view.service.clone();
-    let (services, detail, before, series, slow, alerts) = read(move || {
-        let filter = QueryFilter {
-            service: service.clone(),
-            range,
-        };
-        let Some(detail) = source.query_detail(fingerprint, &filter)? else {
-            return Ok((Vec::new(), None, None, None, Vec::new(), None));
-        };
-        let before = source.query_detail(
-            fingerprint,
-            &QueryFilter {
+    let key = format!("detail|{fingerprint}|{}", view.cache_key());
+    let bundle = dashboard
+        .cache
+        .get(key, move || {
+            let filter = QueryFilter {
                 service: service.clone(),
-                range: previous,
-            },
-        )?;
-        let series = source.query_series(
-            fingerprint,
-            &QueryFilter {
+                range,
+            };
+            let Some(detail) = source.query_detail(fingerprint, &filter)? else {
+                return Ok((Vec::new(), None, None, None, Vec::new(), None));
+            };
+            let before = source.query_detail(
+                fingerprint,
+                &QueryFilter {
+                    service: service.clone(),
+                    range: previous,
+                },
+            )?;
+            let series = source.query_series(
+                fingerprint,
+                &QueryFilter {
+                    service: service.clone(),
+                    range: chart_range,
+                },
+                step,
+            )?;
+            let slow = source.slow_queries(&SlowFilter {
                 service: service.clone(),
-                range: chart_range,
-            },
-            step,
-        )?;
-        let slow = source.slow_queries(&SlowFilter {
-            service,
-            fingerprint: Some(fingerprint),
-            range,
-            limit: SLOW_SAMPLES,
-        })?;
-        Ok((
-            source.services()?,
-            Some(detail),
-            before,
-            series,
-            slow,
-            source.alerts(range)?,
-        ))
-    })
-    .await?;
+                fingerprint: Some(fingerprint),
+                range,
+                limit: SLOW_SAMPLES,
+            })?;
+            Ok((
+                source.services()?,
+                Some(detail),
+                before,
+                series,
+                slow,
+                source.alerts(range)?,
+            ))
+        })
+        .await?;
+    let computed = bundle.computed;
+    let (services, detail, before, series, slow, alerts) = (*bundle.value).clone();
     let Some(detail) = detail else {
         return Err(PageError::NotFound(format!(
             "No statement with fingerprint {fingerprint} was reported{}. The queries page lists every fingerprint.",
@@ -348,7 +353,8 @@ pub(crate) async fn page(
     });
 
     let path = format!("/queries/{fingerprint}");
-    let layout = request.layout(&format!("Query {fingerprint}"), "queries", &path, &services);
+    let mut layout = request.layout(&format!("Query {fingerprint}"), "queries", &path, &services);
+    layout.computed(computed);
     html(QueryPage {
         layout,
         fingerprint: fingerprint.to_string(),
