@@ -9,9 +9,11 @@
 //! it as the collector would, serves the dashboard on 127.0.0.1 and requests
 //! each page `QUERYPULSE_BENCH_REQUESTS` times (default 200), one at a time,
 //! twice: "cold", every page computed from the store (the dashboard's cache
-//! off; a tenth as many requests), and "served", as the collector runs it (answers up to 10 s old
-//! served while the next is computed in the background). Prints p50/p95/p99/
-//! max of the time from sending the request to having the whole body, and
+//! off; a tenth as many requests), and "served", as the collector runs it
+//! (answers up to 10 s old served while the next is computed in the
+//! background), with requests paced `QUERYPULSE_BENCH_PACE_MS` apart
+//! (default 100) so answers expire and are refreshed during the run. Prints
+//! p50/p95/p99/max of the time from sending the request to having the whole body, and
 //! the page's size. Not criterion: the goal is a p99, which criterion does
 //! not report. The filled store is kept in `target/bench-dashboard-store`
 //! and reused for 30 minutes.
@@ -169,6 +171,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let pace_ms: u64 = std::env::var("QUERYPULSE_BENCH_PACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-dashboard-store");
     let (store, _) = fill(&dir, chrono::Utc::now().timestamp_millis());
     let fingerprint = texts()[7].fingerprint;
@@ -189,6 +195,7 @@ fn main() {
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
         let http = reqwest::Client::new();
+        let pace = Duration::from_millis(pace_ms);
         println!("| page | range | mode | p50 | p95 | p99 | max | bytes | goal |");
         println!("|---|---|---|--:|--:|--:|--:|--:|---|");
         for range in ["24h", "7d"] {
@@ -210,6 +217,11 @@ fn main() {
                     let mut times = Vec::with_capacity(requests);
                     let mut bytes = 0;
                     for i in 0..requests + 3 {
+                        if *mode == "served" {
+                            // Paced, so answers expire and are refreshed in
+                            // the background while requests keep coming.
+                            tokio::time::sleep(pace).await;
+                        }
                         let started = Instant::now();
                         let response = http.get(&url).send().await.expect("a response");
                         assert_eq!(response.status(), 200, "{url}");

@@ -31,8 +31,15 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
     }
     let source = dashboard.source.clone();
     let (range, service) = (view.range, view.service.clone());
-    let (services, report) =
-        read(move || Ok((source.services()?, Report::build(source.as_ref(), range, service)?))).await?;
+    let report = dashboard
+        .cache
+        .get(format!("report|{}", view.cache_key()), move || {
+            Report::build(source.as_ref(), range, service.clone())
+        })
+        .await?;
+    let (computed, report) = (report.computed, report.value);
+    let source = dashboard.source.clone();
+    let services = read(move || source.services()).await?;
     let typed =
         |content_type: &'static str, body: String| secured(([(CONTENT_TYPE, content_type)], body).into_response());
     match format {
@@ -54,7 +61,8 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
                 .iter()
                 .map(|(label, f)| (*label, view.href("/report", &[("format", f)])))
                 .collect();
-            let layout = request.layout("Report", "report", "/report", &services);
+            let mut layout = request.layout("Report", "report", "/report", &services);
+            layout.computed(computed);
             html(ReportPage {
                 layout,
                 report: ReportView::new(&report, ""),
