@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use querypulse_collector::retention::Retention;
 use querypulse_collector::store::{BatchRequest, Limits, Store};
-use querypulse_proto::{Batch, Fingerprint, FingerprintText, Hello, QueryStats, Window};
+use querypulse_proto::{Batch, Fingerprint, FingerprintText, Hello, Window};
+
+mod workload;
 
 const FINGERPRINTS: usize = 1_000;
 const INSTANCES: usize = 50;
@@ -28,8 +30,7 @@ fn texts() -> Vec<FingerprintText> {
         .collect()
 }
 
-/// A window of one instance: every fingerprint with a few dozen calls spread
-/// log-normally around a per-fingerprint median.
+/// A window of one instance (see `workload`).
 fn batch(seq: u64, start_ms: i64, instance: usize, texts: &[FingerprintText]) -> Batch {
     let mut batch = Batch::new(
         seq,
@@ -38,22 +39,7 @@ fn batch(seq: u64, start_ms: i64, instance: usize, texts: &[FingerprintText]) ->
             length_ms: WINDOW_MS as u32,
         },
     );
-    let mut state = (seq as u32).wrapping_mul(2_654_435_761) ^ instance as u32;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        f64::from(state) / f64::from(u32::MAX)
-    };
-    for (i, text) in texts.iter().enumerate() {
-        let median = 200.0 * (1.0 + (i % 50) as f64);
-        let mut stats = QueryStats::new(text.fingerprint);
-        for _ in 0..(10 + (i % 40)) {
-            let spread = (next() - 0.5) * 3.0;
-            stats.record((median * spread.exp()) as u64, 1, None);
-        }
-        batch.queries.push(stats);
-    }
+    batch.queries = workload::queries(seq, instance, texts, false);
     batch
 }
 

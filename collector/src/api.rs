@@ -79,6 +79,15 @@ impl From<SourceError> for ApiError {
     }
 }
 
+impl From<querypulse_web::SettingsError> for ApiError {
+    fn from(error: querypulse_web::SettingsError) -> Self {
+        match error {
+            querypulse_web::SettingsError::Invalid(message) => ApiError::BadRequest(message),
+            querypulse_web::SettingsError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::BadRequest(rejection.body_text())
@@ -250,15 +259,7 @@ pub(crate) fn parse_range(params: &HashMap<String, String>) -> Result<TimeRange,
 /// an hour or more from whole minutes), so the range widens to those
 /// boundaries; the response says which range was used.
 fn summary_range(range: TimeRange) -> TimeRange {
-    let snap = |step: i64| TimeRange {
-        from_ms: range.from_ms.div_euclid(step) * step,
-        to_ms: -((-range.to_ms).div_euclid(step) * step),
-    };
-    match range.length_ms() {
-        l if l >= 6 * 3_600_000 => snap(3_600_000),
-        l if l >= 3_600_000 => snap(60_000),
-        _ => range,
-    }
+    range.for_summary()
 }
 
 /// Parses a step: seconds (`60`), or a number with a unit (`10s`, `5m`,
@@ -580,14 +581,7 @@ async fn put_retention(
 ) -> Result<Json<Retention>, ApiError> {
     authorize(&api.admin, &headers)?;
     let Json(retention) = body?;
-    retention.validate().map_err(|e| ApiError::BadRequest(e.0))?;
-    api.admin
-        .catalog
-        .set_retention(&retention, now_ms())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    api.admin.store.set_retention(retention);
-    tracing::info!(?retention, "retention changed");
+    api.admin.change_retention(retention).await?;
     Ok(Json(retention))
 }
 
@@ -602,14 +596,7 @@ async fn put_agent_settings(
 ) -> Result<Json<AgentSettings>, ApiError> {
     authorize(&api.admin, &headers)?;
     let Json(settings) = body?;
-    settings.validate().map_err(|e| ApiError::BadRequest(e.0))?;
-    api.admin
-        .catalog
-        .set_agent_settings(&settings, now_ms())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    api.admin.agent_settings.send_replace(settings);
-    tracing::info!(?settings, "agent settings changed; pushing to connected agents");
+    api.admin.change_agent_settings(settings).await?;
     Ok(Json(settings))
 }
 

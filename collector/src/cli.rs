@@ -35,6 +35,8 @@ enum Command {
     Fingerprint(FingerprintArgs),
     /// Simulate many agents against a collector (or Prometheus) for benchmarks.
     Loadgen(LoadgenArgs),
+    /// Print a running collector's performance report (top, slowest and failing queries, regressions, pools).
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +246,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Demo(args) => run_async(demo(args)),
         Command::Fingerprint(args) => fingerprint(args),
         Command::Loadgen(args) => run_async(loadgen(args)),
+        Command::Report(args) => run_async(crate::report::run(args)),
     }
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod admin;
 pub mod agent_settings;
 pub mod alerts;
 pub mod api;
@@ -11,6 +12,7 @@ pub mod fingerprint_cmd;
 pub mod ingest;
 pub mod loadgen;
 pub mod read;
+pub mod report;
 pub mod retention;
 pub mod store;
 
@@ -190,7 +192,9 @@ impl Collector {
             alerts,
         };
         let source = Arc::new(StoreSource::new(store));
-        let app = api::router(source.clone(), admin).merge(querypulse_web::router(source));
+        let dashboard = querypulse_web::Dashboard::new(source.clone())
+            .with_settings(Arc::new(admin.clone()), config.admin_token.clone());
+        let app = api::router(source, admin).merge(dashboard.router());
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
 

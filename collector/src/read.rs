@@ -1,6 +1,7 @@
 //! The read side: what the API and the dashboard ask of the store.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use querypulse_proto::{Fingerprint, QueryStats};
 use querypulse_web::source::{
@@ -18,12 +19,33 @@ const SILENT_AFTER_INTERVALS: i64 = 3;
 #[derive(Debug, Clone)]
 pub struct StoreSource {
     store: Store,
+    /// Normalized texts never change for a fingerprint: kept once read, so
+    /// a summary of every fingerprint is not also a read of every text.
+    texts: Arc<RwLock<HashMap<Fingerprint, String>>>,
 }
 
 impl StoreSource {
     /// Reads from `store`.
     pub fn new(store: Store) -> StoreSource {
-        StoreSource { store }
+        StoreSource {
+            store,
+            texts: Arc::default(),
+        }
+    }
+
+    /// The normalized text of `fingerprint` (empty when unknown).
+    fn text(&self, fingerprint: Fingerprint) -> Result<String, SourceError> {
+        if let Some(text) = self.texts.read().unwrap_or_else(|p| p.into_inner()).get(&fingerprint) {
+            return Ok(text.clone());
+        }
+        let Some(text) = self.store.text(fingerprint)? else {
+            return Ok(String::new());
+        };
+        self.texts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint, text.clone());
+        Ok(text)
     }
 }
 
@@ -78,7 +100,7 @@ impl Source for StoreSource {
         let mut summaries = Vec::new();
         for (name, id) in self.services_for(filter.service.as_deref()) {
             for stats in self.store.query_stats(id, filter.range.from_ms, filter.range.to_ms)? {
-                let text = self.store.text(stats.fingerprint)?.unwrap_or_default();
+                let text = self.text(stats.fingerprint)?;
                 summaries.push(QuerySummary::new(name.clone(), text, &stats));
             }
         }
@@ -96,7 +118,7 @@ impl Source for StoreSource {
             return Ok(None);
         }
         let TimeRange { from_ms, to_ms } = filter.range;
-        let text = self.store.text(fingerprint)?.unwrap_or_default();
+        let text = self.text(fingerprint)?;
         let mut summaries = Vec::new();
         let mut instances = Vec::new();
         for (name, id) in services {
@@ -226,17 +248,9 @@ impl Source for StoreSource {
             filter.range.to_ms,
             filter.limit,
         )?;
-        let mut texts: HashMap<Fingerprint, String> = HashMap::new();
         let mut out = Vec::with_capacity(samples.len());
         for s in samples {
-            let text = match texts.get(&s.sample.fingerprint) {
-                Some(text) => text.clone(),
-                None => {
-                    let text = self.store.text(s.sample.fingerprint)?.unwrap_or_default();
-                    texts.insert(s.sample.fingerprint, text.clone());
-                    text
-                }
-            };
+            let text = self.text(s.sample.fingerprint)?;
             out.push(SlowQuery {
                 at_ms: s.sample.at_ms,
                 service: s.service,

@@ -4,10 +4,14 @@
 
 pub mod receivers;
 
+pub mod browser;
+
 use std::path::Path;
 use std::time::Duration;
 
 use querypulse_collector::{Collector, Config};
+use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
+use querypulse_proto::{Batch, Hello};
 use serde_json::Value;
 
 /// A collector on free ports of 127.0.0.1.
@@ -102,5 +106,71 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A raw protocol client: one stream, batches acknowledged one by one. For
+/// tests that need exact windows, pools, health checks or slow samples.
+#[derive(Debug)]
+pub struct RawAgent {
+    tx: tokio::sync::mpsc::Sender<wire::AgentMessage>,
+    inbound: tonic::Streaming<wire::CollectorMessage>,
+}
+
+/// A `Hello` for `service` / `instance` on host `host-1`.
+pub fn hello(service: &str, instance: &str) -> Hello {
+    Hello {
+        service: service.into(),
+        instance_id: instance.into(),
+        host: "host-1".into(),
+        agent_version: "9.9.9".into(),
+        interval_ms: 10_000,
+        ..Hello::default()
+    }
+}
+
+impl RawAgent {
+    /// Opens a stream to the collector at `endpoint` and says `hello`.
+    pub async fn open(endpoint: &str, hello: &Hello) -> RawAgent {
+        let mut client = IngestClient::connect(endpoint.to_owned()).await.expect("gRPC connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(wire::AgentMessage {
+            kind: Some(wire::agent_message::Kind::Hello(hello.into())),
+        })
+        .await
+        .expect("hello sent");
+        let inbound = client
+            .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        RawAgent { tx, inbound }
+    }
+
+    /// Sends `batch`; returns the collector's answer.
+    pub async fn send(&mut self, batch: &Batch) -> wire::collector_message::Kind {
+        self.tx
+            .send(wire::AgentMessage {
+                kind: Some(wire::agent_message::Kind::Batch(batch.into())),
+            })
+            .await
+            .expect("batch sent");
+        self.inbound
+            .message()
+            .await
+            .expect("an answer")
+            .expect("the stream is open")
+            .kind
+            .expect("a message")
+    }
+
+    /// Sends `batch` and asserts it was acknowledged (not as a duplicate).
+    pub async fn send_acked(&mut self, batch: &Batch) {
+        let seq = batch.seq;
+        assert_eq!(
+            self.send(batch).await,
+            wire::collector_message::Kind::Ack(wire::Ack { seq, duplicate: false }),
+            "batch {seq} acknowledged"
+        );
     }
 }

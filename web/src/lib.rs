@@ -1,20 +1,33 @@
 #![doc = include_str!("../README.md")]
 
-mod format;
+mod auth;
+mod cache;
+mod chart;
+pub mod format;
 mod pages;
+pub mod report;
+pub mod settings;
 pub mod source;
+mod status;
+mod trend;
+mod view;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
+pub use cache::DEFAULT_TTL as DEFAULT_CACHE_TTL;
+pub use settings::{AgentDefaults, RetentionSettings, Settings, SettingsError};
 pub use source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
 
 /// Shared state of the dashboard's handlers.
 #[derive(Clone)]
 pub struct Dashboard {
     source: Arc<dyn Source>,
+    settings: Option<Arc<dyn Settings>>,
+    sessions: Arc<auth::Sessions>,
+    cache: Arc<cache::Cache>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -23,11 +36,57 @@ impl std::fmt::Debug for Dashboard {
     }
 }
 
-/// The dashboard's routes, reading through `source`.
+impl Dashboard {
+    /// A read-only dashboard over `source`.
+    pub fn new(source: Arc<dyn Source>) -> Dashboard {
+        Dashboard {
+            source,
+            settings: None,
+            sessions: Arc::new(auth::Sessions::new(None)),
+            cache: Arc::new(cache::Cache::new(cache::DEFAULT_TTL)),
+        }
+    }
+
+    /// How long a summary is served before it is recomputed in the
+    /// background (default [`DEFAULT_CACHE_TTL`]); zero computes every page
+    /// from the store.
+    pub fn with_cache_ttl(mut self, ttl: std::time::Duration) -> Dashboard {
+        self.cache = Arc::new(cache::Cache::new(ttl));
+        self
+    }
+
+    /// Lets signed-in users change `settings`. Signing in takes `admin_token`;
+    /// without one the settings are shown read-only.
+    pub fn with_settings(mut self, settings: Arc<dyn Settings>, admin_token: Option<String>) -> Dashboard {
+        self.settings = Some(settings);
+        self.sessions = Arc::new(auth::Sessions::new(admin_token));
+        self
+    }
+
+    /// The dashboard's routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/", get(pages::overview::page))
+            .route("/queries", get(pages::queries::page))
+            .route("/queries/{fingerprint}", get(pages::query::page))
+            .route("/slow", get(pages::slow::page))
+            .route("/pools", get(pages::pools::page))
+            .route("/pools/{service}/{instance}/{pool}", get(pages::pools::detail))
+            .route("/agents", get(pages::agents::page))
+            .route("/report", get(pages::report::page))
+            .route("/settings", get(pages::settings::page))
+            .route("/settings/retention", post(pages::settings::retention))
+            .route("/settings/agents", post(pages::settings::agents))
+            .route("/login", get(auth::login_page).post(auth::login))
+            .route("/logout", post(auth::logout))
+            .fallback(pages::not_found)
+            .with_state(self)
+    }
+}
+
+/// The dashboard's routes over `source`, read-only.
 pub fn router(source: Arc<dyn Source>) -> Router {
-    Router::new()
-        .route("/", get(pages::overview::page))
-        .with_state(Dashboard { source })
+    Dashboard::new(source).router()
 }
 
 /// Milliseconds since the Unix epoch.

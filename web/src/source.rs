@@ -29,6 +29,29 @@ impl TimeRange {
     pub fn length_ms(&self) -> i64 {
         self.to_ms - self.from_ms
     }
+
+    /// The range of the same length just before this one.
+    pub fn previous(&self) -> TimeRange {
+        TimeRange {
+            from_ms: self.from_ms - self.length_ms(),
+            to_ms: self.from_ms,
+        }
+    }
+
+    /// The range a summary reads: ranges of 6 h or more widen to whole hours,
+    /// of 1 h or more to whole minutes, so they are read from rollups. The
+    /// API and the dashboard both summarize this range, so their numbers agree.
+    pub fn for_summary(self) -> TimeRange {
+        let snap = |step: i64| TimeRange {
+            from_ms: self.from_ms.div_euclid(step) * step,
+            to_ms: -((-self.to_ms).div_euclid(step) * step),
+        };
+        match self.length_ms() {
+            l if l >= 6 * 3_600_000 => snap(3_600_000),
+            l if l >= 3_600_000 => snap(60_000),
+            _ => self,
+        }
+    }
 }
 
 /// Which queries to summarize.
@@ -548,6 +571,54 @@ pub struct ServiceSummary {
     pub overflow_fingerprints: u64,
 }
 
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSeverity {
+    /// Needs a look soon.
+    Warning,
+    /// Needs a look now.
+    Critical,
+}
+
+/// Where an alert is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// The condition holds but not yet for the rule's `for`.
+    Pending,
+    /// Firing (and notified).
+    Firing,
+    /// Firing, but a silence holds its notifications.
+    Silenced,
+    /// It fired and stopped.
+    Resolved,
+}
+
+/// One alert, as the dashboard shows it: on the overview (firing), on a
+/// query's page (those that reference it) and in the report (those in range).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertSummary {
+    /// The rule's name.
+    pub rule: String,
+    /// Severity of the rule.
+    pub severity: AlertSeverity,
+    /// Current state.
+    pub state: AlertState,
+    /// One line saying what is wrong.
+    pub summary: String,
+    /// The service it is about, if any.
+    pub service: Option<String>,
+    /// The statement it is about, if any.
+    pub fingerprint: Option<Fingerprint>,
+    /// The pool it is about, if any (`instance/pool`).
+    pub pool: Option<String>,
+    /// When it started, Unix epoch milliseconds.
+    pub started_ms: i64,
+    /// When it resolved.
+    pub resolved_ms: Option<i64>,
+}
+
 /// A read failed inside the collector.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -593,4 +664,12 @@ pub trait Source: Send + Sync + 'static {
 
     /// Every agent instance.
     fn agents(&self) -> Result<Vec<AgentSummary>, SourceError>;
+
+    /// Alerts active at any time in `range` (firing, pending or silenced now,
+    /// or resolved within it), newest first. `None` means this collector has
+    /// no alert engine: pages then say so instead of claiming "no alerts".
+    fn alerts(&self, range: TimeRange) -> Result<Option<Vec<AlertSummary>>, SourceError> {
+        let _ = range;
+        Ok(None)
+    }
 }

@@ -1,0 +1,300 @@
+//! Signing in to change settings from the dashboard.
+//!
+//! The admin token is asked for once; signing in sets an `HttpOnly`,
+//! `SameSite=Strict` session cookie, and every form that changes something
+//! carries the session's CSRF token. Without a session the dashboard is
+//! read-only; without an admin token configured nobody can sign in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::State;
+use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde::Deserialize;
+
+use crate::pages::{Layout, PageError, Request, html};
+use crate::{Dashboard, now_ms};
+
+/// Name of the session cookie.
+pub(crate) const COOKIE_NAME: &str = "querypulse_session";
+/// How long a session lasts.
+const SESSION_MS: i64 = 12 * 3_600_000;
+/// Sessions kept at once; the oldest go first.
+const MAX_SESSIONS: usize = 1_000;
+
+#[derive(Debug, Clone)]
+struct Session {
+    csrf: String,
+    expires_ms: i64,
+}
+
+/// The signed-in sessions, and the token that opens one.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    token: Option<String>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Visitor {
+    /// The session's CSRF token, when signed in.
+    pub csrf: Option<String>,
+    /// Whether anyone can sign in (an admin token is configured).
+    pub writes_enabled: bool,
+}
+
+impl Visitor {
+    /// Signed in.
+    pub fn signed_in(&self) -> bool {
+        self.csrf.is_some()
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.to_owned())
+}
+
+impl Sessions {
+    pub fn new(token: Option<String>) -> Sessions {
+        Sessions {
+            token: token.filter(|t| !t.is_empty()),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who sent `headers`.
+    pub fn visitor(&self, headers: &HeaderMap) -> Visitor {
+        let now = now_ms();
+        let csrf = cookie(headers).and_then(|id| {
+            let sessions = self.sessions();
+            sessions.get(&id).filter(|s| s.expires_ms > now).map(|s| s.csrf.clone())
+        });
+        Visitor {
+            csrf: csrf.filter(|_| self.token.is_some()),
+            writes_enabled: self.token.is_some(),
+        }
+    }
+
+    /// Checks a form that changes something: a live session and its CSRF
+    /// token.
+    pub fn check_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), PageError> {
+        if self.token.is_none() {
+            return Err(PageError::Forbidden(
+                "Changes are disabled: start the collector with --admin-token (or QUERYPULSE_ADMIN_TOKEN).".into(),
+            ));
+        }
+        let Some(expected) = self.visitor(headers).csrf else {
+            return Err(PageError::Forbidden(
+                "Sign in with the admin token first: this page is read-only without it.".into(),
+            ));
+        };
+        if !same_secret(&expected, csrf) {
+            return Err(PageError::Forbidden(
+                "The form's security token does not match your session: reload the page and try again.".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens a session for a correct token; returns its id.
+    fn open(&self, token: &str) -> Option<String> {
+        let expected = self.token.as_deref()?;
+        if !same_secret(expected, token) {
+            return None;
+        }
+        let now = now_ms();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, s| s.expires_ms > now);
+        if sessions.len() >= MAX_SESSIONS {
+            let oldest: HashSet<String> = {
+                let mut by_age: Vec<(&String, i64)> = sessions.iter().map(|(k, s)| (k, s.expires_ms)).collect();
+                by_age.sort_by_key(|(_, e)| *e);
+                by_age
+                    .iter()
+                    .take(sessions.len() + 1 - MAX_SESSIONS)
+                    .map(|(k, _)| (*k).clone())
+                    .collect()
+            };
+            sessions.retain(|k, _| !oldest.contains(k));
+        }
+        let id = random_token();
+        sessions.insert(
+            id.clone(),
+            Session {
+                csrf: random_token(),
+                expires_ms: now + SESSION_MS,
+            },
+        );
+        Some(id)
+    }
+
+    fn close(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers) {
+            self.sessions().remove(&id);
+        }
+    }
+}
+
+/// A redirect after a form (303, so a reload does not post again).
+pub(crate) fn see_other(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+/// Only local paths, so `next` cannot send anyone elsewhere.
+fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
+        _ => "/settings".to_owned(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    layout: Layout,
+    next: String,
+    error: Option<String>,
+}
+
+pub(crate) async fn login_page(request: Request) -> Result<Response, PageError> {
+    let next = request.params.get("next").cloned();
+    let layout = request.layout("Sign in", "settings", "/login", &[]);
+    html(LoginPage {
+        layout,
+        next: local_path(next.as_deref()),
+        error: None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LoginForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+pub(crate) async fn login(
+    State(dashboard): State<Dashboard>,
+    request: Request,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    let next = local_path(form.next.as_deref());
+    if dashboard.sessions.token.is_none() {
+        return Err(PageError::Forbidden(
+            "Changes are disabled: start the collector with --admin-token (or QUERYPULSE_ADMIN_TOKEN).".into(),
+        ));
+    }
+    let Some(id) = dashboard.sessions.open(form.token.trim()) else {
+        let layout = request.layout("Sign in", "settings", "/login", &[]);
+        let mut response = html(LoginPage {
+            layout,
+            next,
+            error: Some("That is not the admin token.".into()),
+        })?;
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(response);
+    };
+    let mut response = see_other(&next);
+    let cookie = format!(
+        "{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_MS / 1_000
+    );
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| PageError::Internal(e.to_string()))?,
+    );
+    tracing::info!("dashboard session opened");
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(crate) async fn logout(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    dashboard.sessions.check_form(&headers, &form.csrf)?;
+    dashboard.sessions.close(&headers);
+    let mut response = see_other("/");
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static("querypulse_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cookie(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("a=b; {COOKIE_NAME}={value}")).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn sessions_need_the_token_and_forms_need_the_sessions_csrf() {
+        let sessions = Sessions::new(Some("secret".into()));
+        assert!(sessions.open("wrong").is_none());
+        assert!(!sessions.visitor(&HeaderMap::new()).signed_in());
+        let id = sessions.open("secret").unwrap();
+        let headers = with_cookie(&id);
+        let csrf = sessions.visitor(&headers).csrf.unwrap();
+        assert!(sessions.check_form(&headers, &csrf).is_ok());
+        assert!(sessions.check_form(&headers, "forged").is_err());
+        assert!(sessions.check_form(&with_cookie("guess"), &csrf).is_err());
+        sessions.close(&headers);
+        assert!(sessions.check_form(&headers, &csrf).is_err());
+        let read_only = Sessions::new(None);
+        assert!(read_only.open("").is_none());
+        assert!(!read_only.visitor(&headers).writes_enabled);
+    }
+
+    #[test]
+    fn redirects_stay_on_this_site() {
+        assert_eq!(local_path(Some("/settings?x=1")), "/settings?x=1");
+        assert_eq!(local_path(Some("//evil.example/")), "/settings");
+        assert_eq!(local_path(Some("https://evil.example/")), "/settings");
+        assert_eq!(local_path(None), "/settings");
+    }
+}
