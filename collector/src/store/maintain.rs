@@ -2,18 +2,37 @@
 //! the size cap. Each pass is bounded in time so ingest never waits long.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use querypulse_proto::{HealthCheckStats, PoolStats, QueryStats};
 
 use super::catalog::SeriesKey;
 use super::codec::{WindowValue, decode_chunk, encode_chunk, key};
-use super::partition::{Partition, Tier};
+use super::partition::{Partition, Partitions, Tier};
 use super::write::COMPACTION_GRACE_MS;
 use super::{StoreError, StoreWriter};
 
 /// A checkpoint is taken at least this often while data arrives.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// A partition is sealed once its span ended this long ago (after the
+/// compaction grace, so its chunks are final) and nothing awaits compaction.
+const SEAL_AFTER_MS: i64 = COMPACTION_GRACE_MS + 5 * 60_000;
+
+/// A sealed partition's overlay of late writes is folded into a new sealed
+/// file once it has not changed for this long.
+const OVERLAY_IDLE_MS: i64 = 5 * 60_000;
+
+/// A partition being rewritten as a sealed segment on a background thread.
+#[derive(Debug)]
+pub(crate) struct SealJob {
+    partition: Arc<Partition>,
+    generation: u64,
+    thread: JoinHandle<Result<PathBuf, StoreError>>,
+}
 
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +43,8 @@ pub struct MaintenanceReport {
     pub windows_compacted: usize,
     /// Partitions deleted by retention or the size cap.
     pub partitions_dropped: usize,
+    /// Partitions replaced by their sealed form.
+    pub partitions_sealed: usize,
     /// Whether a checkpoint was taken.
     pub checkpointed: bool,
 }
@@ -38,6 +59,7 @@ impl StoreWriter {
             ..Default::default()
         };
         self.compact(now_ms, started + budget, &mut report)?;
+        report.partitions_sealed = self.seal(now_ms)?;
         if self.state.applied_since_checkpoint.is_some() && self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint()?;
             report.checkpointed = true;
@@ -51,7 +73,7 @@ impl StoreWriter {
         let partitions = self.store.partitions();
         for (tier, start) in std::mem::take(&mut self.state.dirty) {
             if let Some(partition) = partitions.get(tier, start) {
-                partition.db.flush()?;
+                partition.flush()?;
             }
         }
         self.store.catalog().meta().flush()?;
@@ -123,6 +145,15 @@ impl StoreWriter {
 
     fn drop_partition(&mut self, partition: &Partition) -> Result<(), StoreError> {
         let (tier, start) = (partition.tier, partition.start_ms);
+        if self
+            .state
+            .sealing
+            .as_ref()
+            .is_some_and(|job| (job.partition.tier, job.partition.start_ms) == (tier, start))
+        {
+            self.wait_for_sealing()?;
+        }
+        self.state.overlays_seen.remove(&(tier, start));
         tracing::info!(tier = tier.name(), start_ms = start, "dropping an expired partition");
         self.state.dirty.remove(&(tier, start));
         self.state
@@ -155,6 +186,103 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Installs a finished background sealing, then starts the next one: the
+    /// oldest closed partition that is still a live database, or a sealed
+    /// one whose overlay of late writes has gone quiet. Returns how many
+    /// partitions were installed sealed (0 or 1).
+    fn seal(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut sealed = 0;
+        if self.state.sealing.as_ref().is_some_and(|job| job.thread.is_finished()) {
+            sealed = self.wait_for_sealing()?;
+        }
+        if self.state.sealing.is_some() {
+            return Ok(sealed);
+        }
+        let partitions = self.store.partitions();
+        let all = partitions.all();
+        self.state
+            .overlays_seen
+            .retain(|at, _| all.iter().any(|p| (p.tier, p.start_ms) == *at && p.has_overlay()));
+        for partition in all {
+            if partition.end_ms() + SEAL_AFTER_MS > now_ms {
+                continue;
+            }
+            if partition.is_sealed() {
+                if !partition.has_overlay() {
+                    continue;
+                }
+                let generation = partition.generation();
+                let seen = self
+                    .state
+                    .overlays_seen
+                    .entry((partition.tier, partition.start_ms))
+                    .or_insert((generation, now_ms));
+                if seen.0 != generation {
+                    *seen = (generation, now_ms);
+                }
+                if now_ms - seen.1 < OVERLAY_IDLE_MS {
+                    continue;
+                }
+            }
+            if !partition.range(b"c", b"d")?.is_empty() {
+                continue;
+            }
+            let generation = partition.generation();
+            let job_partition = partition.clone();
+            let thread = std::thread::Builder::new()
+                .name("querypulse-seal".into())
+                .spawn(move || Partitions::write_sealed(&job_partition))
+                .map_err(|e| StoreError::Io(format!("starting the sealing thread: {e}")))?;
+            tracing::debug!(
+                tier = partition.tier.name(),
+                start_ms = partition.start_ms,
+                "sealing a partition"
+            );
+            self.state.sealing = Some(SealJob {
+                partition,
+                generation,
+                thread,
+            });
+            break;
+        }
+        Ok(sealed)
+    }
+
+    /// Waits for the background sealing, if one runs, and installs its
+    /// result unless the partition was written meanwhile (it is then sealed
+    /// again later). Returns how many partitions were installed (0 or 1).
+    pub(crate) fn wait_for_sealing(&mut self) -> Result<usize, StoreError> {
+        let Some(job) = self.state.sealing.take() else {
+            return Ok(0);
+        };
+        let written = job
+            .thread
+            .join()
+            .map_err(|_| StoreError::Io("the sealing thread panicked".into()))?;
+        let path = match written {
+            Ok(path) => path,
+            Err(error) => {
+                tracing::warn!(%error, start_ms = job.partition.start_ms, "sealing a partition failed; it stays as it is");
+                return Ok(0);
+            }
+        };
+        let partitions = self.store.partitions();
+        let current = partitions.get(job.partition.tier, job.partition.start_ms);
+        let unchanged =
+            current.is_some_and(|p| Arc::ptr_eq(&p, &job.partition)) && job.partition.generation() == job.generation;
+        if !unchanged {
+            let _ = std::fs::remove_file(&path);
+            return Ok(0);
+        }
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        partitions.install_sealed(&job.partition, &path)?;
+        let key = (job.partition.tier, job.partition.start_ms);
+        self.state.dirty.remove(&key);
+        self.state.overlays_seen.remove(&key);
+        tracing::info!(tier = key.0.name(), start_ms = key.1, bytes, "sealed a partition");
+        Ok(1)
+    }
+
     /// Compacts chunks whose span (plus a grace period for late windows) has
     /// passed, oldest first, until `deadline`.
     fn compact(&mut self, now_ms: i64, deadline: Instant, report: &mut MaintenanceReport) -> Result<(), StoreError> {
@@ -166,11 +294,13 @@ impl StoreWriter {
                 k.extend_from_slice(&key::time(ready_before + 1));
                 k
             };
+            if partition.is_sealed() && !partition.has_overlay() {
+                continue;
+            }
             let pending: Vec<(i64, u32)> = partition
-                .db
-                .range(&b"c"[..]..&end[..])
-                .keys()
-                .filter_map(|k| k.ok().and_then(|k| key::parse_pending_chunk(&k)))
+                .range(b"c", &end)?
+                .into_iter()
+                .filter_map(|(k, _)| key::parse_pending_chunk(&k))
                 .collect();
             for (chunk_start, series) in pending {
                 if Instant::now() >= deadline {
@@ -181,7 +311,9 @@ impl StoreWriter {
                     Some(SeriesKey::Pool { .. }) => compact_one::<PoolStats>(&partition, series, chunk_start)?,
                     Some(SeriesKey::Health { .. }) => compact_one::<HealthCheckStats>(&partition, series, chunk_start)?,
                     Some(SeriesKey::InstanceQueries { .. }) | None => {
-                        partition.db.remove(key::pending_chunk(chunk_start, series))?;
+                        let mut batch = sled::Batch::default();
+                        batch.remove(&key::pending_chunk(chunk_start, series)[..]);
+                        partition.apply(batch)?;
                         0
                     }
                 };
@@ -207,8 +339,7 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
     let mut windows: BTreeMap<i64, V> = BTreeMap::new();
     let mut batch = sled::Batch::default();
     let mut singles = 0;
-    for entry in partition.db.range(from..to) {
-        let (k, v) = entry?;
+    for (k, v) in partition.range(&from, &to)? {
         let Some((_, at, kind)) = key::parse_window(&k) else {
             continue;
         };
@@ -224,7 +355,7 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
                     windows.insert(at, value);
                 }
             }
-            batch.remove(k);
+            batch.remove(k.as_slice());
             singles += 1;
         }
     }
@@ -236,6 +367,6 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
         );
     }
     batch.remove(&key::pending_chunk(chunk_start, series)[..]);
-    partition.db.apply_batch(batch)?;
+    partition.apply(batch)?;
     Ok(singles)
 }

@@ -13,6 +13,12 @@
 //!   late windows land in their own time at every resolution.
 //! - **Chunks**: once a chunk span has passed, the windows of a series in it
 //!   are re-encoded together and compressed.
+//! - **Sealing**: once a partition's span has passed and its chunks are
+//!   final, a background thread rewrites it as one immutable file of zstd
+//!   blocks (`sealed.seg`) and the sled database is deleted: sled needs more
+//!   than twice the bytes it holds and never returns space. A window that
+//!   arrives later still goes to a small sled overlay beside the sealed file,
+//!   folded into a new sealed file once it has been quiet for 5 minutes.
 //!
 //! One writer ([`StoreWriter`]) owns every change; readers ([`Store`]) run
 //! concurrently.
@@ -22,6 +28,7 @@ mod codec;
 mod maintain;
 mod partition;
 mod read;
+mod segment;
 mod wal;
 mod write;
 
@@ -121,7 +128,7 @@ impl Store {
         };
         let mut applied = write::applied_log(store.shared.catalog.meta())?;
         for partition in store.shared.partitions.all() {
-            applied = applied.max(write::applied_log(&partition.db)?);
+            applied = applied.max(write::partition_applied_log(&partition)?);
         }
         let (wal, entries) = Wal::open(&dir.join("wal"), applied + 1)?;
         let mut writer = StoreWriter::new(store.clone(), wal);
@@ -169,6 +176,16 @@ pub struct StoreWriter {
     store: Store,
     wal: Wal,
     state: write::WriterState,
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        // A sealing thread holds its partition open; finish it so the store
+        // can be opened again at once.
+        if let Err(error) = self.wait_for_sealing() {
+            tracing::warn!(%error, "finishing a partition sealing failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreWriter {

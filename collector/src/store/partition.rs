@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use super::StoreError;
+use super::segment::{self, Segment};
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -89,19 +91,150 @@ pub fn ceil(time: i64, step: i64) -> i64 {
     -floor(-time, step)
 }
 
-/// One partition database.
+/// One partition: an open sled database while its time span is current, a
+/// sealed segment file once it is over (plus a small sled overlay for the
+/// rare window that arrives later still).
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub tier: Tier,
     pub start_ms: i64,
-    pub db: sled::Db,
-    path: PathBuf,
+    dir: PathBuf,
+    live: Option<sled::Db>,
+    sealed: Option<Segment>,
+    overlay: OnceLock<sled::Db>,
+    /// Batches applied since the partition was opened.
+    generation: AtomicU64,
 }
+
+/// A key and its value, as read from a partition.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
+const LIVE: &str = "live";
+const SEALED: &str = "sealed.seg";
+const OVERLAY: &str = "overlay";
+const SEALING: &str = "sealing.seg";
 
 impl Partition {
     pub(crate) fn end_ms(&self) -> i64 {
         self.start_ms + self.tier.partition_ms()
     }
+
+    /// Whether the partition has been sealed.
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// Whether a sealed partition took late writes since it was sealed.
+    pub(crate) fn has_overlay(&self) -> bool {
+        self.overlay.get().is_some()
+    }
+
+    /// The database writes go to: the live one, or the overlay of a sealed
+    /// partition (created on first use).
+    fn writable(&self) -> Result<&sled::Db, StoreError> {
+        if let Some(live) = &self.live {
+            return Ok(live);
+        }
+        if let Some(overlay) = self.overlay.get() {
+            return Ok(overlay);
+        }
+        let db = open_db(&self.dir.join(OVERLAY), self.tier)?;
+        Ok(self.overlay.get_or_init(|| db))
+    }
+
+    fn mutable(&self) -> Option<&sled::Db> {
+        self.live.as_ref().or(self.overlay.get())
+    }
+
+    /// The value of `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(db) = self.mutable()
+            && let Some(value) = db.get(key)?
+        {
+            return Ok(Some(value.to_vec()));
+        }
+        match &self.sealed {
+            Some(segment) => segment.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries with keys in `[start, end)`, in key order; overlay entries
+    /// replace sealed ones of the same key.
+    pub(crate) fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mutable = self
+            .mutable()
+            .into_iter()
+            .flat_map(|db| db.range(start..end))
+            .map(sled_entry);
+        match &self.sealed {
+            None => mutable.collect(),
+            Some(segment) => merge(segment.range(start..end)?.into_iter().map(Ok), mutable).collect(),
+        }
+    }
+
+    /// Applies a batch atomically (to the live database or the overlay).
+    pub(crate) fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.writable()?.apply_batch(batch)?;
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Changes every time a batch is applied: sealing checks that nothing
+    /// was written while it ran.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes every applied write durable.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        if let Some(db) = self.mutable() {
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of the partition, in key order, read lazily.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        let mutable = self.mutable().into_iter().flat_map(|db| db.iter()).map(sled_entry);
+        merge(self.sealed.iter().flat_map(|segment| segment.iter()), mutable)
+    }
+
+    fn remove_dir(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io(format!("removing {}: {e}", path.display()))),
+        }
+    }
+}
+
+fn sled_entry(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Entry, StoreError> {
+    let (k, v) = entry?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+/// Merges two key-ordered entry streams; on equal keys the entry of `newer`
+/// wins.
+fn merge<'a>(
+    older: impl Iterator<Item = Result<Entry, StoreError>> + 'a,
+    newer: impl Iterator<Item = Result<Entry, StoreError>> + 'a,
+) -> impl Iterator<Item = Result<Entry, StoreError>> + 'a {
+    let (mut older, mut newer) = (older.peekable(), newer.peekable());
+    std::iter::from_fn(move || {
+        let take_newer = match (older.peek(), newer.peek()) {
+            (Some(Ok(a)), Some(Ok(b))) if a.0 == b.0 => {
+                older.next();
+                true
+            }
+            (Some(Ok(a)), Some(Ok(b))) => b.0 < a.0,
+            (Some(Err(_)), _) | (None, None) => false,
+            (_, Some(Err(_))) | (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if take_newer { newer.next() } else { older.next() }
+    })
 }
 
 /// Every open partition.
@@ -119,6 +252,50 @@ fn open_db(path: &Path, tier: Tier) -> Result<sled::Db, StoreError> {
         .open()?)
 }
 
+fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, StoreError> {
+    // A sealing that did not finish before a stop leaves its file behind.
+    for leftover in [SEALING, "sealing.tmp"] {
+        match std::fs::remove_file(dir.join(leftover)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Io(format!(
+                    "removing {}: {e}",
+                    dir.join(leftover).display()
+                )));
+            }
+            _ => {}
+        }
+    }
+    let sealed_path = dir.join(SEALED);
+    if sealed_path.exists() {
+        let partition = Partition {
+            tier,
+            start_ms,
+            sealed: Some(Segment::open(&sealed_path)?),
+            live: None,
+            overlay: OnceLock::new(),
+            generation: AtomicU64::new(0),
+            dir,
+        };
+        // Left over when a crash came between sealing and cleaning up.
+        partition.remove_dir(LIVE)?;
+        if partition.dir.join(OVERLAY).exists() {
+            let overlay = open_db(&partition.dir.join(OVERLAY), tier)?;
+            let _ = partition.overlay.set(overlay);
+        }
+        return Ok(partition);
+    }
+    let live = open_db(&dir.join(LIVE), tier)?;
+    Ok(Partition {
+        tier,
+        start_ms,
+        dir,
+        live: Some(live),
+        sealed: None,
+        overlay: OnceLock::new(),
+        generation: AtomicU64::new(0),
+    })
+}
+
 impl Partitions {
     /// Opens every partition found under `root`.
     pub(crate) fn open(root: &Path) -> Result<Partitions, StoreError> {
@@ -133,17 +310,8 @@ impl Partitions {
                 let Some(start_ms) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
                     continue;
                 };
-                let path = entry.path();
-                let db = open_db(&path, tier)?;
-                open.insert(
-                    (tier, start_ms),
-                    Arc::new(Partition {
-                        tier,
-                        start_ms,
-                        db,
-                        path,
-                    }),
-                );
+                let partition = open_partition(tier, start_ms, entry.path())?;
+                open.insert((tier, start_ms), Arc::new(partition));
             }
         }
         Ok(Partitions {
@@ -177,14 +345,8 @@ impl Partitions {
         if let Some(partition) = open.get(&(tier, start_ms)) {
             return Ok(partition.clone());
         }
-        let path = self.root.join(tier.name()).join(start_ms.to_string());
-        let db = open_db(&path, tier)?;
-        let partition = Arc::new(Partition {
-            tier,
-            start_ms,
-            db,
-            path,
-        });
+        let dir = self.root.join(tier.name()).join(start_ms.to_string());
+        let partition = Arc::new(open_partition(tier, start_ms, dir)?);
         open.insert((tier, start_ms), partition.clone());
         Ok(partition)
     }
@@ -209,9 +371,39 @@ impl Partitions {
         let Some(partition) = self.write_map().remove(&(tier, start_ms)) else {
             return Ok(());
         };
-        let path = partition.path.clone();
+        let path = partition.dir.clone();
         drop(partition);
         std::fs::remove_dir_all(&path).map_err(|e| StoreError::Io(format!("removing {}: {e}", path.display())))
+    }
+
+    /// Writes `partition`'s whole content (live database, or sealed segment
+    /// plus overlay) as a new sealed segment next to it, under a temporary
+    /// name. Runs beside the writer: [`Partitions::install_sealed`] checks
+    /// that nothing was written meanwhile.
+    pub(crate) fn write_sealed(partition: &Partition) -> Result<PathBuf, StoreError> {
+        let path = partition.dir.join(SEALING);
+        segment::write(&path, partition.entries())?;
+        Ok(path)
+    }
+
+    /// Replaces `partition` with its sealed form written to `sealed`, then
+    /// deletes the live database or overlay it came from.
+    pub(crate) fn install_sealed(&self, partition: &Arc<Partition>, sealed: &Path) -> Result<(), StoreError> {
+        let target = partition.dir.join(SEALED);
+        std::fs::rename(sealed, &target).map_err(|e| StoreError::Io(format!("renaming {}: {e}", sealed.display())))?;
+        let replacement = Partition {
+            tier: partition.tier,
+            start_ms: partition.start_ms,
+            dir: partition.dir.clone(),
+            live: None,
+            sealed: Some(Segment::open(&target)?),
+            overlay: OnceLock::new(),
+            generation: AtomicU64::new(0),
+        };
+        self.write_map()
+            .insert((partition.tier, partition.start_ms), Arc::new(replacement));
+        partition.remove_dir(LIVE)?;
+        partition.remove_dir(OVERLAY)
     }
 }
 
@@ -251,8 +443,10 @@ mod tests {
         let partitions = Partitions::open(dir.path()).unwrap();
         let p = partitions.get_or_create(Tier::Raw, 7 * HOUR_MS).unwrap();
         assert_eq!(p.start_ms, 6 * HOUR_MS);
-        p.db.insert(b"k", vec![0u8; 100_000]).unwrap();
-        p.db.flush().unwrap();
+        let mut batch = sled::Batch::default();
+        batch.insert(&b"k"[..], vec![0u8; 100_000]);
+        p.apply(batch).unwrap();
+        p.flush().unwrap();
         let before = disk_bytes(dir.path());
         drop(p);
         assert_eq!(partitions.overlapping(Tier::Raw, 0, 24 * HOUR_MS).len(), 1);

@@ -134,8 +134,7 @@ impl Store {
         for partition in self.partitions().overlapping(tier, scan_from, to) {
             let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
             let end = key::window(series, to.min(partition.end_ms()), key::SINGLE);
-            for entry in partition.db.range(start..end) {
-                let (k, v) = entry?;
+            for (k, v) in partition.range(&start, &end)? {
                 let Some((_, at, kind)) = key::parse_window(&k) else {
                     continue;
                 };
@@ -242,8 +241,7 @@ impl Store {
                 let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
                 let end = key::window(series, b.min(partition.end_ms()), key::SINGLE);
                 let mut last_single = None;
-                for entry in partition.db.range(start..end) {
-                    let (k, v) = entry?;
+                for (k, v) in partition.range(&start, &end)? {
                     let Some((_, at, kind)) = key::parse_window(&k) else {
                         continue;
                     };
@@ -477,11 +475,10 @@ impl Store {
             [&[b'q'][..], &key::time(to)[..]].concat(),
         );
         for partition in partitions {
-            for entry in partition.db.range(start.as_slice()..end.as_slice()).rev() {
+            for (k, v) in partition.range(&start, &end)?.into_iter().rev() {
                 if out.len() >= limit {
                     return Ok(out);
                 }
-                let (k, v) = entry?;
                 let Some((_, service_id)) = key::parse_slow(&k) else {
                     continue;
                 };

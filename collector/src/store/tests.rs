@@ -9,7 +9,7 @@ use querypulse_proto::{
 };
 
 use super::codec::key;
-use super::partition::floor;
+use super::partition::{self, Partition, floor};
 use super::*;
 use crate::retention::Retention;
 
@@ -193,18 +193,11 @@ fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
     assert!(
         partition
-            .db
-            .get(key::window(series, hour + 10_000, key::SINGLE))
+            .get(&key::window(series, hour + 10_000, key::SINGLE))
             .unwrap()
             .is_none()
     );
-    assert!(
-        partition
-            .db
-            .get(key::window(series, hour, key::CHUNK))
-            .unwrap()
-            .is_some()
-    );
+    assert!(partition.get(&key::window(series, hour, key::CHUNK)).unwrap().is_some());
 
     // An agent that was cut off sends its window of that hour now.
     write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[400]))]);
@@ -235,38 +228,28 @@ fn compaction_keeps_every_window_and_shrinks_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = open(dir.path());
     let hour = floor(NOW, HOUR) - 5 * HOUR;
-    for i in 0..360i64 {
-        let latencies: Vec<u64> = (0..40).map(|v| 800 + (v * 53 + i as u64 * 7) % 5_000).collect();
-        write(
-            &mut writer,
-            vec![request("a", batch(i as u64 + 1, hour + i * 10_000, &latencies))],
-        );
-    }
-    let series = store
-        .catalog()
-        .series_id(&SeriesKey::Query {
-            service: service(&store),
-            fingerprint: fingerprint(),
-        })
-        .unwrap();
+    fill_hour(&mut writer, hour);
+    let series = query_series(&store);
     let before = store
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-    let value_bytes = |db: &sled::Db| -> usize {
-        db.scan_prefix(b"w")
-            .map(|e| e.unwrap())
+    let value_bytes = |partition: &Partition| -> usize {
+        partition
+            .range(b"w", b"x")
+            .unwrap()
+            .into_iter()
             .filter(|(k, _)| k[1..5] == series.to_be_bytes())
             .map(|(_, v)| v.len())
             .sum()
     };
-    let single_bytes = value_bytes(&partition.db);
+    let single_bytes = value_bytes(&partition);
     writer.maintain(NOW, Duration::from_secs(30)).unwrap();
     let after = store
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
     assert_eq!(after, before);
-    let chunk_bytes = value_bytes(&partition.db);
+    let chunk_bytes = value_bytes(&partition);
     assert!(
         chunk_bytes * 3 < single_bytes,
         "chunk {chunk_bytes} B vs {single_bytes} B as single windows"
@@ -482,4 +465,174 @@ fn pools_health_and_slow_samples_are_kept() {
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0].1.acquires, 15);
     assert_eq!(health_steps[0].1.checks, 2);
+}
+
+/// Fills the raw hour starting at `hour` with 360 windows of 40 calls.
+fn fill_hour(writer: &mut StoreWriter, hour: i64) {
+    for i in 0..360i64 {
+        let latencies: Vec<u64> = (0..40).map(|v| 800 + (v * 53 + i as u64 * 7) % 5_000).collect();
+        write(
+            writer,
+            vec![request("a", batch(i as u64 + 1, hour + i * 10_000, &latencies))],
+        );
+    }
+}
+
+fn query_series(store: &Store) -> u32 {
+    store
+        .catalog()
+        .series_id(&SeriesKey::Query {
+            service: service(store),
+            fingerprint: fingerprint(),
+        })
+        .unwrap()
+}
+
+/// A store with a full hour 5 hours ago, compacted, its partition being
+/// sealed: the directory, store, writer, hour and query series.
+fn closed_hour() -> (tempfile::TempDir, Store, StoreWriter, i64, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let hour = floor(NOW, HOUR) - 5 * HOUR;
+    fill_hour(&mut writer, hour);
+    let series = query_series(&store);
+    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    (dir, store, writer, hour, series)
+}
+
+#[test]
+fn closed_partitions_are_sealed_into_fewer_bytes_and_read_the_same() {
+    let (dir, store, mut writer, hour, series) = closed_hour();
+    writer.checkpoint().unwrap();
+    let raw_dir = dir.path().join("partitions").join("raw");
+    let live_bytes = partition::disk_bytes(&raw_dir);
+    let before = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    let summary = store.query(service(&store), fingerprint(), hour, hour + HOUR).unwrap();
+
+    assert_eq!(
+        writer.wait_for_sealing().unwrap(),
+        1,
+        "the closed raw partition was sealed"
+    );
+    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+    assert!(partition.is_sealed());
+    assert!(
+        !store.partitions().get(Tier::Minute, hour).unwrap().is_sealed(),
+        "the current day of minutes stays live"
+    );
+    let sealed_bytes = partition::disk_bytes(&raw_dir);
+    assert!(
+        sealed_bytes * 4 < live_bytes,
+        "sealed {sealed_bytes} B vs {live_bytes} B live"
+    );
+    assert_eq!(
+        store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap(),
+        before
+    );
+    assert_eq!(
+        store.query(service(&store), fingerprint(), hour, hour + HOUR).unwrap(),
+        summary
+    );
+    // Nothing is left to seal.
+    assert_eq!(
+        writer.maintain(NOW, Duration::from_secs(30)).unwrap().partitions_sealed,
+        0
+    );
+    assert_eq!(writer.wait_for_sealing().unwrap(), 0);
+
+    drop((store, writer));
+    let (store, _) = open(dir.path());
+    assert!(store.partitions().get(Tier::Raw, hour).unwrap().is_sealed());
+    assert_eq!(
+        store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap(),
+        before
+    );
+}
+
+#[test]
+fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = floor(NOW, HOUR) - 5 * HOUR;
+    let series;
+    {
+        let (store, mut writer) = open(dir.path());
+        fill_hour(&mut writer, hour);
+        series = query_series(&store);
+        writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+        assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+        // An agent cut off for hours delivers its window now.
+        write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
+        let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+        assert!(partition.is_sealed() && partition.has_overlay());
+        let raw = store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + MINUTE)
+            .unwrap();
+        assert_eq!(
+            raw[1],
+            (hour + 10_000, {
+                let mut merged = raw[1].1.clone();
+                merged.calls = 41;
+                merged
+            })
+        );
+        assert_eq!(raw[1].1.max_us, 90_000);
+        assert_eq!(raw.iter().map(|(_, s)| s.calls).sum::<u64>(), 6 * 40 + 1);
+    }
+    // The late window survives a restart, then is folded into a new sealed
+    // file once the overlay has been quiet for a while.
+    let (store, mut writer) = open(dir.path());
+    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+    assert!(partition.has_overlay());
+    let expect = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    assert_eq!(expect.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
+    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    assert_eq!(writer.wait_for_sealing().unwrap(), 0, "the overlay is not quiet yet");
+    writer.maintain(NOW + 6 * MINUTE, Duration::from_secs(30)).unwrap();
+    assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
+    assert!(partition.is_sealed() && !partition.has_overlay());
+    assert_eq!(
+        store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap(),
+        expect
+    );
+    let summary = store
+        .query(service(&store), fingerprint(), hour, hour + HOUR)
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.calls, 360 * 40 + 1);
+}
+
+#[test]
+fn a_write_during_sealing_keeps_the_partition_live() {
+    let (dir, store, mut writer, hour, series) = closed_hour();
+    write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
+    assert_eq!(
+        writer.wait_for_sealing().unwrap(),
+        0,
+        "the sealed copy missed a write and is discarded"
+    );
+    assert!(!store.partitions().get(Tier::Raw, hour).unwrap().is_sealed());
+    let raw = store
+        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+        .unwrap();
+    assert_eq!(raw.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
+    // The next pass seals it with the late window in.
+    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+    assert_eq!(
+        store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap(),
+        raw
+    );
 }

@@ -53,6 +53,11 @@ pub(crate) struct WriterState {
     pub last_checkpoint: Instant,
     /// Partitions written since the last checkpoint.
     pub dirty: HashSet<(Tier, i64)>,
+    /// The partition being sealed in the background, if any.
+    pub sealing: Option<super::maintain::SealJob>,
+    /// Sealed partitions with an overlay: the overlay's generation and when
+    /// it was first seen unchanged.
+    pub overlays_seen: HashMap<(Tier, i64), (u64, i64)>,
 }
 
 impl Default for WriterState {
@@ -64,16 +69,26 @@ impl Default for WriterState {
             applied_since_checkpoint: None,
             last_checkpoint: Instant::now(),
             dirty: HashSet::new(),
+            sealing: None,
+            overlays_seen: HashMap::new(),
         }
     }
 }
 
 /// The last log entry a database has applied.
 pub(crate) fn applied_log(db: &sled::Db) -> Result<u64, StoreError> {
-    Ok(match db.get(key::APPLIED_LOG)? {
+    decode_applied(db.get(key::APPLIED_LOG)?.as_deref())
+}
+
+/// The last log entry a partition has applied.
+pub(crate) fn partition_applied_log(partition: &Partition) -> Result<u64, StoreError> {
+    decode_applied(partition.get(key::APPLIED_LOG)?.as_deref())
+}
+
+fn decode_applied(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
+    Ok(match bytes {
         Some(bytes) => u64::from_be_bytes(
             bytes
-                .as_ref()
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("applied log position".into()))?,
         ),
@@ -347,7 +362,7 @@ impl StoreWriter {
                         Some(applied) => *applied,
                         None => {
                             let applied = match self.store.partitions().get(tier, at) {
-                                Some(partition) => applied_log(&partition.db)?,
+                                Some(partition) => partition_applied_log(&partition)?,
                                 None => 0,
                             };
                             applied_by.insert((tier, part_start), applied);
@@ -437,7 +452,7 @@ impl StoreWriter {
                 batch.insert(&k[..], v);
             }
             batch.insert(key::APPLIED_LOG, &w.last_entry.to_be_bytes()[..]);
-            partition.db.apply_batch(batch)?;
+            partition.apply(batch)?;
             self.state.dirty.insert((tier, part_start));
         }
         if let Some(last) = entries.last() {
@@ -466,7 +481,7 @@ impl StoreWriter {
         let may_be_compacted = chunk_start + tier.chunk_ms() + COMPACTION_GRACE_MS <= now_ms;
         if compactable && may_be_compacted {
             let chunk_key = key::window(series, chunk_start, key::CHUNK);
-            if let Some(bytes) = partition.db.get(chunk_key)? {
+            if let Some(bytes) = partition.get(&chunk_key)? {
                 let mut windows = decode_chunk::<V>(&bytes)?;
                 match windows.binary_search_by_key(&at, |(t, _)| *t) {
                     Ok(i) => windows[i].1.merge(value),
@@ -477,7 +492,7 @@ impl StoreWriter {
             }
         }
         let single = key::window(series, at, key::SINGLE);
-        let merged = match partition.db.get(single)? {
+        let merged = match partition.get(&single)? {
             Some(bytes) => {
                 let mut existing = V::decode(&bytes)?;
                 existing.merge(value);
