@@ -352,6 +352,19 @@ def phase_ingest(ctx, scale):
     }
 
 
+def settle(path, quiet_s=15, limit_s=240):
+    """Waits until the collector's background compaction and sealing stop
+    changing the bytes under path (or limit_s passes); returns the bytes."""
+    deadline = time.time() + limit_s
+    last, since = disk_bytes(path), time.time()
+    while time.time() < deadline and time.time() - since < quiet_s:
+        time.sleep(1)
+        now = disk_bytes(path)
+        if now != last:
+            last, since = now, time.time()
+    return last
+
+
 def phase_compare(ctx, scale):
     instances, fingerprints, span = scale
     common = ["--instances", str(instances), "--services", "1", "--fingerprints", str(fingerprints),
@@ -360,13 +373,17 @@ def phase_compare(ctx, scale):
 
     collector = Collector(ctx.binary, ctx.workdir, "compare")
     watch = ProcWatch(collector.proc.pid, ctx.rss_limit_gib * 2**30)
-    ours = loadgen(ctx.binary, ctx.workdir, "compare-querypulse", [*common, "--endpoint", f"http://{collector.grpc}"])
+    # The same windows, ending 7 h ago so they lie in closed partitions that
+    # the collector seals: the steady state, like Prometheus's block below.
+    ours = loadgen(ctx.binary, ctx.workdir, "compare-querypulse",
+                   [*common, "--backfill-ending", "7h", "--endpoint", f"http://{collector.grpc}"])
     ours_proc = watch.finish()
+    ours_live_disk = disk_bytes(collector.data)
+    ours_disk = settle(collector.data)
     estimates, calls = api_estimates(collector.http, ours, "svc-000")
     calls_ok = all(calls.get((s["service"], s["fingerprint"])) == s["calls"] for s in ours["series"])
     collector.stop()
     ours_windows = ours["totals"]["fingerprint_windows_acked"]
-    ours_disk = disk_bytes(collector.data)
     discard(ctx, collector.data)
 
     prometheus = Prometheus(ctx.workdir)
@@ -406,6 +423,7 @@ def phase_compare(ctx, scale):
             "collector": ours_proc,
             "disk_bytes": ours_disk,
             "disk_per_window": ours_disk / ours_windows if ours_windows else None,
+            "disk_bytes_before_sealing": ours_live_disk,
             "api_calls_match_sent": calls_ok,
             "errors": errors_against_exact(ours["series"], estimates),
         },
@@ -465,8 +483,9 @@ def phase_reads(ctx, scale):
         series = time_requests(f"{base}/{fingerprint}/series?{urllib.parse.urlencode(window)}", ctx.requests,
                                ctx.read_seconds)
         proc = watch.finish()
+        live_disk = disk_bytes(collector.data)
+        disk = settle(collector.data)
         collector.stop()
-        disk = disk_bytes(collector.data)
         discard(ctx, collector.data)
         results[label] = {
             "span": span,
@@ -477,7 +496,9 @@ def phase_reads(ctx, scale):
             "queries": queries,
             "series": series if series else "404: not served by this collector",
             "collector_during_reads": proc,
+            "disk_bytes_before_sealing": live_disk,
             "disk_bytes": disk,
+            "disk_per_window": disk / report["totals"]["fingerprint_windows_acked"],
         }
     return results
 
@@ -539,7 +560,7 @@ def markdown(results):
                   f"| collector RSS peak | {rss_text(r['collector'])} |",
                   f"| collector CPU | {cores(r['collector'])} |",
                   f"| loadgen CPU (same machine) | {r.get('loadgen_cpu_cores', 0):.2f} cores |",
-                  f"| disk per fingerprint-window | {r['disk_per_window']:.1f} B ({mib(r['disk_bytes'])} total) |"]
+                  f"| disk per fingerprint-window, current partitions (not yet sealed) | {r['disk_per_window']:.1f} B ({mib(r['disk_bytes'])} total) |"]
     if "compare" in results:
         r = results["compare"]
         q, p = r["querypulse"], r["prometheus"]
@@ -551,7 +572,7 @@ def markdown(results):
                   f"| server CPU while ingesting | {cores(q['collector'])} | {cores(p['process'])} | |",
                   f"| server RSS peak | {rss_text(q['collector'])} | {rss_text(p['process'])} | |",
                   f"| loadgen CPU (same machine) | {q.get('loadgen_cpu_cores', 0):.2f} cores | {p.get('loadgen_cpu_cores', 0):.2f} cores | |",
-                  f"| bytes on disk per distribution | {q['disk_per_window']:.1f} B per fingerprint-window | {p['bytes_per_histogram']:.1f} B per histogram ({p['bytes_per_sample']:.2f} B/sample, block snapshot) | {q['disk_per_window'] / p['bytes_per_histogram']:.2f}x |"]
+                  f"| bytes on disk per distribution | {q['disk_per_window']:.1f} B per fingerprint-window (sealed; {q['disk_bytes_before_sealing'] / q['windows']:.1f} B before) | {p['bytes_per_histogram']:.1f} B per histogram ({p['bytes_per_sample']:.2f} B/sample, block snapshot) | {q['disk_per_window'] / p['bytes_per_histogram']:.2f}x |"]
         for name in ("p50", "p95", "p99"):
             qe, pe = q["errors"].get(name), p["errors"].get(name)
             if qe and pe:
@@ -565,14 +586,15 @@ def markdown(results):
         lines.append(f"| API calls equal calls sent | {q['api_calls_match_sent']} | | |")
     if "reads" in results:
         lines += ["", "API latency (client side, sequential requests, 1 instance):", "",
-                  "| data set | windows loaded | load rate | `/api/v1/queries` p50 / p99 | `.../series` p50 / p99 |",
-                  "|---|---|---|---|---|"]
+                  "| data set | windows loaded | load rate | `/api/v1/queries` p50 / p99 | `.../series` p50 / p99 | disk per window (closed partitions sealed) |",
+                  "|---|---|---|---|---|---|"]
         for label, r in results["reads"].items():
             qs = r["queries"]
             ser = r["series"]
             ser_text = ser if isinstance(ser, str) else f"{ser['p50_ms']:.0f} / {ser['p99_ms']:.0f} ms ({ser['requests']} requests)"
             lines.append(f"| {r['span']} of {r['interval']} windows | {r['windows']} | {r['load_windows_per_s']:.0f}/s | "
-                         f"{qs['p50_ms']:.0f} / {qs['p99_ms']:.0f} ms ({qs['requests']} requests) | {ser_text} |")
+                         f"{qs['p50_ms']:.0f} / {qs['p99_ms']:.0f} ms ({qs['requests']} requests) | {ser_text} | "
+                         f"{r['disk_per_window']:.1f} B ({mib(r['disk_bytes'])}) |")
     return "\n".join(lines) + "\n"
 
 

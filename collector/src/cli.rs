@@ -152,6 +152,9 @@ struct LoadgenArgs {
     /// (the collector rejects windows older than its max age, 2 days by default)
     #[arg(long, value_parser = parse_duration)]
     backfill: Option<Duration>,
+    /// With --backfill: end the backfilled span this long ago instead of now
+    #[arg(long, value_parser = parse_duration, default_value = "0s", requires = "backfill")]
+    backfill_ending: Duration,
     /// Unacknowledged batches per instance
     #[arg(long, default_value_t = crate::loadgen::DEFAULT_IN_FLIGHT)]
     in_flight: usize,
@@ -199,6 +202,7 @@ impl LoadgenArgs {
         }
         config.seed = self.seed;
         config.backfill = self.backfill;
+        config.backfill_ending = self.backfill_ending;
         config.in_flight = self.in_flight;
         config.report_every = Some(self.report_every);
         config

@@ -87,6 +87,9 @@ pub struct LoadgenConfig {
     pub seed: u64,
     /// Send this span of past windows as fast as acks allow, then stop.
     pub backfill: Option<Duration>,
+    /// With `backfill`: the span ends this long before now (so it lies in
+    /// closed time partitions).
+    pub backfill_ending: Duration,
     /// Unacknowledged batches per instance.
     pub in_flight: usize,
     /// Print a progress line this often; `None` prints nothing.
@@ -106,6 +109,7 @@ impl LoadgenConfig {
             target,
             seed: DEFAULT_SEED,
             backfill: None,
+            backfill_ending: Duration::ZERO,
             in_flight: DEFAULT_IN_FLIGHT,
             report_every: None,
         }
@@ -128,6 +132,9 @@ impl LoadgenConfig {
         }
         if self.in_flight == 0 {
             return invalid("in-flight must be at least 1");
+        }
+        if self.backfill_ending > Duration::from_secs(400 * 86_400) {
+            return invalid("the backfill can end at most 400 days ago");
         }
         Ok(())
     }
@@ -431,7 +438,11 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
     let started = Instant::now();
     let start_ms = now_ms();
     let source_for = |instance: &Instance| match config.backfill {
-        Some(span) => WindowSource::backfill(config.interval, span, start_ms),
+        Some(span) => WindowSource::backfill(
+            config.interval,
+            span,
+            start_ms - config.backfill_ending.as_millis() as i64,
+        ),
         None => {
             // Spread flushes over the interval, as independent agents do.
             let offset = config
