@@ -614,7 +614,7 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
 
 #[test]
 fn a_write_during_sealing_keeps_the_partition_live() {
-    let (dir, store, mut writer, hour, series) = closed_hour();
+    let (_dir, store, mut writer, hour, series) = closed_hour();
     write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
     assert_eq!(
         writer.wait_for_sealing().unwrap(),
