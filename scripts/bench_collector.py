@@ -475,6 +475,7 @@ def phase_reads(ctx, scale):
              "--endpoint", f"http://{collector.grpc}"],
         )
         load_s = time.time() - load_started
+        live_disk = disk_bytes(collector.data)
         window = {"from": report["delivered_from_ms"], "to": report["delivered_to_ms"]}
         base = f"http://{collector.http}/api/v1/queries"
         watch = ProcWatch(collector.proc.pid)
@@ -483,7 +484,6 @@ def phase_reads(ctx, scale):
         series = time_requests(f"{base}/{fingerprint}/series?{urllib.parse.urlencode(window)}", ctx.requests,
                                ctx.read_seconds)
         proc = watch.finish()
-        live_disk = disk_bytes(collector.data)
         disk = settle(collector.data)
         collector.stop()
         discard(ctx, collector.data)
