@@ -575,6 +575,8 @@ pub struct ServiceSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertSeverity {
+    /// For information; does not change a service's status.
+    Info,
     /// Needs a look soon.
     Warning,
     /// Needs a look now.
@@ -617,6 +619,25 @@ pub struct AlertSummary {
     pub started_ms: i64,
     /// When it resolved.
     pub resolved_ms: Option<i64>,
+    /// Every label of the alert.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AlertSummary {
+    /// Whether the alert is about `fingerprint`: raised for that statement,
+    /// or for all of the statements of `services` (a service-wide query rule,
+    /// whose alerts name a service and neither a statement, a pool nor an
+    /// instance).
+    pub fn references(&self, fingerprint: Fingerprint, services: &[&str]) -> bool {
+        match self.fingerprint {
+            Some(f) => f == fingerprint,
+            None => {
+                self.pool.is_none()
+                    && !self.labels.contains_key("instance")
+                    && self.service.as_deref().is_some_and(|s| services.contains(&s))
+            }
+        }
+    }
 }
 
 /// A read failed inside the collector.

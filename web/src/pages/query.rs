@@ -340,9 +340,10 @@ pub(crate) async fn page(
             raw: s.raw_text.clone().unwrap_or_default(),
         })
         .collect();
+    let ran_by: Vec<&str> = detail.services.iter().map(|s| s.service.as_str()).collect();
     let alerts = alerts.map(|all| {
         all.into_iter()
-            .filter(|a| a.fingerprint == Some(fingerprint))
+            .filter(|a| a.references(fingerprint, &ran_by))
             .map(|a| AlertRow {
                 rule: a.rule,
                 state: format!("{:?}", a.state).to_lowercase(),
