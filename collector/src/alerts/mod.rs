@@ -14,6 +14,7 @@
 
 pub(crate) mod api;
 pub mod channels;
+mod dashboard;
 pub mod durations;
 mod engine;
 pub mod evaluate;
