@@ -115,6 +115,15 @@ async fn the_alert_pages_show_what_the_alerting_api_says() {
     let firing = create(&collector, "/api/v1/rules", rule(HOSTILE, "0s", vec![failing])).await;
     create(&collector, "/api/v1/rules", rule("checkout p99 pending", "1h", vec![])).await;
     create(&collector, "/api/v1/rules", rule("checkout p99 muted", "0s", vec![])).await;
+    for (name, text) in [("orders errors", ORDERS), ("other statement errors", "select 1")] {
+        create(
+            &collector,
+            "/api/v1/rules",
+            json!({"name": name, "kind": "query_error_rate", "threshold": 0.5,
+                   "scope": {"fingerprint": Fingerprint::of_normalized(text).to_string()}}),
+        )
+        .await;
+    }
     create(
         &collector,
         "/api/v1/silences",
@@ -250,6 +259,12 @@ async fn the_alert_pages_show_what_the_alerting_api_says() {
         about.contains(&escaped(HOSTILE)) && about.contains("checkout p99 pending"),
         "{about}"
     );
+    let watching = &about[about.find("Rules watching it").expect("the rules watching it")..];
+    assert!(
+        watching.contains("orders errors</a></td><td class=\"l\">query error rate</td><td class=\"l\">this statement")
+    );
+    assert!(watching.contains("every statement of checkout") && watching.contains(&escaped(HOSTILE)));
+    assert!(!watching.contains("other statement errors") && !watching.contains("Pool exhaustion"));
     let report: Value = serde_json::from_str(&collector.get("/report?range=1h&format=json").await.1).unwrap();
     let in_report: Vec<&str> = report["alerts"]
         .as_array()
