@@ -539,6 +539,13 @@ async fn channel_and_silence_forms_create_test_edit_expire_and_delete() {
     // Silences: created from the alerts page, then expired.
     let (_, alerts) = collector.get_with("/alerts", &cookie).await;
     assert!(alerts.contains("name=\"matchers\""));
+    let (_, prefilled) = collector
+        .get_with("/alerts?matchers=service%3D%22%3Cb%3Echeckout%22", &cookie)
+        .await;
+    assert!(
+        prefilled.contains(">service=&#34;&#60;b&#62;checkout&#34;</textarea>"),
+        "the silence form, filled in"
+    );
     let bad = collector
         .post_form(
             "/alerts/silences",
