@@ -694,3 +694,40 @@ pub trait Source: Send + Sync + 'static {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_references_its_statement_or_every_statement_of_its_service() {
+        let statement = Fingerprint::of_normalized("select 1");
+        let alert = |labels: &[(&str, &str)]| {
+            let labels: BTreeMap<String, String> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            AlertSummary {
+                rule: "r".into(),
+                severity: AlertSeverity::Warning,
+                state: AlertState::Firing,
+                summary: String::new(),
+                service: labels.get("service").cloned(),
+                fingerprint: labels.get("fingerprint").and_then(|f| f.parse().ok()),
+                pool: labels.get("pool").cloned(),
+                started_ms: 0,
+                resolved_ms: None,
+                labels,
+            }
+        };
+        let own = alert(&[("service", "a"), ("fingerprint", &statement.to_string())]);
+        assert!(own.references(statement, &[]));
+        let other = Fingerprint::of_normalized("select 2").to_string();
+        assert!(!alert(&[("service", "a"), ("fingerprint", &other)]).references(statement, &["a"]));
+        assert!(alert(&[("service", "a")]).references(statement, &["a"]));
+        assert!(!alert(&[("service", "b")]).references(statement, &["a"]));
+        assert!(!alert(&[("service", "a"), ("pool", "main")]).references(statement, &["a"]));
+        assert!(
+            !alert(&[("service", "a"), ("instance", "a-1")]).references(statement, &["a"]),
+            "agent silence"
+        );
+    }
+}
