@@ -264,8 +264,7 @@ impl HistoryRow {
         let detail = match e.event.as_str() {
             "notified" => format!("sent to {}", channel(e.channel_id)),
             "notify_failed" => format!("not delivered to {}: {}", channel(e.channel_id), e.detail),
-            _ if !e.detail.is_empty() => format!("was {}", e.detail),
-            _ => String::new(),
+            _ => e.detail.clone(),
         };
         HistoryRow {
             at: timestamp(e.at_ms),
