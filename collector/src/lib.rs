@@ -184,16 +184,18 @@ impl Collector {
         let (alerts, alerts_task) = alerts::Alerts::start(store.clone(), &catalog, &config.alerts, shutdown_rx.clone())
             .await
             .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
+        let source =
+            Arc::new(StoreSource::new(store.clone()).with_alerts(alerts.clone(), tokio::runtime::Handle::current()));
         let admin = api::Admin {
             catalog: catalog.clone(),
-            store: store.clone(),
+            store,
             token: config.admin_token.clone(),
             agent_settings: Arc::new(agent_settings),
             alerts,
         };
-        let source = Arc::new(StoreSource::new(store));
         let dashboard = querypulse_web::Dashboard::new(source.clone())
-            .with_settings(Arc::new(admin.clone()), config.admin_token.clone());
+            .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
+            .with_alerting(Arc::new(admin.clone()));
         let app = api::router(source, admin).merge(dashboard.router());
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });

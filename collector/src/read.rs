@@ -5,11 +5,12 @@ use std::sync::{Arc, RwLock};
 
 use querypulse_proto::{Fingerprint, QueryStats};
 use querypulse_web::source::{
-    AgentSummary, InstanceBreakdown, PoolPoint, PoolSeries, PoolSummary, QueryDetail, QueryPoint, QuerySeries,
-    SlowFilter, SlowQuery,
+    AgentSummary, AlertSummary, InstanceBreakdown, PoolPoint, PoolSeries, PoolSummary, QueryDetail, QueryPoint,
+    QuerySeries, SlowFilter, SlowQuery,
 };
 use querypulse_web::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
 
+use crate::alerts::Alerts;
 use crate::store::{Store, StoreError};
 
 /// An agent is silent after this many intervals without a batch.
@@ -22,6 +23,8 @@ pub struct StoreSource {
     /// Normalized texts never change for a fingerprint: kept once read, so
     /// a summary of every fingerprint is not also a read of every text.
     texts: Arc<RwLock<HashMap<Fingerprint, String>>>,
+    /// The alert engine, and the runtime its answers are awaited on.
+    alerts: Option<(Alerts, tokio::runtime::Handle)>,
 }
 
 impl StoreSource {
@@ -30,7 +33,16 @@ impl StoreSource {
         StoreSource {
             store,
             texts: Arc::default(),
+            alerts: None,
         }
+    }
+
+    /// Also answers which alerts were active in a range, from `alerts`.
+    /// Reads run on blocking threads (see [`Source`]), which wait there for
+    /// the engine's answer, driven by `runtime`.
+    pub fn with_alerts(mut self, alerts: Alerts, runtime: tokio::runtime::Handle) -> StoreSource {
+        self.alerts = Some((alerts, runtime));
+        self
     }
 
     /// The normalized text of `fingerprint` (empty when unknown).
@@ -293,5 +305,15 @@ impl Source for StoreSource {
                 }
             })
             .collect())
+    }
+
+    fn alerts(&self, range: TimeRange) -> Result<Option<Vec<AlertSummary>>, SourceError> {
+        let Some((alerts, runtime)) = &self.alerts else {
+            return Ok(None);
+        };
+        runtime
+            .block_on(alerts.in_range(range, crate::now_ms()))
+            .map(Some)
+            .map_err(|e| SourceError(e.to_string()))
     }
 }

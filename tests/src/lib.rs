@@ -65,10 +65,77 @@ impl TestCollector {
         }
     }
 
+    /// POSTs a form (`application/x-www-form-urlencoded`, names may repeat)
+    /// with an optional session cookie; redirects are returned, not followed.
+    pub async fn post_form(&self, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> reqwest::Response {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut request = no_redirects()
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.expect("HTTP request")
+    }
+
+    /// GET `path` with a session cookie; returns the status and the body.
+    pub async fn get_with(&self, path: &str, cookie: &str) -> (u16, String) {
+        let response = no_redirects()
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("HTTP body"))
+    }
+
+    /// Signs in to the dashboard with the admin token; returns the session
+    /// cookie (`name=value`).
+    pub async fn sign_in(&self, token: &str) -> String {
+        let login = self.post_form("/login", None, &[("token", token)]).await;
+        assert_eq!(login.status(), 303, "signing in with the admin token");
+        let set_cookie = login.headers()["set-cookie"].to_str().expect("a cookie");
+        set_cookie.split(';').next().expect("name=value").to_owned()
+    }
+
     /// Stops the collector, releasing its data directory.
     pub async fn stop(self) {
         self.collector.shutdown().await.expect("the collector stops cleanly");
     }
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Encodes a form value as browsers do.
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The CSRF token of the first form on a dashboard page.
+#[track_caller]
+pub fn csrf(page: &str) -> String {
+    const FIELD: &str = "name=\"csrf\" value=\"";
+    let at = page.find(FIELD).expect("a CSRF field") + FIELD.len();
+    page[at..].split('"').next().expect("a token").to_owned()
 }
 
 /// The exact `q` quantile of `values` by the nearest-rank definition.

@@ -128,6 +128,10 @@ async fn every_page_loads_in_chromium_without_errors_or_broken_links() {
         "/agents".to_owned(),
         "/report".to_owned(),
         "/settings".to_owned(),
+        "/alerts".to_owned(),
+        "/alerts/rules".to_owned(),
+        "/alerts/rules?evaluate=1".to_owned(),
+        "/alerts/channels".to_owned(),
         "/login".to_owned(),
     ]
     .into_iter()

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod alerting;
 mod auth;
 mod cache;
 mod chart;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub use alerting::{Alerting, AlertingError};
 pub use cache::DEFAULT_TTL as DEFAULT_CACHE_TTL;
 pub use settings::{AgentDefaults, RetentionSettings, Settings, SettingsError};
 pub use source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
@@ -26,6 +28,7 @@ pub use source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError,
 pub struct Dashboard {
     source: Arc<dyn Source>,
     settings: Option<Arc<dyn Settings>>,
+    alerting: Option<Arc<dyn Alerting>>,
     sessions: Arc<auth::Sessions>,
     cache: Arc<cache::Cache>,
 }
@@ -42,6 +45,7 @@ impl Dashboard {
         Dashboard {
             source,
             settings: None,
+            alerting: None,
             sessions: Arc::new(auth::Sessions::new(None)),
             cache: Arc::new(cache::Cache::new(cache::DEFAULT_TTL)),
         }
@@ -63,6 +67,13 @@ impl Dashboard {
         self
     }
 
+    /// Shows the alert engine's alerts, rules, channels and silences; a
+    /// signed-in admin (see [`Dashboard::with_settings`]) may change them.
+    pub fn with_alerting(mut self, alerting: Arc<dyn Alerting>) -> Dashboard {
+        self.alerting = Some(alerting);
+        self
+    }
+
     /// The dashboard's routes.
     pub fn router(self) -> Router {
         Router::new()
@@ -77,6 +88,19 @@ impl Dashboard {
             .route("/settings", get(pages::settings::page))
             .route("/settings/retention", post(pages::settings::retention))
             .route("/settings/agents", post(pages::settings::agents))
+            .route("/alerts", get(pages::alerts::page))
+            .route("/alerts/silences", post(pages::alerts::create_silence))
+            .route("/alerts/silences/{id}/expire", post(pages::alerts::expire_silence))
+            .route("/alerts/rules", get(pages::rules::page).post(pages::rules::create))
+            .route("/alerts/rules/{id}", post(pages::rules::update))
+            .route("/alerts/rules/{id}/delete", post(pages::rules::delete))
+            .route(
+                "/alerts/channels",
+                get(pages::channels::page).post(pages::channels::create),
+            )
+            .route("/alerts/channels/{id}", post(pages::channels::update))
+            .route("/alerts/channels/{id}/delete", post(pages::channels::delete))
+            .route("/alerts/channels/{id}/test", post(pages::channels::test))
             .route("/login", get(auth::login_page).post(auth::login))
             .route("/logout", post(auth::logout))
             .fallback(pages::not_found)

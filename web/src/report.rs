@@ -72,7 +72,7 @@ pub struct Report {
     pub regressions: Vec<Regression>,
     /// Every pool, closest to exhaustion first.
     pub pools: Vec<PoolSummary>,
-    /// Alerts in range; `null` when the collector has no alert engine yet.
+    /// Alerts in range; `null` when the dashboard has no alert engine.
     pub alerts: Option<Vec<AlertSummary>>,
 }
 
@@ -270,8 +270,10 @@ impl Report {
     }
 }
 
-/// What the report says while the collector has no alert engine.
-pub const ALERTS_NOT_YET: &str = "Alerts are not recorded by this collector yet; once the alert engine runs, the alerts active in the range are listed here.";
+/// What the report says when the dashboard is mounted without an alert
+/// engine.
+pub const ALERTS_NOT_YET: &str =
+    "This dashboard is mounted without the collector's alert engine, so the alerts active in the range are not listed.";
 
 /// SQL and names in a Markdown table: one line, pipes escaped.
 fn markdown_cell(text: &str) -> String {

@@ -575,6 +575,8 @@ pub struct ServiceSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertSeverity {
+    /// For information; does not change a service's status.
+    Info,
     /// Needs a look soon.
     Warning,
     /// Needs a look now.
@@ -617,6 +619,25 @@ pub struct AlertSummary {
     pub started_ms: i64,
     /// When it resolved.
     pub resolved_ms: Option<i64>,
+    /// Every label of the alert.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AlertSummary {
+    /// Whether the alert is about `fingerprint`: raised for that statement,
+    /// or for all of the statements of `services` (a service-wide query rule,
+    /// whose alerts name a service and neither a statement, a pool nor an
+    /// instance).
+    pub fn references(&self, fingerprint: Fingerprint, services: &[&str]) -> bool {
+        match self.fingerprint {
+            Some(f) => f == fingerprint,
+            None => {
+                self.pool.is_none()
+                    && !self.labels.contains_key("instance")
+                    && self.service.as_deref().is_some_and(|s| services.contains(&s))
+            }
+        }
+    }
 }
 
 /// A read failed inside the collector.
@@ -671,5 +692,42 @@ pub trait Source: Send + Sync + 'static {
     fn alerts(&self, range: TimeRange) -> Result<Option<Vec<AlertSummary>>, SourceError> {
         let _ = range;
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_references_its_statement_or_every_statement_of_its_service() {
+        let statement = Fingerprint::of_normalized("select 1");
+        let alert = |labels: &[(&str, &str)]| {
+            let labels: BTreeMap<String, String> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            AlertSummary {
+                rule: "r".into(),
+                severity: AlertSeverity::Warning,
+                state: AlertState::Firing,
+                summary: String::new(),
+                service: labels.get("service").cloned(),
+                fingerprint: labels.get("fingerprint").and_then(|f| f.parse().ok()),
+                pool: labels.get("pool").cloned(),
+                started_ms: 0,
+                resolved_ms: None,
+                labels,
+            }
+        };
+        let own = alert(&[("service", "a"), ("fingerprint", &statement.to_string())]);
+        assert!(own.references(statement, &[]));
+        let other = Fingerprint::of_normalized("select 2").to_string();
+        assert!(!alert(&[("service", "a"), ("fingerprint", &other)]).references(statement, &["a"]));
+        assert!(alert(&[("service", "a")]).references(statement, &["a"]));
+        assert!(!alert(&[("service", "b")]).references(statement, &["a"]));
+        assert!(!alert(&[("service", "a"), ("pool", "main")]).references(statement, &["a"]));
+        assert!(
+            !alert(&[("service", "a"), ("instance", "a-1")]).references(statement, &["a"]),
+            "agent silence"
+        );
     }
 }

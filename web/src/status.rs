@@ -143,6 +143,7 @@ pub(crate) fn service(
         let health = match alert.severity {
             AlertSeverity::Critical => Health::Critical,
             AlertSeverity::Warning => Health::Degraded,
+            AlertSeverity::Info => Health::Healthy,
         };
         a.raise(health, format!("alert {} firing", alert.rule));
     }
@@ -245,6 +246,7 @@ mod tests {
             pool: None,
             started_ms: 0,
             resolved_ms: None,
+            labels: Default::default(),
         };
         assert_eq!(
             service("svc", std::slice::from_ref(&calm), &[], &[]).health,
@@ -252,6 +254,13 @@ mod tests {
         );
         let s = service("svc", std::slice::from_ref(&calm), &[], std::slice::from_ref(&alert));
         assert_eq!(s.health, Health::Critical);
+        assert!(s.summary().contains("p99 too slow"));
+        let info = AlertSummary {
+            severity: AlertSeverity::Info,
+            ..alert.clone()
+        };
+        let s = service("svc", std::slice::from_ref(&calm), &[], &[info]);
+        assert_eq!(s.health, Health::Healthy, "an info alert is listed but changes nothing");
         assert!(s.summary().contains("p99 too slow"));
         let resolved = AlertSummary {
             state: AlertState::Resolved,

@@ -15,7 +15,7 @@ use super::channels::ChannelInput;
 use super::notify::rfc3339;
 use super::rules::RuleInput;
 use super::silences::{Silence, SilenceInput};
-use super::store::{HistoryFilter, StoredRule, validate_channel};
+use super::store::{HistoryFilter, StoredRule};
 use super::{Alerts, AlertsError};
 use crate::api::{Api, ApiError, authorize, parse_range};
 use crate::now_ms;
@@ -78,10 +78,6 @@ fn created(value: Value) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
-async fn channel_ids(alerts: &Alerts) -> Result<Vec<i64>, ApiError> {
-    Ok(alerts.store().channels().await?.into_iter().map(|(id, _)| id).collect())
-}
-
 // -- rules -------------------------------------------------------------------
 
 async fn list_rules(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
@@ -106,17 +102,8 @@ async fn create_rule(
 ) -> Result<Response, ApiError> {
     authorize(&api.admin, &headers)?;
     let Json(input) = body?;
-    let alerts = alerts(&api);
-    let known = channel_ids(alerts).await?;
-    let rule = input.validate(|c| known.contains(&c)).map_err(AlertsError::Invalid)?;
-    let id = alerts.store().create_rule(&rule, now_ms()).await?;
-    alerts.reload().await?;
-    tracing::info!(id, name = %rule.name, "alert rule created");
-    Ok(created(rule_json(&StoredRule {
-        id,
-        default_key: None,
-        rule,
-    })))
+    let stored = alerts(&api).create_rule(input).await?;
+    Ok(created(rule_json(&stored)))
 }
 
 async fn update_rule(
@@ -128,22 +115,8 @@ async fn update_rule(
     authorize(&api.admin, &headers)?;
     let id = id("rule", &raw)?;
     let Json(input) = body?;
-    let alerts = alerts(&api);
-    let previous = alerts
-        .store()
-        .rule(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no rule {id}")))?;
-    let known = channel_ids(alerts).await?;
-    let rule = input.validate(|c| known.contains(&c)).map_err(AlertsError::Invalid)?;
-    alerts.store().update_rule(id, &rule, now_ms()).await?;
-    alerts.reload().await?;
-    tracing::info!(id, name = %rule.name, "alert rule changed");
-    Ok(Json(rule_json(&StoredRule {
-        id,
-        default_key: previous.default_key,
-        rule,
-    })))
+    let stored = alerts(&api).update_rule(id, input).await?;
+    Ok(Json(rule_json(&stored)))
 }
 
 async fn delete_rule(
@@ -153,9 +126,7 @@ async fn delete_rule(
 ) -> Result<StatusCode, ApiError> {
     authorize(&api.admin, &headers)?;
     let id = id("rule", &raw)?;
-    alerts(&api).store().delete_rule(id).await?;
-    alerts(&api).reload().await?;
-    tracing::info!(id, "alert rule deleted");
+    alerts(&api).delete_rule(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -203,11 +174,7 @@ async fn create_channel(
 ) -> Result<Response, ApiError> {
     authorize(&api.admin, &headers)?;
     let Json(input) = body?;
-    let alerts = alerts(&api);
-    let channel = validate_channel(input, None, alerts.notifiers())?;
-    let id = alerts.store().create_channel(&channel, now_ms()).await?;
-    alerts.reload().await?;
-    tracing::info!(id, name = %channel.name, kind = channel.settings.kind(), "notification channel created");
+    let (id, channel) = alerts(&api).create_channel(input).await?;
     Ok(created(channel_json(id, &channel)))
 }
 
@@ -220,15 +187,7 @@ async fn update_channel(
     authorize(&api.admin, &headers)?;
     let id = id("channel", &raw)?;
     let Json(input) = body?;
-    let alerts = alerts(&api);
-    let previous = alerts
-        .store()
-        .channel(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
-    let channel = validate_channel(input, Some(&previous), alerts.notifiers())?;
-    alerts.store().update_channel(id, &channel, now_ms()).await?;
-    alerts.reload().await?;
+    let channel = alerts(&api).update_channel(id, input).await?;
     Ok(Json(channel_json(id, &channel)))
 }
 
@@ -239,8 +198,7 @@ async fn delete_channel(
 ) -> Result<StatusCode, ApiError> {
     authorize(&api.admin, &headers)?;
     let id = id("channel", &raw)?;
-    alerts(&api).store().delete_channel(id).await?;
-    alerts(&api).reload().await?;
+    alerts(&api).delete_channel(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -307,11 +265,8 @@ async fn create_silence(
 ) -> Result<Response, ApiError> {
     authorize(&api.admin, &headers)?;
     let Json(input) = body?;
-    let now = now_ms();
-    let silence = input.validate(now).map_err(AlertsError::Invalid)?;
-    let id = alerts(&api).store().create_silence(&silence, now).await?;
-    alerts(&api).reload().await?;
-    Ok(created(silence_json(id, &silence, now)))
+    let (id, silence) = alerts(&api).create_silence(input).await?;
+    Ok(created(silence_json(id, &silence, now_ms())))
 }
 
 async fn update_silence(
@@ -323,11 +278,8 @@ async fn update_silence(
     authorize(&api.admin, &headers)?;
     let id = id("silence", &raw)?;
     let Json(input) = body?;
-    let now = now_ms();
-    let silence = input.validate(now).map_err(AlertsError::Invalid)?;
-    alerts(&api).store().update_silence(id, &silence, now).await?;
-    alerts(&api).reload().await?;
-    Ok(Json(silence_json(id, &silence, now)))
+    let silence = alerts(&api).update_silence(id, input).await?;
+    Ok(Json(silence_json(id, &silence, now_ms())))
 }
 
 async fn delete_silence(
@@ -337,8 +289,7 @@ async fn delete_silence(
 ) -> Result<StatusCode, ApiError> {
     authorize(&api.admin, &headers)?;
     let id = id("silence", &raw)?;
-    alerts(&api).store().delete_silence(id).await?;
-    alerts(&api).reload().await?;
+    alerts(&api).delete_silence(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -64,6 +64,15 @@ pub struct AlertView {
     pub active_since: String,
     /// When it started firing.
     pub firing_since: Option<String>,
+    /// The threshold in the rule's unit.
+    #[serde(skip)]
+    pub threshold_text: String,
+    /// When the condition became true, Unix epoch milliseconds.
+    #[serde(skip)]
+    pub active_since_ms: i64,
+    /// When it started firing, Unix epoch milliseconds.
+    #[serde(skip)]
+    pub firing_since_ms: Option<i64>,
     /// Whether a silence mutes it.
     pub silenced: bool,
     /// The silences muting it.
@@ -405,6 +414,9 @@ impl Engine {
                     threshold: a.rule.threshold,
                     active_since: rfc3339(a.active_since_ms),
                     firing_since: a.fired_at_ms.map(rfc3339),
+                    threshold_text: a.rule.kind.format_value(a.rule.threshold),
+                    active_since_ms: a.active_since_ms,
+                    firing_since_ms: a.fired_at_ms,
                     silenced: !silenced_by.is_empty(),
                     silenced_by,
                 }

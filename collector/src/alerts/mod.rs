@@ -14,6 +14,7 @@
 
 pub(crate) mod api;
 pub mod channels;
+mod dashboard;
 pub mod durations;
 mod engine;
 pub mod evaluate;
@@ -30,10 +31,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use channels::{Channel, ChannelInput};
 pub use engine::{AlertView, DryRun};
 use engine::{Command, Engine};
 use notify::{HttpClient, Notification, Notifiers, NotifyError};
+use rules::RuleInput;
+use silences::{Silence, SilenceInput};
 use store::AlertStore;
+use store::{StoredRule, validate_channel};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::store::Store;
@@ -202,5 +207,135 @@ impl Alerts {
         let notifier = notify::notifier(&channel, &self.notifiers, &self.http);
         let notification = Notification::test(id, &channel.name, crate::now_ms());
         notifier.notify(&notification).await.map_err(AlertsError::Delivery)
+    }
+
+    // Changes: the JSON API and the dashboard's forms both go through these,
+    // so a change is validated, stored and applied the same way whichever
+    // way it came.
+
+    async fn channel_ids(&self) -> Result<Vec<i64>, AlertsError> {
+        Ok(self.store.channels().await?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Validates and stores a new rule, then applies it.
+    pub async fn create_rule(&self, input: RuleInput) -> Result<StoredRule, AlertsError> {
+        let known = self.channel_ids().await?;
+        let rule = input.validate(|c| known.contains(&c)).map_err(AlertsError::Invalid)?;
+        let id = self.store.create_rule(&rule, crate::now_ms()).await?;
+        self.reload().await?;
+        tracing::info!(id, name = %rule.name, "alert rule created");
+        Ok(StoredRule {
+            id,
+            default_key: None,
+            rule,
+        })
+    }
+
+    /// Validates and replaces rule `id`, then applies it.
+    pub async fn update_rule(&self, id: i64, input: RuleInput) -> Result<StoredRule, AlertsError> {
+        let previous = self
+            .store
+            .rule(id)
+            .await?
+            .ok_or_else(|| AlertsError::NotFound(format!("no rule {id}")))?;
+        let known = self.channel_ids().await?;
+        let rule = input.validate(|c| known.contains(&c)).map_err(AlertsError::Invalid)?;
+        self.store.update_rule(id, &rule, crate::now_ms()).await?;
+        self.reload().await?;
+        tracing::info!(id, name = %rule.name, "alert rule changed");
+        Ok(StoredRule {
+            id,
+            default_key: previous.default_key,
+            rule,
+        })
+    }
+
+    /// Deletes rule `id`; its alerts go with it.
+    pub async fn delete_rule(&self, id: i64) -> Result<(), AlertsError> {
+        self.store.delete_rule(id).await?;
+        self.reload().await?;
+        tracing::info!(id, "alert rule deleted");
+        Ok(())
+    }
+
+    /// Validates and stores a new channel.
+    pub async fn create_channel(&self, input: ChannelInput) -> Result<(i64, Channel), AlertsError> {
+        let channel = validate_channel(input, None, &self.notifiers)?;
+        let id = self.store.create_channel(&channel, crate::now_ms()).await?;
+        self.reload().await?;
+        tracing::info!(id, name = %channel.name, kind = channel.settings.kind(), "notification channel created");
+        Ok((id, channel))
+    }
+
+    /// Validates and replaces channel `id` (secrets sent back redacted are
+    /// kept).
+    pub async fn update_channel(&self, id: i64, input: ChannelInput) -> Result<Channel, AlertsError> {
+        let previous = self
+            .store
+            .channel(id)
+            .await?
+            .ok_or_else(|| AlertsError::NotFound(format!("no channel {id}")))?;
+        let channel = validate_channel(input, Some(&previous), &self.notifiers)?;
+        self.store.update_channel(id, &channel, crate::now_ms()).await?;
+        self.reload().await?;
+        tracing::info!(id, name = %channel.name, "notification channel changed");
+        Ok(channel)
+    }
+
+    /// Deletes channel `id`; refused while a rule uses it.
+    pub async fn delete_channel(&self, id: i64) -> Result<(), AlertsError> {
+        self.store.delete_channel(id).await?;
+        self.reload().await?;
+        tracing::info!(id, "notification channel deleted");
+        Ok(())
+    }
+
+    /// Validates and stores a new silence.
+    pub async fn create_silence(&self, input: SilenceInput) -> Result<(i64, Silence), AlertsError> {
+        let now = crate::now_ms();
+        let silence = input.validate(now).map_err(AlertsError::Invalid)?;
+        let id = self.store.create_silence(&silence, now).await?;
+        self.reload().await?;
+        tracing::info!(id, "silence created");
+        Ok((id, silence))
+    }
+
+    /// Validates and replaces silence `id`.
+    pub async fn update_silence(&self, id: i64, input: SilenceInput) -> Result<Silence, AlertsError> {
+        let now = crate::now_ms();
+        let silence = input.validate(now).map_err(AlertsError::Invalid)?;
+        self.store.update_silence(id, &silence, now).await?;
+        self.reload().await?;
+        Ok(silence)
+    }
+
+    /// Deletes silence `id`.
+    pub async fn delete_silence(&self, id: i64) -> Result<(), AlertsError> {
+        self.store.delete_silence(id).await?;
+        self.reload().await
+    }
+
+    /// Ends silence `id` now, keeping it listed as expired (one that has
+    /// not started yet is deleted).
+    pub async fn expire_silence(&self, id: i64) -> Result<(), AlertsError> {
+        let now = crate::now_ms();
+        let (_, mut silence) = self
+            .store
+            .silences()
+            .await?
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .ok_or_else(|| AlertsError::NotFound(format!("no silence {id}")))?;
+        match silence.status(now) {
+            "expired" => return Err(AlertsError::Conflict(format!("silence {id} has already expired"))),
+            "pending" => self.store.delete_silence(id).await?,
+            _ => {
+                silence.ends_at_ms = now;
+                self.store.update_silence(id, &silence, now).await?;
+            }
+        }
+        self.reload().await?;
+        tracing::info!(id, "silence expired");
+        Ok(())
     }
 }

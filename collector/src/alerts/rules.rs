@@ -101,7 +101,7 @@ impl RuleKind {
     }
 
     /// What the threshold (and the measured value) is, for messages.
-    fn threshold_meaning(self) -> &'static str {
+    pub fn threshold_meaning(self) -> &'static str {
         match self {
             RuleKind::QueryLatency | RuleKind::PoolAcquireWait => "a latency in milliseconds, above 0",
             RuleKind::QueryErrorRate | RuleKind::PoolUtilization => "a ratio above 0 and at most 1 (0.9 = 90 %)",

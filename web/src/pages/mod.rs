@@ -1,11 +1,14 @@
 //! One module per page; templates under `templates/` mirror them.
 
 pub(crate) mod agents;
+pub(crate) mod alerts;
+pub(crate) mod channels;
 pub(crate) mod overview;
 pub(crate) mod pools;
 pub(crate) mod queries;
 pub(crate) mod query;
 pub(crate) mod report;
+pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod slow;
 
@@ -25,15 +28,16 @@ use crate::chart::escape;
 use crate::view::{BadParameter, PRESETS, REFRESH, View, datetime_local};
 use crate::{Dashboard, now_ms};
 
-/// The navigation, in order: (path, label, key). The alerts work adds
-/// `("/alerts", "Alerts", "alerts")`, `("/rules", "Rules", "rules")` and
-/// `("/channels", "Channels", "channels")` here; the layout has room for them.
+/// The navigation, in order: (path, label, key).
 pub(crate) const NAV: &[(&str, &str, &str)] = &[
     ("/", "Overview", "overview"),
     ("/queries", "Queries", "queries"),
     ("/slow", "Slow log", "slow"),
     ("/pools", "Pools", "pools"),
     ("/agents", "Agents", "agents"),
+    ("/alerts", "Alerts", "alerts"),
+    ("/alerts/rules", "Rules", "rules"),
+    ("/alerts/channels", "Channels", "channels"),
     ("/report", "Report", "report"),
     ("/settings", "Settings", "settings"),
 ];
@@ -230,7 +234,7 @@ impl Request {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             view_fields: view.pairs().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            picker: !matches!(active, "settings" | "agents"),
+            picker: !matches!(active, "settings" | "agents" | "rules" | "channels"),
             signed_in: self.visitor.signed_in(),
             writes_enabled: self.visitor.writes_enabled,
             csrf: self.visitor.csrf.clone().unwrap_or_default(),

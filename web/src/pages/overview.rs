@@ -129,6 +129,7 @@ struct Overview {
     cards: Vec<(String, String, String)>,
     services: Vec<ServiceRow>,
     alerts: Option<Vec<AlertRow>>,
+    alerts_href: String,
     queries: Vec<QueryRow>,
     queries_href: String,
     pools: Vec<PoolRow>,
@@ -294,6 +295,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
                 severity: match a.severity {
                     crate::source::AlertSeverity::Critical => "critical",
                     crate::source::AlertSeverity::Warning => "degraded",
+                    crate::source::AlertSeverity::Info => "healthy",
                 },
                 summary: a.summary.clone(),
                 since: ago(request.now, a.started_ms),
@@ -308,6 +310,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
         cards,
         services: service_rows,
         alerts: alert_rows,
+        alerts_href: view.href("/alerts", &[]),
         queries: query_rows,
         queries_href: view.href("/queries", &[]),
         pools: pool_rows,

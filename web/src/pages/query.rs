@@ -113,6 +113,50 @@ struct AlertRow {
     since: String,
 }
 
+struct RuleRow {
+    name: String,
+    href: String,
+    kind: String,
+    scope: String,
+    severity: String,
+    enabled: bool,
+}
+
+/// The query rules watching `fingerprint`: scoped to it, or to every
+/// statement of a service that runs it (or of every service).
+fn watching(
+    rules: &[crate::alerting::RuleInfo],
+    kinds: &[crate::alerting::RuleKindInfo],
+    fingerprint: Fingerprint,
+    ran_by: &[&str],
+) -> Vec<RuleRow> {
+    let per_statement: Vec<&str> = kinds
+        .iter()
+        .filter(|k| k.scope.iter().any(|s| s == "fingerprint"))
+        .map(|k| k.name.as_str())
+        .collect();
+    rules
+        .iter()
+        .filter(|r| per_statement.contains(&r.kind.as_str()))
+        .filter(|r| match &r.scope.fingerprint {
+            Some(f) => *f == fingerprint.to_string(),
+            None => r.scope.service.as_deref().is_none_or(|s| ran_by.contains(&s)),
+        })
+        .map(|r| RuleRow {
+            name: r.name.clone(),
+            href: format!("/alerts/rules?evaluate={}#evaluation", r.id),
+            kind: r.kind.replace('_', " "),
+            scope: match (&r.scope.fingerprint, &r.scope.service) {
+                (Some(_), _) => "this statement".to_owned(),
+                (None, Some(service)) => format!("every statement of {service}"),
+                (None, None) => "every statement".to_owned(),
+            },
+            severity: r.severity.clone(),
+            enabled: r.enabled,
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "query.html")]
 struct QueryPage {
@@ -130,6 +174,7 @@ struct QueryPage {
     slow: Vec<SlowRow>,
     slow_href: String,
     alerts: Option<Vec<AlertRow>>,
+    rules: Option<Vec<RuleRow>>,
     api_href: String,
 }
 
@@ -340,9 +385,10 @@ pub(crate) async fn page(
             raw: s.raw_text.clone().unwrap_or_default(),
         })
         .collect();
+    let ran_by: Vec<&str> = detail.services.iter().map(|s| s.service.as_str()).collect();
     let alerts = alerts.map(|all| {
         all.into_iter()
-            .filter(|a| a.fingerprint == Some(fingerprint))
+            .filter(|a| a.references(fingerprint, &ran_by))
             .map(|a| AlertRow {
                 rule: a.rule,
                 state: format!("{:?}", a.state).to_lowercase(),
@@ -351,6 +397,13 @@ pub(crate) async fn page(
             })
             .collect()
     });
+    let rules = match &dashboard.alerting {
+        Some(alerting) => {
+            let rules = alerting.rules().await.map_err(super::alerts::failed)?;
+            Some(watching(&rules, &alerting.kinds(), fingerprint, &ran_by))
+        }
+        None => None,
+    };
 
     let path = format!("/queries/{fingerprint}");
     let mut layout = request.layout(&format!("Query {fingerprint}"), "queries", &path, &services);
@@ -370,6 +423,7 @@ pub(crate) async fn page(
         slow: slow_rows,
         slow_href: view.href("/slow", &[("fingerprint", &fingerprint.to_string())]),
         alerts,
+        rules,
         api_href: format!("/api/v1/queries/{fingerprint}?{}", view_api_query(&view)),
     })
 }
