@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use prost::Message as _;
 use querypulse_proto::wire::v1::{self as wire, ingest_server::Ingest};
 use querypulse_proto::{AgentMessage, Batch, CollectorMessage, Fingerprint, FingerprintText, Hello};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -41,12 +42,20 @@ const MAX_STREAM_TEXTS: usize = 100_000;
 pub struct IngestLimits {
     /// A window may start at most this far ahead of the collector's clock.
     pub max_future: Duration,
+    /// Encoded bytes of batches being decoded, queued or written, over all
+    /// streams. A stream reserves a message's share before decoding it and
+    /// reads nothing more until it has, so thousands of agents sending at
+    /// once wait (HTTP/2 flow control holds them back) instead of growing
+    /// the collector's memory; decoded, a batch takes several times its
+    /// encoded size.
+    pub pending_bytes: usize,
 }
 
 impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
             max_future: Duration::from_secs(300),
+            pending_bytes: 32 << 20,
         }
     }
 }
@@ -168,6 +177,7 @@ pub(crate) struct IngestService {
     limits: IngestLimits,
     settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
+    budget: Arc<Semaphore>,
 }
 
 impl IngestService {
@@ -183,6 +193,7 @@ impl IngestService {
             writer,
             store,
             token,
+            budget: Arc::new(Semaphore::new(limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS))),
             limits,
             settings,
             shutdown,
@@ -232,6 +243,7 @@ impl Ingest for IngestService {
             limits: self.limits,
             settings: self.settings.clone(),
             shutdown: self.shutdown.clone(),
+            budget: self.budget.clone(),
         };
         tokio::spawn(stream.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -244,6 +256,9 @@ enum Pending {
     Write {
         seq: u64,
         answer: oneshot::Receiver<Result<ApplyOutcome, StoreError>>,
+        /// The batch's share of the ingest budget, returned once it is
+        /// written.
+        _reserved: OwnedSemaphorePermit,
     },
 }
 
@@ -255,9 +270,18 @@ struct StreamTask {
     limits: IngestLimits,
     settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
+    budget: Arc<Semaphore>,
 }
 
 impl StreamTask {
+    /// Reserves `bytes` of the ingest budget (all of it at most, so one huge
+    /// message still passes alone); `None` when the collector shuts down.
+    async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let total = self.limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let permits = u32::try_from(bytes.clamp(1, total)).unwrap_or(u32::MAX);
+        self.budget.clone().acquire_many_owned(permits).await.ok()
+    }
+
     async fn run(mut self) {
         let hello = match self.inbound.message().await {
             Ok(Some(message)) => match AgentMessage::try_from(message) {
@@ -317,6 +341,13 @@ impl StreamTask {
                 Some(wire::agent_message::Kind::Batch(batch)) => batch.seq,
                 _ => 0,
             };
+            // This message's share of the budget, before decoding it.
+            let mut shutdown = self.shutdown.clone();
+            let permit = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                permit = self.reserve(message.encoded_len()) => permit,
+            };
+            let Some(permit) = permit else { break };
             let pending = match AgentMessage::try_from(message) {
                 Err(error) => reject(&hello, seq, error.to_string()),
                 Ok(AgentMessage::Hello(_)) => {
@@ -358,7 +389,11 @@ impl StreamTask {
                         if self.writer.tx.send(request).await.is_err() {
                             break;
                         }
-                        Pending::Write { seq, answer }
+                        Pending::Write {
+                            seq,
+                            answer,
+                            _reserved: permit,
+                        }
                     }
                 },
             };
@@ -405,7 +440,7 @@ async fn acknowledge(mut pending: mpsc::Receiver<Pending>, out: Outbound) {
     while let Some(next) = pending.recv().await {
         let message = match next {
             Pending::Ready(message) => Ok(message),
-            Pending::Write { seq, answer } => match answer.await {
+            Pending::Write { seq, answer, .. } => match answer.await {
                 Ok(Ok(ApplyOutcome::Applied)) => Ok(CollectorMessage::Ack { seq, duplicate: false }),
                 Ok(Ok(ApplyOutcome::Duplicate)) => Ok(CollectorMessage::Ack { seq, duplicate: true }),
                 Ok(Ok(ApplyOutcome::Rejected(reason))) => {

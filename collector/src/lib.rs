@@ -36,6 +36,8 @@ use store::{Store, StoreError};
 
 /// How long shutdown waits for servers and open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control window per agent connection and stream.
+const GRPC_WINDOW_BYTES: u32 = 128 * 1024;
 
 /// Why the collector could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,10 @@ impl Collector {
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                // What one agent may have in flight before the collector reads
+                // it: bounds the memory thousands of connections can fill.
+                .initial_connection_window_size(Some(GRPC_WINDOW_BYTES))
+                .initial_stream_window_size(Some(GRPC_WINDOW_BYTES))
                 .add_service(grpc_service)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
         );

@@ -312,3 +312,38 @@ async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
     member.shutdown().await.unwrap();
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_one_batch_ingest_budget_lose_nothing() {
+    // With the ingest budget at one byte, the collector decodes and writes
+    // one batch at a time across all streams; the rest wait, then pass.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = querypulse_collector::Config::ephemeral(data.path());
+    config.limits.pending_bytes = 1;
+    let collector = TestCollector::start_with(config).await;
+    let agents: Vec<Agent> = (0..8)
+        .map(|_| {
+            Agent::builder("billing")
+                .endpoint(collector.endpoint())
+                .interval(Duration::from_secs(1))
+                .start()
+                .expect("the agent starts")
+        })
+        .collect();
+    for round in 0..3u64 {
+        for (i, agent) in agents.iter().enumerate() {
+            for n in 0..100u64 {
+                agent.record_query(SQL, Duration::from_micros(100 + n * 10 + i as u64 + round), Outcome::OK);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    for agent in agents {
+        agent.shutdown().await.expect("the last window is flushed");
+    }
+    let queries = collector.get_json("/api/v1/queries?service=billing").await;
+    assert_eq!(find(&queries, NORMALIZED)["calls"], 8 * 3 * 100, "{queries}");
+    let agents = collector.get_json("/api/v1/agents").await;
+    assert_eq!(agents["agents"].as_array().map(Vec::len), Some(8), "{agents}");
+    collector.stop().await;
+}
