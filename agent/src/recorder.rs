@@ -13,9 +13,9 @@
 //!
 //! Each stripe caches raw statement hash → fingerprint, so a statement is
 //! normalized once (on first sight, into a shared bounded index) and afterwards
-//! found by the hash of its raw text. Latencies go into the sparse
-//! [`LatencyHistogram`] (16 bytes per non-empty bucket), so thousands of rare
-//! fingerprints stay small; a fingerprint that fills many buckets on a stripe
+//! found by the hash of its raw text. Latencies go into sorted (bucket, count)
+//! pairs (8 bytes per non-empty bucket; the harvest turns them into a
+//! [`LatencyHistogram`]), so thousands of rare fingerprints stay small; a fingerprint that fills many buckets on a stripe
 //! gets a dense array there, where a record is an index instead of a binary
 //! search.
 //!
@@ -53,7 +53,7 @@ const RAW_INDEX_LEN: usize = 65_536;
 const MAX_STRIPES: usize = 64;
 /// Distinct latency buckets a fingerprint fills on one stripe in one window
 /// before its counts move from the sparse histogram (a binary search per
-/// record, 16 bytes a bucket) to a dense array (an index per record, ~20 KB).
+/// record, 8 bytes a bucket) to a dense array (an index per record, ~20 KB).
 /// Only statements recorded hundreds of times per window pay for the array.
 const DENSE_AFTER_BUCKETS: usize = 256;
 
@@ -167,52 +167,69 @@ struct WindowStats {
     latency: StripeLatency,
 }
 
-/// One fingerprint's latency counts on one stripe: the shared sparse
-/// histogram while few buckets are filled, a dense array once many are.
+/// One fingerprint's latency counts on one stripe: sorted (bucket, count)
+/// pairs of 8 bytes while few buckets are filled, a dense array once many
+/// are. The pairs keep their capacity from window to window, so a known
+/// statement records without allocating.
 enum StripeLatency {
-    Sparse(LatencyHistogram),
+    Sparse(Vec<(u16, u32)>),
     Dense(Box<[u64]>),
 }
 
 impl Default for StripeLatency {
     fn default() -> Self {
-        StripeLatency::Sparse(LatencyHistogram::new())
+        StripeLatency::Sparse(Vec::new())
     }
 }
 
 impl StripeLatency {
     /// Records one latency; true when it was above the histogram's range.
     fn record(&mut self, micros: u64) -> bool {
-        match self {
+        let index = bucket_index(micros);
+        // Whether the sparse pairs must become the dense array, and whether
+        // this record still has to be counted there.
+        let (to_dense, uncounted) = match self {
             StripeLatency::Dense(counts) => {
-                counts[usize::from(bucket_index(micros))] += 1;
-                micros > HIGHEST_US
+                counts[usize::from(index)] += 1;
+                (false, false)
             }
-            StripeLatency::Sparse(histogram) => {
-                let clamped = histogram.record(micros);
-                if histogram.indexed_buckets().len() > DENSE_AFTER_BUCKETS {
-                    let mut counts = vec![0u64; BUCKETS].into_boxed_slice();
-                    for (index, count) in histogram.indexed_buckets() {
-                        counts[usize::from(*index)] = *count;
-                    }
-                    *self = StripeLatency::Dense(counts);
+            StripeLatency::Sparse(buckets) => match buckets.binary_search_by_key(&index, |(i, _)| *i) {
+                Ok(at) if buckets[at].1 < u32::MAX => {
+                    buckets[at].1 += 1;
+                    (false, false)
                 }
-                clamped
+                // A count past 4 billion in one window needs the wide array.
+                Ok(_) => (true, true),
+                Err(at) => {
+                    buckets.insert(at, (index, 1));
+                    (buckets.len() > DENSE_AFTER_BUCKETS, false)
+                }
+            },
+        };
+        if to_dense && let StripeLatency::Sparse(buckets) = self {
+            let mut counts = vec![0u64; BUCKETS].into_boxed_slice();
+            for (i, count) in buckets.iter() {
+                counts[usize::from(*i)] = u64::from(*count);
             }
+            if uncounted {
+                counts[usize::from(index)] += 1;
+            }
+            *self = StripeLatency::Dense(counts);
         }
+        micros > HIGHEST_US
     }
 
     /// The window's histogram, leaving `self` empty. `keep` says whether the
     /// fingerprint was busy enough to keep a dense array for the next window.
     fn take(&mut self, keep: bool) -> LatencyHistogram {
-        match self {
-            StripeLatency::Sparse(histogram) => {
-                let window = histogram.clone();
-                histogram.reset();
+        let buckets: Vec<(u16, u64)> = match self {
+            StripeLatency::Sparse(buckets) => {
+                let window = buckets.iter().map(|(i, c)| (*i, u64::from(*c))).collect();
+                buckets.clear();
                 window
             }
             StripeLatency::Dense(counts) => {
-                let buckets = (0..BUCKETS as u16)
+                let window = (0..BUCKETS as u16)
                     .zip(counts.iter())
                     .filter(|(_, count)| **count > 0)
                     .map(|(index, count)| (index, *count))
@@ -221,9 +238,10 @@ impl StripeLatency {
                 if !keep {
                     *self = StripeLatency::default();
                 }
-                LatencyHistogram::from_buckets(buckets).expect("indices in order and in range")
+                window
             }
-        }
+        };
+        LatencyHistogram::from_buckets(buckets).expect("indices in order and in range")
     }
 }
 
@@ -570,6 +588,39 @@ pub(crate) fn duration_us(duration: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stripe_counts_stay_exact_across_the_dense_switch_and_past_u32() {
+        let mut latency = super::StripeLatency::default();
+        let values: Vec<u64> = (0..300u64).map(|i| 10 + i * 37).collect();
+        for v in &values {
+            latency.record(*v);
+            latency.record(*v);
+        }
+        assert!(
+            matches!(latency, super::StripeLatency::Dense(_)),
+            "300 buckets are dense"
+        );
+        let mut expected = querypulse_proto::LatencyHistogram::new();
+        for v in &values {
+            expected.record_n(*v, 2);
+        }
+        assert_eq!(latency.take(false), expected);
+        assert!(
+            matches!(latency, super::StripeLatency::Sparse(_)),
+            "a quiet window gives the array back"
+        );
+
+        // A bucket at the sparse count's limit moves to the wide array
+        // without losing the record that overflowed it.
+        let at = querypulse_proto::histogram::bucket_index(500);
+        let mut latency = super::StripeLatency::Sparse(vec![(at, u32::MAX)]);
+        latency.record(500);
+        latency.record(500);
+        let histogram = latency.take(true);
+        assert_eq!(histogram.count(), u64::from(u32::MAX) + 2);
+        assert_eq!(histogram.indexed_buckets(), &[(at, u64::from(u32::MAX) + 2)][..]);
+    }
+
     use super::*;
 
     fn recorder(max_fingerprints: usize) -> Recorder {
