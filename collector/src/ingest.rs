@@ -29,6 +29,10 @@ const MAX_GROUP: usize = 512;
 /// How often the writer runs a maintenance pass, and for how long at most.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 const MAINTENANCE_BUDGET: Duration = Duration::from_millis(50);
+/// The budget of a pass while no batch waits for the writer: compaction
+/// catches up after a burst (agents resending an outage's windows) without
+/// delaying anyone.
+const IDLE_MAINTENANCE_BUDGET: Duration = Duration::from_millis(400);
 /// Requests queued for the writer before stream tasks wait.
 const WRITER_QUEUE: usize = 1_024;
 /// Unacknowledged batches per stream before the stream stops reading.
@@ -160,7 +164,12 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
                 }
             }
         }
-        if maintain && let Err(error) = writer.maintain(now, MAINTENANCE_BUDGET) {
+        let budget = if rx.is_empty() {
+            IDLE_MAINTENANCE_BUDGET
+        } else {
+            MAINTENANCE_BUDGET
+        };
+        if maintain && let Err(error) = writer.maintain(now, budget) {
             tracing::error!(%error, "store maintenance failed");
         }
     }

@@ -594,10 +594,8 @@ mod tests {
         assert!(
             matches!(store.delete_channel(log).await, Err(AlertsError::Conflict(m)) if m.contains("Pool exhaustion"))
         );
-        assert!(matches!(
-            store.create_channel(&channel, 2).await,
-            Err(AlertsError::Conflict(_))
-        ));
+        let again = store.create_channel(&channel, 2).await;
+        assert!(matches!(again, Err(AlertsError::Conflict(_))), "{again:?}");
         assert!(matches!(store.delete_channel(999).await, Err(AlertsError::NotFound(_))));
     }
 }

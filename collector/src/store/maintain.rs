@@ -355,7 +355,7 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
                     windows.insert(at, value);
                 }
             }
-            batch.remove(k.as_slice());
+            batch.remove(k);
             singles += 1;
         }
     }

@@ -106,8 +106,7 @@ pub(crate) struct Partition {
     generation: AtomicU64,
 }
 
-/// A key and its value, as read from a partition.
-pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+pub(crate) use super::segment::Entry;
 
 const LIVE: &str = "live";
 const SEALED: &str = "sealed.seg";
@@ -211,8 +210,7 @@ impl Partition {
 }
 
 fn sled_entry(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Entry, StoreError> {
-    let (k, v) = entry?;
-    Ok((k.to_vec(), v.to_vec()))
+    Ok(entry?)
 }
 
 /// Merges two key-ordered entry streams; on equal keys the entry of `newer`

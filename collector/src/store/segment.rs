@@ -38,8 +38,9 @@ fn corrupt(path: &Path, what: &str) -> StoreError {
     StoreError::Corrupt(format!("{}: {what}", path.display()))
 }
 
-/// A key and its value.
-pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+/// A key and its value (sled's reference-counted bytes, so handing out an
+/// entry of a cached block or of a live database copies nothing large).
+pub(crate) type Entry = (sled::IVec, sled::IVec);
 
 /// Writes `entries` (strictly increasing keys) as a segment at `path`,
 /// durably: written to a temporary file, synced, renamed into place.
@@ -52,9 +53,9 @@ pub(crate) fn write(path: &Path, entries: impl Iterator<Item = Result<Entry, Sto
     let mut index = Out::default();
     let mut blocks = 0u64;
     let mut block = Out::default();
-    let mut first_key: Option<Vec<u8>> = None;
-    let mut previous: Option<Vec<u8>> = None;
-    let mut flush_block = |block: &mut Out, first_key: &mut Option<Vec<u8>>, out: &mut BufWriter<File>| {
+    let mut first_key: Option<sled::IVec> = None;
+    let mut previous: Option<sled::IVec> = None;
+    let mut flush_block = |block: &mut Out, first_key: &mut Option<sled::IVec>, out: &mut BufWriter<File>| {
         let Some(first) = first_key.take() else {
             return Ok(());
         };
@@ -196,8 +197,8 @@ impl Segment {
         let mut input = In(&plain);
         let mut entries = Vec::new();
         while !input.is_empty() {
-            let key = input.bytes()?.to_vec();
-            entries.push((key, input.bytes()?.to_vec()));
+            let key = sled::IVec::from(input.bytes()?);
+            entries.push((key, sled::IVec::from(input.bytes()?)));
         }
         let entries = Arc::new(entries);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,9 +225,9 @@ impl Segment {
         let mut out = Vec::new();
         for at in self.blocks_for(&range) {
             let block = self.block(at)?;
-            let start = block.partition_point(|(k, _)| k.as_slice() < range.start);
+            let start = block.partition_point(|(k, _)| k.as_ref() < range.start);
             for (k, v) in &block[start..] {
-                if k.as_slice() >= range.end {
+                if k.as_ref() >= range.end {
                     break;
                 }
                 out.push((k.clone(), v.clone()));
@@ -243,9 +244,9 @@ impl Segment {
         }
         let block = self.block(at - 1)?;
         Ok(block
-            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
             .ok()
-            .map(|i| block[i].1.clone()))
+            .map(|i| block[i].1.to_vec()))
     }
 
     /// Every entry, in key order (for rewriting the segment).
@@ -265,8 +266,8 @@ mod tests {
         (0..n)
             .map(|i| {
                 (
-                    format!("key-{i:08}").into_bytes(),
-                    vec![(i % 251) as u8; (i % 300) as usize],
+                    format!("key-{i:08}").into_bytes().into(),
+                    vec![(i % 251) as u8; (i % 300) as usize].into(),
                 )
             })
             .collect()
@@ -289,8 +290,8 @@ mod tests {
         assert_eq!(segment.range(b"a".as_slice()..b"z".as_slice()).unwrap().len(), 20_000);
         assert!(segment.range(b"key-9".as_slice()..b"z".as_slice()).unwrap().is_empty());
         assert!(segment.range(b"a".as_slice()..b"b".as_slice()).unwrap().is_empty());
-        assert_eq!(segment.get(b"key-00019999").unwrap(), Some(all[19_999].1.clone()));
-        assert_eq!(segment.get(b"key-00000000").unwrap(), Some(all[0].1.clone()));
+        assert_eq!(segment.get(b"key-00019999").unwrap(), Some(all[19_999].1.to_vec()));
+        assert_eq!(segment.get(b"key-00000000").unwrap(), Some(all[0].1.to_vec()));
         assert_eq!(segment.get(b"key-0000000").unwrap(), None);
         assert_eq!(segment.get(b"zzz").unwrap(), None);
         assert_eq!(segment.iter().collect::<Result<Vec<_>, _>>().unwrap(), all);
@@ -317,7 +318,7 @@ mod tests {
         assert!(
             write(
                 &path,
-                vec![Ok((b"b".to_vec(), vec![])), Ok((b"a".to_vec(), vec![]))].into_iter()
+                vec![Ok((b"b".into(), b"".into())), Ok((b"a".into(), b"".into()))].into_iter()
             )
             .is_err()
         );
@@ -328,7 +329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.seg");
         let alike: Vec<Entry> = (0..10_000u32)
-            .map(|i| (i.to_be_bytes().to_vec(), b"window 1 2 3 4 5".repeat(4)))
+            .map(|i| (i.to_be_bytes().as_slice().into(), b"window 1 2 3 4 5".repeat(4).into()))
             .collect();
         let logical: usize = alike.iter().map(|(k, v)| k.len() + v.len()).sum();
         write(&path, alike.into_iter().map(Ok)).unwrap();
