@@ -106,16 +106,23 @@ pub(crate) fn alerting_of(dashboard: &Dashboard) -> Result<Arc<dyn Alerting>, Pa
         .ok_or_else(|| PageError::NotFound("This dashboard is mounted without the collector's alert engine.".into()))
 }
 
-/// A refused change shown on the form (with the status saying why), or a
-/// page error.
-pub(crate) fn refusal(error: AlertingError) -> Result<(StatusCode, String), PageError> {
-    match error {
-        AlertingError::Invalid { .. } => Ok((StatusCode::BAD_REQUEST, error.to_string())),
-        AlertingError::Conflict(m) => Ok((StatusCode::CONFLICT, m)),
-        AlertingError::Delivery(m) => Ok((StatusCode::BAD_GATEWAY, m)),
-        AlertingError::NotFound(m) => Err(PageError::NotFound(m)),
-        AlertingError::Internal(detail) => Err(PageError::Internal(detail)),
-    }
+/// A refused change shown on its page by `render` (given the reason), with
+/// the status saying why; or a page error when there is nothing to show.
+pub(crate) async fn show_refusal<F, Fut>(error: AlertingError, render: F) -> Result<Response, PageError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, PageError>>,
+{
+    let (status, message) = match error {
+        AlertingError::Invalid { .. } => (StatusCode::BAD_REQUEST, error.to_string()),
+        AlertingError::Conflict(m) => (StatusCode::CONFLICT, m),
+        AlertingError::Delivery(m) => (StatusCode::BAD_GATEWAY, m),
+        AlertingError::NotFound(m) => return Err(PageError::NotFound(m)),
+        AlertingError::Internal(detail) => return Err(PageError::Internal(detail)),
+    };
+    let mut response = render(message).await?;
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 /// A read of the alert engine that failed.
@@ -469,12 +476,7 @@ pub(crate) async fn create_silence(
             tracing::info!(id, "silence added from the dashboard");
             Ok(see_other("/alerts?saved=silence-created"))
         }
-        Err(error) => {
-            let (status, message) = refusal(error)?;
-            let mut response = render(&dashboard, &request, fields, "", Some(message)).await?;
-            *response.status_mut() = status;
-            Ok(response)
-        }
+        Err(error) => show_refusal(error, |message| render(&dashboard, &request, fields, "", Some(message))).await,
     }
 }
 
@@ -493,10 +495,10 @@ pub(crate) async fn expire_silence(
             Ok(see_other("/alerts?saved=silence-expired"))
         }
         Err(error) => {
-            let (status, message) = refusal(error)?;
-            let mut response = render(&dashboard, &request, SilenceFields::default(), "", Some(message)).await?;
-            *response.status_mut() = status;
-            Ok(response)
+            show_refusal(error, |message| {
+                render(&dashboard, &request, SilenceFields::default(), "", Some(message))
+            })
+            .await
         }
     }
 }

@@ -9,7 +9,7 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
-use super::alerts::{Fields, Posted, alerting_of, failed, id, refusal};
+use super::alerts::{Fields, Posted, alerting_of, failed, id, show_refusal};
 use super::{Layout, PageError, Request, html};
 use crate::Dashboard;
 use crate::alerting::{AlertingError, ChannelDraft, ChannelInfo};
@@ -184,11 +184,16 @@ async fn refused(
     fields: ChannelFields,
     error: AlertingError,
 ) -> Result<Response, PageError> {
-    let (status, message) = refusal(error)?;
-    let message = format!("Not saved: {message}");
-    let mut response = render(dashboard, request, Some(fields), String::new(), Some(message)).await?;
-    *response.status_mut() = status;
-    Ok(response)
+    show_refusal(error, |message| {
+        render(
+            dashboard,
+            request,
+            Some(fields),
+            String::new(),
+            Some(format!("Not saved: {message}")),
+        )
+    })
+    .await
 }
 
 pub(crate) async fn create(
@@ -270,11 +275,11 @@ pub(crate) async fn test(
             render(&dashboard, &request, None, saved, None).await
         }
         Err(error) => {
-            let (status, message) = refusal(error)?;
-            let message = format!("The test notification through {name} failed: {message}");
-            let mut response = render(&dashboard, &request, None, String::new(), Some(message)).await?;
-            *response.status_mut() = status;
-            Ok(response)
+            show_refusal(error, |message| {
+                let message = format!("The test notification through {name} failed: {message}");
+                render(&dashboard, &request, None, String::new(), Some(message))
+            })
+            .await
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
-use super::alerts::{Fields, Posted, alerting_of, failed, id, invalid, lines, pairs, refusal, severity_class};
+use super::alerts::{Fields, Posted, alerting_of, failed, id, invalid, lines, pairs, severity_class, show_refusal};
 use super::{Layout, PageError, Request, html};
 use crate::Dashboard;
 use crate::alerting::{AlertingError, Evaluation, RuleDraft, RuleInfo, RuleKindInfo, RuleScope};
@@ -306,10 +306,10 @@ async fn refused(
     fields: RuleFields,
     error: AlertingError,
 ) -> Result<Response, PageError> {
-    let (status, message) = refusal(error)?;
-    let mut response = render(dashboard, request, Some(fields), "", Some(message)).await?;
-    *response.status_mut() = status;
-    Ok(response)
+    show_refusal(error, |message| {
+        render(dashboard, request, Some(fields), "", Some(message))
+    })
+    .await
 }
 
 pub(crate) async fn create(
