@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -410,7 +410,7 @@ impl Recorder {
     /// Records one execution of `sql`.
     pub(crate) fn record(&self, sql: &str, elapsed: Duration, outcome: Outcome, pool: Option<&str>) {
         let micros = duration_us(elapsed);
-        let raw_hash = FxBuild::default().hash_one(sql);
+        let raw_hash = raw_hash(sql);
         let known = self.with_stripe(|stripe| {
             let fingerprint = stripe.by_raw.get(&raw_hash).copied()?;
             stripe.record(fingerprint, micros, outcome);
@@ -579,6 +579,14 @@ impl Recorder {
     pub(crate) fn fingerprint_count(&self) -> usize {
         lock(&self.registry).texts.len()
     }
+}
+
+/// The key a raw statement is cached under. A 64-bit hash of good quality
+/// (rapidhash: streaming 1 KB in about 20 ns, against about 35 ns for FxHash,
+/// whose weak mixing also makes colliding statements easier to come by), so
+/// that two distinct raw statements practically never share an entry.
+fn raw_hash(sql: &str) -> u64 {
+    rapidhash::v3::rapidhash_v3(sql.as_bytes())
 }
 
 /// Microseconds, saturating; a duration is never negative.
