@@ -4,17 +4,18 @@
 //!
 //! `cargo bench -p querypulse-agent --bench memory`
 //!
-//! A real agent records from several threads and ships each window to an
-//! in-process collector stand-in that acknowledges every batch, so the outbox
-//! drains as it would in production and every fingerprint text is sent once.
-//! Windows are closed with `flush()` rather than the clock so the run is
-//! short and deterministic.
+//! A real agent records from several threads and ships each window to a
+//! collector stand-in that acknowledges every batch, so the outbox drains as
+//! it would in production and every fingerprint text is sent once. The
+//! stand-in is this same program started again as a child process, so the
+//! counting allocator sees the agent's memory only. Windows are closed with
+//! `flush()` rather than the clock so the run is short and deterministic.
 //!
-//! Figures are heap bytes above a baseline taken after the runtime, the
-//! stand-in and the benchmark's own statement strings exist. The peak also
-//! counts the stand-in decoding each batch it receives (the agent's part of a
-//! harvest is a subset of it), so it overstates the agent slightly.
+//! Figures are heap bytes above a baseline taken after the runtime and the
+//! benchmark's own statement strings exist.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ const FINGERPRINTS: usize = 5_000;
 /// Raw variants (differing literals) of each statement.
 const VARIANTS: usize = 4;
 const THREADS: usize = 4;
+/// Set in the child process that plays the collector.
+const STAND_IN: &str = "QUERYPULSE_BENCH_MEMORY_STAND_IN";
 
 /// Acknowledges every batch at once, like a collector whose store never waits.
 struct AckEverything;
@@ -147,7 +150,19 @@ fn record_window(agent: &Agent, statements: &[Vec<String>], calls: fn(usize) -> 
     });
 }
 
-async fn run(scenario: &Scenario, endpoint: &str, statements: &Arc<Vec<Vec<String>>>) {
+/// How many times each scenario runs, each with a fresh agent. How threads
+/// meet on the stripes differs from run to run, and with it how many
+/// buckets each stripe fills, so the table reports the range and the worst.
+const ROUNDS: usize = 5;
+
+/// One round's figures.
+struct Round {
+    held_mib: f64,
+    peak_mib: f64,
+    grown_bytes: usize,
+}
+
+async fn run(scenario: &Scenario, endpoint: &str, statements: &Arc<Vec<Vec<String>>>, round: usize) -> Round {
     let baseline = HEAP.current_usage();
     HEAP.reset_peak_usage();
     let agent = Agent::builder("memory")
@@ -182,25 +197,83 @@ async fn run(scenario: &Scenario, endpoint: &str, statements: &Arc<Vec<Vec<Strin
 
     let stats = agent.stats();
     agent.shutdown().await.expect("last window acknowledged");
-    let (rss, hwm) = resident();
-    println!("scenario: {}", scenario.name);
+    let figures = Round {
+        held_mib: above(standing, baseline),
+        peak_mib: above(peak, baseline),
+        grown_bytes: grown,
+    };
     println!(
-        "  {} fingerprints, {} raw variants each, {THREADS} recording threads, {} windows in {:.1?}",
+        "  round {round}: {} fingerprints, {} windows in {:.1?}; held {:.1} MiB, peak {:.1} MiB, \
+         growth over 1,000,000 known records {} bytes",
         stats.fingerprints,
-        VARIANTS,
         scenario.windows,
-        started.elapsed()
+        started.elapsed(),
+        figures.held_mib,
+        figures.peak_mib,
+        figures.grown_bytes
+    );
+    figures
+}
+
+fn report(rounds: &[Round]) {
+    let range = |f: fn(&Round) -> f64| {
+        let values = rounds.iter().map(f);
+        let low = values.clone().fold(f64::INFINITY, f64::min);
+        (low, values.fold(0.0, f64::max))
+    };
+    let (held_low, held_high) = range(|r| r.held_mib);
+    let (peak_low, peak_high) = range(|r| r.peak_mib);
+    let grown = rounds.iter().map(|r| r.grown_bytes).max().unwrap_or(0);
+    let (rss, hwm) = resident();
+    println!(
+        "  heap held by the agent after the last window: worst {held_high:.1} MiB (range {held_low:.1}-{held_high:.1})"
     );
     println!(
-        "  heap held by the agent after the last window: {:.1} MiB",
-        above(standing, baseline)
+        "  peak heap above baseline during a round:      worst {peak_high:.1} MiB (range {peak_low:.1}-{peak_high:.1})"
     );
-    println!(
-        "  peak heap above baseline during the run:      {:.1} MiB",
-        above(peak, baseline)
-    );
-    println!("  heap growth over 1,000,000 known records:     {grown} bytes");
+    println!("  heap growth over 1,000,000 known records:     at most {grown} bytes");
     println!("  process VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB (whole process, high-water since start)");
+}
+
+/// The child process: serves the stand-in on a loopback port, prints the
+/// port, and exits when the parent closes its stdin (or dies).
+async fn stand_in() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback port");
+    println!("{}", listener.local_addr().expect("bound"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest_server::IngestServer::new(AckEverything).max_decoding_message_size(64 << 20))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await
+        .ok();
+}
+
+/// Kills the stand-in when the benchmark ends, however it ends.
+struct StandIn(Child);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_stand_in() -> (StandIn, String) {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .env(STAND_IN, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stand-in process starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("stand-in prints its address");
+    (StandIn(child), format!("http://{}", line.trim()))
 }
 
 fn main() {
@@ -209,24 +282,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var_os(STAND_IN).is_some() {
+        runtime.block_on(stand_in());
+        return;
+    }
+    let (_stand_in, endpoint) = start_stand_in();
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback port");
-        let endpoint = format!("http://{}", listener.local_addr().expect("bound"));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ingest_server::IngestServer::new(AckEverything).max_decoding_message_size(64 << 20))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
         let statements = Arc::new(statements());
         println!(
-            "querypulse agent memory (heap from a counting allocator; baseline excludes the runtime, \
-             the collector stand-in and the benchmark's {:.1} MiB of statement strings)",
+            "querypulse agent memory (heap from a counting allocator; the collector stand-in runs in a \
+             child process; baseline excludes the runtime and the benchmark's {:.1} MiB of statement strings)",
             mib(FINGERPRINTS * VARIANTS * statements[0][0].len())
         );
         for scenario in &SCENARIOS {
-            run(scenario, &endpoint, &statements).await;
+            println!("scenario: {}", scenario.name);
+            println!("  {FINGERPRINTS} statement shapes, {VARIANTS} raw variants each, {THREADS} recording threads");
+            let mut rounds = Vec::new();
+            for round in 1..=ROUNDS {
+                rounds.push(run(scenario, &endpoint, &statements, round).await);
+            }
+            report(&rounds);
         }
     });
 }

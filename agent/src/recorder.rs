@@ -14,15 +14,16 @@
 //! Each stripe caches raw statement hash → fingerprint, so a statement is
 //! normalized once (on first sight, into a shared bounded index) and afterwards
 //! found by the hash of its raw text. Latencies go into sorted (bucket, count)
-//! pairs (8 bytes per non-empty bucket; the harvest turns them into a
-//! [`LatencyHistogram`]), so thousands of rare fingerprints stay small; a fingerprint that fills many buckets on a stripe
-//! gets a dense array there, where a record is an index instead of a binary
-//! search.
+//! pairs (4 bytes per non-empty bucket), so thousands of rare fingerprints
+//! stay small; a fingerprint that fills many buckets on a stripe gets a dense
+//! array there, where a record is an index instead of a binary search.
 //!
-//! The harvest takes each stripe's lock in turn and adds what it holds into the
-//! window's batch. Every record happens entirely under one stripe lock, so it
-//! lands either before that stripe is harvested or after it, never both and
-//! never neither: the merged batch is exactly what one place would have counted.
+//! The harvest goes fingerprint by fingerprint, taking its entry from each
+//! stripe under that stripe's lock, merging them into a [`LatencyHistogram`]
+//! and encoding it for the wire at once. Every record happens entirely under
+//! one stripe lock, so it lands either before its entry on that stripe is
+//! taken or after it, never both and never neither: the merged batch is
+//! exactly what one place would have counted.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use querypulse_proto::histogram::{BUCKETS, HIGHEST_US, bucket_index};
+use querypulse_proto::wire::v1 as wire;
 use querypulse_proto::{
     AgentCounters, Batch, ConfigUpdate, ErrorClassCount, Fingerprint, LatencyHistogram, QueryStats, SlowQuerySample,
     Window,
@@ -53,7 +55,7 @@ const RAW_INDEX_LEN: usize = 65_536;
 const MAX_STRIPES: usize = 64;
 /// Distinct latency buckets a fingerprint fills on one stripe in one window
 /// before its counts move from the sparse histogram (a binary search per
-/// record, 8 bytes a bucket) to a dense array (an index per record, ~20 KB).
+/// record, 4 bytes a bucket) to a dense array (an index per record, ~20 KB).
 /// Only statements recorded hundreds of times per window pay for the array.
 const DENSE_AFTER_BUCKETS: usize = 256;
 
@@ -168,11 +170,12 @@ struct WindowStats {
 }
 
 /// One fingerprint's latency counts on one stripe: sorted (bucket, count)
-/// pairs of 8 bytes while few buckets are filled, a dense array once many
-/// are. The pairs keep their capacity from window to window, so a known
+/// pairs of 4 bytes while few buckets are filled, a dense array once many
+/// are, or once one bucket counts past 65,535 in a window (a statement that
+/// busy pays 20 KB gladly). The pairs keep their capacity from window to window, so a known
 /// statement records without allocating.
 enum StripeLatency {
-    Sparse(Vec<(u16, u32)>),
+    Sparse(Vec<(u16, u16)>),
     Dense(Box<[u64]>),
 }
 
@@ -194,11 +197,11 @@ impl StripeLatency {
                 (false, false)
             }
             StripeLatency::Sparse(buckets) => match buckets.binary_search_by_key(&index, |(i, _)| *i) {
-                Ok(at) if buckets[at].1 < u32::MAX => {
+                Ok(at) if buckets[at].1 < u16::MAX => {
                     buckets[at].1 += 1;
                     (false, false)
                 }
-                // A count past 4 billion in one window needs the wide array.
+                // A count past 65,535 in one window needs the wide array.
                 Ok(_) => (true, true),
                 Err(at) => {
                     buckets.insert(at, (index, 1));
@@ -512,35 +515,73 @@ impl Recorder {
     }
 
     /// Takes everything recorded since the last harvest as the batch of
-    /// `window`. Fingerprint texts are attached by the sender, per stream.
-    pub(crate) fn harvest(&self, seq: u64, window: Window) -> Batch {
-        let mut merged: HashMap<Fingerprint, QueryStats, FxBuild> = HashMap::default();
+    /// `window`, in its wire form. Fingerprint texts are attached by the
+    /// sender, per stream. Each fingerprint's histogram is encoded as soon as
+    /// its stripes are merged, so the harvest never holds a second, wider
+    /// copy of every histogram the stripes keep.
+    pub(crate) fn harvest(&self, seq: u64, window: Window) -> wire::Batch {
+        let mut queries = Vec::new();
+        let batch = self.harvest_with(seq, window, |stats| queries.push(wire::QueryStats::from(&stats)));
+        let mut batch = wire::Batch::from(&batch);
+        batch.queries = queries;
+        batch
+    }
+
+    /// [`Recorder::harvest`] with the statistics as they are merged.
+    #[cfg(test)]
+    pub(crate) fn harvest_stats(&self, seq: u64, window: Window) -> Batch {
+        let mut queries = Vec::new();
+        let mut batch = self.harvest_with(seq, window, |stats| queries.push(stats));
+        batch.queries = queries;
+        batch
+    }
+
+    /// Hands every fingerprint's statistics of the window to `emit`, in
+    /// fingerprint order, and returns the rest of the batch.
+    ///
+    /// One fingerprint at a time: its entry is taken from each stripe under
+    /// that stripe's lock, held only for that entry, so a recording thread
+    /// waits at most for one entry's take. A record lands either before its
+    /// stripe's entry is taken or after, never both and never neither, so the
+    /// merged window is exactly what one place would have counted.
+    fn harvest_with(&self, seq: u64, window: Window, mut emit: impl FnMut(QueryStats)) -> Batch {
+        let mut fingerprints: Vec<Fingerprint> = Vec::new();
         for stripe in self.stripes.iter() {
-            let mut stripe = lock(&stripe.0);
-            stripe.stats.retain(|fingerprint, stats| {
-                if stats.calls == 0 {
-                    // Idle on this stripe for a whole window: give its memory back.
-                    return false;
-                }
-                let window = stats.take_window(*fingerprint);
-                match merged.get_mut(fingerprint) {
-                    Some(total) => total.merge(&window),
-                    None => {
-                        merged.insert(*fingerprint, window);
-                    }
-                }
-                true
-            });
+            fingerprints.extend(lock(&stripe.0).stats.keys().copied());
         }
-        // Calls beyond the cap are counted here rather than on every record,
-        // where a shared counter would be one more contended cache line.
-        if let Some(other) = merged.get(&Fingerprint::OTHER) {
-            self.counters.overflow_calls.fetch_add(other.calls, Ordering::Relaxed);
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        for fingerprint in fingerprints {
+            let mut total: Option<QueryStats> = None;
+            for stripe in self.stripes.iter() {
+                let window = {
+                    let mut stripe = lock(&stripe.0);
+                    let Some(stats) = stripe.stats.get_mut(&fingerprint) else {
+                        continue;
+                    };
+                    if stats.calls == 0 {
+                        // Idle on this stripe for a whole window: give its memory back.
+                        stripe.stats.remove(&fingerprint);
+                        continue;
+                    }
+                    stats.take_window(fingerprint)
+                };
+                match &mut total {
+                    Some(total) => total.merge(&window),
+                    None => total = Some(window),
+                }
+            }
+            let Some(total) = total else { continue };
+            // Calls beyond the cap are counted here rather than on every
+            // record, where a shared counter would be one more contended
+            // cache line.
+            if fingerprint == Fingerprint::OTHER {
+                self.counters.overflow_calls.fetch_add(total.calls, Ordering::Relaxed);
+            }
+            emit(total);
         }
         let slow = std::mem::take(&mut *lock(&self.slow));
         let mut batch = Batch::new(seq, window);
-        batch.queries = merged.into_values().collect();
-        batch.queries.sort_by_key(|q| q.fingerprint);
         batch.slow_queries = slow.samples;
         batch.counters = self.counters.snapshot();
         self.pools.harvest_into(&mut batch);
@@ -597,7 +638,7 @@ pub(crate) fn duration_us(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn stripe_counts_stay_exact_across_the_dense_switch_and_past_u32() {
+    fn stripe_counts_stay_exact_across_the_dense_switch_and_past_u16() {
         let mut latency = super::StripeLatency::default();
         let values: Vec<u64> = (0..300u64).map(|i| 10 + i * 37).collect();
         for v in &values {
@@ -621,12 +662,18 @@ mod tests {
         // A bucket at the sparse count's limit moves to the wide array
         // without losing the record that overflowed it.
         let at = querypulse_proto::histogram::bucket_index(500);
-        let mut latency = super::StripeLatency::Sparse(vec![(at, u32::MAX)]);
-        latency.record(500);
-        latency.record(500);
+        let mut latency = super::StripeLatency::default();
+        let records = u64::from(u16::MAX) + 2;
+        for _ in 0..records {
+            latency.record(500);
+        }
+        assert!(
+            matches!(latency, super::StripeLatency::Dense(_)),
+            "one bucket past 65,535 is dense"
+        );
         let histogram = latency.take(true);
-        assert_eq!(histogram.count(), u64::from(u32::MAX) + 2);
-        assert_eq!(histogram.indexed_buckets(), &[(at, u64::from(u32::MAX) + 2)][..]);
+        assert_eq!(histogram.count(), records);
+        assert_eq!(histogram.indexed_buckets(), &[(at, records)][..]);
     }
 
     use super::*;
@@ -721,7 +768,7 @@ mod tests {
                 scope.spawn(move || run(r, t, per_thread));
             }
         });
-        let batch = r.harvest(1, window());
+        let batch = r.harvest_stats(1, window());
         assert_eq!(batch.queries, recorded_in_one_place(threads, per_thread));
         assert!(batch.queries.iter().all(|q| !q.error_classes.is_empty()));
     }
@@ -742,11 +789,11 @@ mod tests {
             }
             // Harvest over and over while the threads record.
             while finished.load(Ordering::SeqCst) < threads as usize {
-                batches.push(r.harvest(batches.len() as u64 + 1, window()));
+                batches.push(r.harvest_stats(batches.len() as u64 + 1, window()));
                 std::thread::yield_now();
             }
         });
-        batches.push(r.harvest(batches.len() as u64 + 1, window()));
+        batches.push(r.harvest_stats(batches.len() as u64 + 1, window()));
         assert!(batches.len() > 2, "the harvest ran while recording");
 
         let mut total: HashMap<Fingerprint, QueryStats> = HashMap::new();
@@ -782,7 +829,7 @@ mod tests {
         for us in 0..1_000 {
             r.record("select 1 from hot", Duration::from_micros(us * 37), Outcome::OK, None);
         }
-        r.harvest(1, window());
+        r.harvest_stats(1, window());
         let after_first = tracked(&r);
         assert_eq!(after_first.len(), 2, "both are kept, emptied, for the next window");
         assert!(after_first.iter().all(|(_, calls, _)| *calls == 0));
@@ -792,11 +839,11 @@ mod tests {
         );
 
         r.record("select 1 from hot", Duration::from_micros(5), Outcome::OK, None);
-        r.harvest(2, window());
+        r.harvest_stats(2, window());
         let after_second = tracked(&r);
         assert_eq!(after_second.len(), 1, "the rare one was idle for a window");
         assert!(after_second[0].2, "one call does not keep a 20 KB array");
-        r.harvest(3, window());
+        r.harvest_stats(3, window());
         assert!(tracked(&r).is_empty());
         assert_eq!(r.fingerprint_count(), 2, "known fingerprints stay registered");
     }
@@ -808,8 +855,8 @@ mod tests {
             a.record("select 1", Duration::from_micros(10), Outcome::OK, None);
         }
         b.record("select 1", Duration::from_micros(10), Outcome::OK, None);
-        assert_eq!(a.harvest(1, window()).queries[0].calls, 3);
-        assert_eq!(b.harvest(1, window()).queries[0].calls, 1);
+        assert_eq!(a.harvest_stats(1, window()).queries[0].calls, 3);
+        assert_eq!(b.harvest_stats(1, window()).queries[0].calls, 1);
     }
 
     #[test]
@@ -827,13 +874,13 @@ mod tests {
             Outcome::sqlstate("23505"),
             None,
         );
-        let batch = r.harvest(1, window());
+        let batch = r.harvest_stats(1, window());
         assert_eq!(batch.queries.len(), 1);
         let q = &batch.queries[0];
         assert_eq!((q.calls, q.errors, q.rows, q.min_us, q.max_us), (2, 1, 1, 100, 300));
         assert_eq!(r.text(q.fingerprint).as_deref(), Some("select * from t where id = ?"));
         assert!(
-            r.harvest(2, window()).queries.is_empty(),
+            r.harvest_stats(2, window()).queries.is_empty(),
             "a harvest starts a new window"
         );
     }
@@ -855,7 +902,7 @@ mod tests {
             Outcome::OK,
             None,
         );
-        let batch = r.harvest(1, window());
+        let batch = r.harvest_stats(1, window());
         let other = batch
             .queries
             .iter()
@@ -881,7 +928,7 @@ mod tests {
         r.record("select 1 from b", Duration::from_millis(150), Outcome::OK, None);
         r.record("select 1 from c", Duration::from_millis(150), Outcome::OK, None);
         r.record("select 1 from d", Duration::from_millis(50), Outcome::OK, None);
-        let batch = r.harvest(1, window());
+        let batch = r.harvest_stats(1, window());
         assert_eq!(batch.slow_queries.len(), 3);
         assert_eq!(batch.counters.dropped_samples, 4);
         assert!(batch.slow_queries.iter().all(|s| s.raw_text.is_none()));

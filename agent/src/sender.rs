@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
-use querypulse_proto::{AgentMessage, Batch, CollectorMessage, Fingerprint, Hello};
+use querypulse_proto::{AgentMessage, CollectorMessage, Fingerprint, Hello};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -33,7 +33,7 @@ const IN_FLIGHT: usize = 8;
 #[derive(Debug)]
 pub(crate) enum ToSender {
     /// A new batch for the outbox.
-    Batch(Box<Batch>),
+    Batch(Box<wire::Batch>),
     /// Answer once every batch so far is acknowledged (or at `deadline`), then
     /// stop if `stop` is set.
     Sync {
@@ -237,7 +237,7 @@ fn accept(
     match message {
         Some(ToSender::Batch(batch)) => {
             *last_seq = batch.seq;
-            let dropped = outbox.push(wire::Batch::from(&*batch));
+            let dropped = outbox.push(*batch);
             if dropped > 0 {
                 recorder.counters.dropped_batches.fetch_add(dropped, Ordering::Relaxed);
                 tracing::warn!(dropped, "querypulse agent outbox is full; dropped the oldest batches");

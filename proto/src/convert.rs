@@ -414,6 +414,31 @@ fn wire_gauge(g: Gauge) -> Option<wire::GaugeStats> {
     })
 }
 
+impl From<&QueryStats> for wire::QueryStats {
+    fn from(q: &QueryStats) -> Self {
+        wire::QueryStats {
+            fingerprint: q.fingerprint.get(),
+            calls: q.calls,
+            errors: q.errors,
+            error_classes: q
+                .error_classes
+                .iter()
+                .map(|c| wire::ErrorClassCount {
+                    class: c.class.clone(),
+                    count: c.count,
+                })
+                .collect(),
+            rows: q.rows,
+            sum_us: q.sum_us,
+            sum_squares_us: q.sum_squares_us,
+            min_us: q.min_us,
+            max_us: q.max_us,
+            latency_histogram: q.latency.encode(),
+            outliers: q.outliers,
+        }
+    }
+}
+
 impl From<&Batch> for wire::Batch {
     fn from(batch: &Batch) -> Self {
         let c = batch.counters;
@@ -421,30 +446,7 @@ impl From<&Batch> for wire::Batch {
             seq: batch.seq,
             window_start_unix_ms: batch.window.start_ms,
             window_length_ms: batch.window.length_ms,
-            queries: batch
-                .queries
-                .iter()
-                .map(|q| wire::QueryStats {
-                    fingerprint: q.fingerprint.get(),
-                    calls: q.calls,
-                    errors: q.errors,
-                    error_classes: q
-                        .error_classes
-                        .iter()
-                        .map(|c| wire::ErrorClassCount {
-                            class: c.class.clone(),
-                            count: c.count,
-                        })
-                        .collect(),
-                    rows: q.rows,
-                    sum_us: q.sum_us,
-                    sum_squares_us: q.sum_squares_us,
-                    min_us: q.min_us,
-                    max_us: q.max_us,
-                    latency_histogram: q.latency.encode(),
-                    outliers: q.outliers,
-                })
-                .collect(),
+            queries: batch.queries.iter().map(wire::QueryStats::from).collect(),
             pools: batch
                 .pools
                 .iter()
