@@ -61,6 +61,10 @@ const MAX_STRIPES: usize = 64;
 /// record, 4 bytes a bucket) to a dense array (an index per record, ~20 KB).
 /// Only statements recorded hundreds of times per window pay for the array.
 const DENSE_AFTER_BUCKETS: usize = 256;
+/// Records of one fingerprint on one stripe in one window after which its
+/// counts move to the dense array whatever the buckets: 20 KB is nothing to a
+/// statement that hot, and an index beats a binary search.
+const DENSE_AFTER_CALLS: u64 = 4_096;
 
 thread_local! {
     /// The stripe this thread records into, before reducing it to a recorder's
@@ -163,12 +167,20 @@ impl Stripe {
 #[derive(Default)]
 struct StripeState {
     by_raw: HashMap<u64, Fingerprint, FxBuild>,
-    stats: HashMap<Fingerprint, WindowStats, FxBuild>,
+    stats: HashMap<Fingerprint, Box<Slot>, FxBuild>,
 }
+
+/// One fingerprint's statistics on one stripe, on cache lines of their own.
+/// Every record writes them; kept inline in the map they could share a line
+/// with another stripe's map (small allocations sit side by side), and two
+/// threads on different stripes would contend for it after all.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(WindowStats);
 
 impl StripeState {
     fn record(&mut self, fingerprint: Fingerprint, micros: u64, outcome: Outcome) {
-        self.stats.entry(fingerprint).or_default().record(micros, outcome);
+        self.stats.entry(fingerprint).or_default().0.record(micros, outcome);
     }
 
     fn remember(&mut self, raw_hash: u64, fingerprint: Fingerprint) {
@@ -201,8 +213,8 @@ struct WindowStats {
 /// One fingerprint's latency counts on one stripe: sorted (bucket, count)
 /// pairs of 4 bytes while few buckets are filled, a dense array once many
 /// are, or once one bucket counts past 65,535 in a window (a statement that
-/// busy pays 20 KB gladly). The pairs keep their capacity from window to window, so a known
-/// statement records without allocating.
+/// busy pays 20 KB gladly). The pairs keep their capacity from window to
+/// window, so a known statement records without allocating.
 enum StripeLatency {
     Sparse(Vec<(u16, u16)>),
     Dense(Box<[u64]>),
@@ -218,37 +230,45 @@ impl StripeLatency {
     /// Records one latency; true when it was above the histogram's range.
     fn record(&mut self, micros: u64) -> bool {
         let index = bucket_index(micros);
-        // Whether the sparse pairs must become the dense array, and whether
-        // this record still has to be counted there.
-        let (to_dense, uncounted) = match self {
+        let counted = match self {
             StripeLatency::Dense(counts) => {
                 counts[usize::from(index)] += 1;
-                (false, false)
+                true
             }
             StripeLatency::Sparse(buckets) => match buckets.binary_search_by_key(&index, |(i, _)| *i) {
                 Ok(at) if buckets[at].1 < u16::MAX => {
                     buckets[at].1 += 1;
-                    (false, false)
+                    true
                 }
                 // A count past 65,535 in one window needs the wide array.
-                Ok(_) => (true, true),
+                Ok(_) => false,
                 Err(at) => {
                     buckets.insert(at, (index, 1));
-                    (buckets.len() > DENSE_AFTER_BUCKETS, false)
+                    if buckets.len() > DENSE_AFTER_BUCKETS {
+                        self.densify();
+                    }
+                    true
                 }
             },
         };
-        if to_dense && let StripeLatency::Sparse(buckets) = self {
+        if !counted {
+            self.densify();
+            if let StripeLatency::Dense(counts) = self {
+                counts[usize::from(index)] += 1;
+            }
+        }
+        micros > HIGHEST_US
+    }
+
+    /// Moves the sparse pairs into the dense array (nothing when dense).
+    fn densify(&mut self) {
+        if let StripeLatency::Sparse(buckets) = self {
             let mut counts = vec![0u64; BUCKETS].into_boxed_slice();
             for (i, count) in buckets.iter() {
                 counts[usize::from(*i)] = u64::from(*count);
             }
-            if uncounted {
-                counts[usize::from(index)] += 1;
-            }
             *self = StripeLatency::Dense(counts);
         }
-        micros > HIGHEST_US
     }
 
     /// The window's histogram, leaving `self` empty. `keep` says whether the
@@ -286,6 +306,11 @@ impl WindowStats {
         };
         self.max_us = self.max_us.max(micros);
         self.calls += 1;
+        if self.calls == DENSE_AFTER_CALLS {
+            // A hot statement: its counts get an array of their own, where a
+            // record is an index and writes land far from anyone else's.
+            self.latency.densify();
+        }
         self.sum_us = self.sum_us.saturating_add(micros);
         // Below 2^64 squared stays below 2^128.
         self.sum_squares_us = self
@@ -574,7 +599,7 @@ impl Recorder {
             for stripe in self.stripes.iter() {
                 let window = {
                     let mut stripe = stripe.wait();
-                    let Some(stats) = stripe.stats.get_mut(&fingerprint) else {
+                    let Some(Slot(stats)) = stripe.stats.get_mut(&fingerprint).map(|slot| &mut **slot) else {
                         continue;
                     };
                     if stats.calls == 0 {
@@ -697,6 +722,20 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_hot_statement_moves_to_the_dense_array_with_every_count() {
+        let mut stats = WindowStats::default();
+        let calls = DENSE_AFTER_CALLS + 10;
+        for i in 0..calls {
+            stats.record(100 + i % 3, Outcome::OK);
+        }
+        assert!(matches!(stats.latency, StripeLatency::Dense(_)), "few buckets, but hot");
+        let window = stats.take_window(Fingerprint::new(7));
+        assert_eq!(window.calls, calls);
+        assert_eq!(window.latency.count(), calls);
+        assert_eq!(window.latency.indexed_buckets().len(), 3);
+    }
+
     fn recorder(max_fingerprints: usize) -> Recorder {
         Recorder::new(RecorderConfig {
             dialect: Dialect::Generic,
@@ -730,7 +769,7 @@ mod tests {
                     .wait()
                     .stats
                     .iter()
-                    .map(|(fp, s)| (*fp, s.calls, matches!(s.latency, StripeLatency::Sparse(_))))
+                    .map(|(fp, slot)| (*fp, slot.0.calls, matches!(slot.0.latency, StripeLatency::Sparse(_))))
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -2,7 +2,7 @@
 //! HTTP.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FIELDS: [&str; 13] = [
@@ -21,17 +21,31 @@ const FIELDS: [&str; 13] = [
     "p99_ms",
 ];
 
+/// The demo process, killed when the test ends before stopping it, so a
+/// failing assertion leaves no demo running behind it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_querypulse"))
+    let child = Command::new(env!("CARGO_BIN_EXE_querypulse"))
         .args(["demo", "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Running(child);
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut dashboard = None;
     for line in stdout.by_ref() {
         let line = line.expect("readable stdout");
@@ -82,13 +96,13 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
     assert!(page.contains("Top queries"), "the dashboard renders");
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(exit) = child.try_wait().unwrap() {
+        if let Some(exit) = child.0.try_wait().unwrap() {
             assert!(exit.success(), "the demo exits cleanly on SIGTERM: {exit}");
             break;
         }
