@@ -177,7 +177,10 @@ impl AgentBuilder {
         self
     }
 
-    /// Bytes of unacknowledged batches kept while the collector is away.
+    /// Bytes of unacknowledged batches kept while the collector is away. The
+    /// outbox holds batches encoded for the wire, so this is the memory they
+    /// take; when a new batch would exceed it, the oldest are dropped (and
+    /// counted).
     pub fn outbox_bytes(mut self, bytes: usize) -> Self {
         self.outbox_bytes = bytes;
         self

@@ -3,18 +3,23 @@
 use std::collections::VecDeque;
 
 use prost::Message;
+use prost::bytes::Bytes;
 use querypulse_proto::wire::v1 as wire;
 
-/// One batch in the outbox, already in its wire form.
+/// One batch in the outbox, already encoded for the wire: what the outbox
+/// counts is what it holds, and a send hands the stream a reference to the
+/// same bytes instead of a copy.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub seq: u64,
-    pub batch: wire::Batch,
+    /// The `Batch` message, encoded (without fingerprint texts: those are
+    /// added per stream, see [`crate::sender`]).
+    pub batch: Bytes,
+    /// The fingerprints the batch refers to, each once, in order.
+    pub fingerprints: Box<[u64]>,
     bytes: usize,
 }
 
-/// Batches in sequence order. A batch leaves only when acknowledged (or
-/// rejected); when the byte bound is exceeded the oldest batches are dropped.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     entries: VecDeque<Entry>,
@@ -31,13 +36,24 @@ impl Outbox {
         }
     }
 
-    /// Adds a batch; returns how many older batches were dropped to make room.
-    /// The newest batch is always kept, even when it alone exceeds the bound.
+    /// Encodes and keeps `batch`; returns how many of the oldest batches
+    /// were dropped to stay within the bound.
     pub(crate) fn push(&mut self, batch: wire::Batch) -> u64 {
-        let bytes = batch.encoded_len();
+        let mut fingerprints: Vec<u64> = batch
+            .queries
+            .iter()
+            .map(|q| q.fingerprint)
+            .chain(batch.slow_queries.iter().map(|s| s.fingerprint))
+            .collect();
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        let seq = batch.seq;
+        let batch = Bytes::from(batch.encode_to_vec());
+        let bytes = batch.len() + fingerprints.len() * size_of::<u64>();
         self.entries.push_back(Entry {
-            seq: batch.seq,
+            seq,
             batch,
+            fingerprints: fingerprints.into_boxed_slice(),
             bytes,
         });
         self.bytes += bytes;
@@ -50,7 +66,6 @@ impl Outbox {
         dropped
     }
 
-    /// Forgets the batch `seq`; false when it was not (or no longer) here.
     pub(crate) fn remove(&mut self, seq: u64) -> bool {
         match self.entries.binary_search_by_key(&seq, |e| e.seq) {
             Ok(at) => {
@@ -89,12 +104,31 @@ mod tests {
     fn batch(seq: u64, payload: usize) -> wire::Batch {
         wire::Batch {
             seq,
-            fingerprint_texts: vec![wire::FingerprintText {
+            slow_queries: vec![wire::SlowQuerySample {
                 fingerprint: 1,
-                text: "x".repeat(payload),
+                raw_text: "x".repeat(payload),
+                ..Default::default()
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn keeps_the_encoded_batch_and_the_fingerprints_it_refers_to() {
+        let mut outbox = Outbox::new(1 << 20);
+        let mut sent = batch(7, 10);
+        sent.queries = [9, 3, 9]
+            .into_iter()
+            .map(|fingerprint| wire::QueryStats {
+                fingerprint,
+                ..Default::default()
+            })
+            .collect();
+        outbox.push(sent.clone());
+        let entry = outbox.first_from(0).expect("kept");
+        assert_eq!(wire::Batch::decode(entry.batch.clone()).expect("decodes"), sent);
+        assert_eq!(&*entry.fingerprints, &[1, 3, 9]);
+        assert_eq!(outbox.bytes(), sent.encoded_len() + 3 * 8);
     }
 
     #[test]

@@ -12,12 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
+use prost::Message;
+use prost::bytes::{BufMut, Bytes};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use querypulse_proto::wire::v1 as wire;
 use querypulse_proto::{AgentMessage, CollectorMessage, Fingerprint, Hello};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 
@@ -60,8 +64,81 @@ struct PendingSync {
     reply: oneshot::Sender<usize>,
 }
 
+/// What the agent writes on its stream: the hello, or a batch from the
+/// outbox with the fingerprint texts this stream has not carried yet.
+enum Outgoing {
+    Hello(wire::AgentMessage),
+    Batch {
+        batch: Bytes,
+        texts: Vec<wire::FingerprintText>,
+    },
+}
+
+/// `AgentMessage.batch` and `Batch.fingerprint_texts`, from the schema.
+const AGENT_MESSAGE_BATCH: u32 = 2;
+const BATCH_FINGERPRINT_TEXTS: u32 = 8;
+
+/// Writes [`Outgoing`] as `AgentMessage`s and reads `CollectorMessage`s. A
+/// batch is written from the outbox's encoded bytes, followed by its texts as
+/// further `fingerprint_texts` fields, which protobuf appends to the
+/// message: the collector decodes exactly the `Batch` it would have decoded
+/// from one message built in memory, and the agent never rebuilds or copies
+/// the batch to send it.
+#[derive(Default)]
+struct StreamCodec;
+
+struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Outgoing, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        match item {
+            Outgoing::Hello(hello) => hello
+                .encode(buf)
+                .map_err(|e| tonic::Status::internal(format!("cannot encode the hello: {e}"))),
+            Outgoing::Batch { batch, texts } => {
+                write_batch(&batch, &texts, buf);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes an `AgentMessage` carrying the encoded `batch` with `texts` added
+/// to its `fingerprint_texts`.
+fn write_batch(batch: &[u8], texts: &[wire::FingerprintText], buf: &mut impl BufMut) {
+    let text_len = |t: &wire::FingerprintText| {
+        let len = t.encoded_len();
+        key_len(BATCH_FINGERPRINT_TEXTS) + encoded_len_varint(len as u64) + len
+    };
+    let len = batch.len() + texts.iter().map(text_len).sum::<usize>();
+    encode_key(AGENT_MESSAGE_BATCH, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+    buf.put_slice(batch);
+    for text in texts {
+        prost::encoding::message::encode(BATCH_FINGERPRINT_TEXTS, text, buf);
+    }
+}
+
+impl Codec for StreamCodec {
+    type Encode = Outgoing;
+    type Decode = wire::CollectorMessage;
+    type Encoder = OutgoingEncoder;
+    type Decoder = tonic_prost::ProstDecoder<wire::CollectorMessage>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
 struct Connected {
-    tx: mpsc::Sender<wire::AgentMessage>,
+    tx: mpsc::Sender<Outgoing>,
     inbound: tonic::Streaming<wire::CollectorMessage>,
     /// Next sequence number to hand to this stream.
     cursor: u64,
@@ -179,9 +256,8 @@ pub(crate) async fn run(config: SenderConfig, recorder: Arc<Recorder>, mut rx: m
                         Ok(permit) => {
                             let entry = outbox.first_from(*cursor).expect("checked before select");
                             *cursor = entry.seq + 1;
-                            let mut batch = entry.batch.clone();
-                            attach_texts(&mut batch, sent_texts, &recorder);
-                            permit.send(wire::AgentMessage { kind: Some(wire::agent_message::Kind::Batch(batch)) });
+                            let texts = unsent_texts(&entry.fingerprints, sent_texts, &recorder);
+                            permit.send(Outgoing::Batch { batch: entry.batch.clone(), texts });
                         }
                         Err(_) => next_link = Some(disconnected(&recorder, &mut backoff, "stream closed")),
                     },
@@ -284,16 +360,15 @@ fn disconnected(recorder: &Recorder, backoff: &mut Backoff, why: &str) -> Link {
     }
 }
 
-/// Adds the text of every fingerprint the batch refers to that this stream has
-/// not carried yet.
-fn attach_texts(batch: &mut wire::Batch, sent: &mut HashSet<Fingerprint>, recorder: &Recorder) {
-    let referenced = batch
-        .queries
-        .iter()
-        .map(|q| q.fingerprint)
-        .chain(batch.slow_queries.iter().map(|s| s.fingerprint));
+/// The text of every fingerprint a batch refers to that this stream has not
+/// carried yet.
+fn unsent_texts(
+    fingerprints: &[u64],
+    sent: &mut HashSet<Fingerprint>,
+    recorder: &Recorder,
+) -> Vec<wire::FingerprintText> {
     let mut texts = Vec::new();
-    for raw in referenced {
+    for &raw in fingerprints {
         let fingerprint = Fingerprint::new(raw);
         if sent.insert(fingerprint)
             && let Some(text) = recorder.text(fingerprint)
@@ -304,7 +379,7 @@ fn attach_texts(batch: &mut wire::Batch, sent: &mut HashSet<Fingerprint>, record
             });
         }
     }
-    batch.fingerprint_texts.extend(texts);
+    texts
 }
 
 fn connect(config: &SenderConfig) -> ConnectFuture {
@@ -316,15 +391,22 @@ fn connect(config: &SenderConfig) -> ConnectFuture {
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-        let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_INBOUND_BYTES);
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_INBOUND_BYTES);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot reach the collector: {e}")))?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        tx.try_send(wire::AgentMessage::from(&hello))
-            .expect("a new channel has room for the hello");
+        tx.try_send(Outgoing::Hello(wire::AgentMessage::from(&hello)))
+            .unwrap_or_else(|_| unreachable!("a new channel has room for the hello"));
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(token) = token {
             request.metadata_mut().insert("authorization", token);
         }
-        let response = client.report(request).await?;
+        request
+            .extensions_mut()
+            .insert(tonic::GrpcMethod::new("querypulse.v1.Ingest", "Report"));
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/querypulse.v1.Ingest/Report");
+        let response = grpc.streaming(request, path, StreamCodec).await?;
         Ok(Connected {
             tx,
             inbound: response.into_inner(),
@@ -337,6 +419,52 @@ fn connect(config: &SenderConfig) -> ConnectFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_from_the_outbox_reaches_the_wire_with_its_texts() {
+        let batch = wire::Batch {
+            seq: 4,
+            window_start_unix_ms: 1_700_000_000_000,
+            window_length_ms: 10_000,
+            queries: vec![wire::QueryStats {
+                fingerprint: 42,
+                calls: 3,
+                ..Default::default()
+            }],
+            fingerprint_texts: vec![wire::FingerprintText {
+                fingerprint: 7,
+                text: "select ?".into(),
+            }],
+            ..Default::default()
+        };
+        let texts = vec![
+            wire::FingerprintText {
+                fingerprint: 42,
+                text: "select * from t where id = ?".into(),
+            },
+            wire::FingerprintText {
+                fingerprint: 43,
+                text: "delete from t".into(),
+            },
+        ];
+        let mut written = Vec::new();
+        write_batch(&batch.encode_to_vec(), &texts, &mut written);
+        let message = wire::AgentMessage::decode(&written[..]).expect("one whole message");
+        let mut expected = batch.clone();
+        expected.fingerprint_texts.extend(texts.clone());
+        assert_eq!(message.kind, Some(wire::agent_message::Kind::Batch(expected)));
+
+        let mut alone = Vec::new();
+        write_batch(&batch.encode_to_vec(), &[], &mut alone);
+        assert_eq!(
+            alone,
+            wire::AgentMessage {
+                kind: Some(wire::agent_message::Kind::Batch(batch))
+            }
+            .encode_to_vec(),
+            "without texts, exactly what prost writes"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
