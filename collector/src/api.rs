@@ -142,6 +142,7 @@ pub(crate) struct Api {
 pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
         .route("/api/v1/queries", get(queries))
         .route("/api/v1/queries/{fingerprint}", get(query_detail))
@@ -162,6 +163,55 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Statements `/metrics` exports unless `limit` says otherwise.
+const METRICS_LIMIT: usize = 500;
+
+/// The Prometheus exposition (see [`crate::metrics`]). `window`: the trailing
+/// window, 1 minute to 1 day (default 5m); `limit`: statements exported, the
+/// ones with the most total time (1 to 100,000; default 500).
+async fn metrics(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let params = Parameters::new(params, &["window", "limit"])?;
+    let window_ms = match params.get("window") {
+        Some(window) => parse_step(window)?,
+        None => 300_000,
+    };
+    if !(60_000..=86_400_000).contains(&window_ms) {
+        return Err(ApiError::BadRequest("window must be between 1m and 1d".into()));
+    }
+    let limit = match params.get("limit") {
+        Some(limit) => limit
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit={limit:?} is not a number from 1 to 100000")))?,
+        None => METRICS_LIMIT,
+    };
+    let now_ms = now_ms();
+    let range = summary_range(TimeRange::last(now_ms, window_ms));
+    let source = api.source.clone();
+    let (queries, pools, agents) = read(move || {
+        let filter = QueryFilter { service: None, range };
+        Ok((source.queries(&filter)?, source.pools(range)?, source.agents()?))
+    })
+    .await?;
+    let body = crate::metrics::render(crate::metrics::Scrape {
+        window_s: window_ms / 1_000,
+        limit,
+        now_ms,
+        queries,
+        pools,
+        agents,
+    });
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn unknown() -> ApiError {

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod fingerprint_cmd;
 pub mod ingest;
 pub mod loadgen;
+mod metrics;
 pub mod read;
 pub mod report;
 pub mod retention;
