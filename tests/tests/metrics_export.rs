@@ -1,7 +1,9 @@
 //! `GET /metrics`: two real agents of one service report statements and a
 //! pool to a real collector, and the Prometheus exposition carries their
 //! fleet-wide numbers. When `QUERYPULSE_TEST_PROMTOOL` names Prometheus'
-//! `promtool`, the exposition must also pass `promtool check metrics`.
+//! `promtool`, the exposition must also pass `promtool check metrics`, and
+//! the example setup in `deploy/prometheus` must pass `promtool check config`
+//! and its rule tests.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -177,7 +179,21 @@ async fn metrics_carry_fleet_percentiles_pools_and_agents_in_the_text_format() {
         assert!(body.contains("\"error\""), "{bad}: {body}");
     }
 
-    match std::env::var_os("QUERYPULSE_TEST_PROMTOOL") {
+    // Every metric the example alerting rules use is one the export has.
+    let rules = std::fs::read_to_string(example("querypulse-rules.yml")).unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("querypulse_"))
+        .collect();
+    assert!(used.len() >= 6, "the rules use the export: {used:?}");
+    for name in used {
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "deploy/prometheus/querypulse-rules.yml uses {name}, which /metrics does not export"
+        );
+    }
+
+    match promtool() {
         Some(promtool) => {
             let mut check = Command::new(&promtool)
                 .args(["check", "metrics"])
@@ -195,12 +211,53 @@ async fn metrics_carry_fleet_percentiles_pools_and_agents_in_the_text_format() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        None => eprintln!("skipped: promtool check (QUERYPULSE_TEST_PROMTOOL is not set)"),
+        None => {}
     }
 
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     collector.stop().await;
+}
+
+/// `promtool`, when the environment names it.
+fn promtool() -> Option<std::ffi::OsString> {
+    let found = std::env::var_os("QUERYPULSE_TEST_PROMTOOL");
+    if found.is_none() {
+        eprintln!("skipped: promtool checks (QUERYPULSE_TEST_PROMTOOL is not set)");
+    }
+    found
+}
+
+/// A file of the example Prometheus setup in `deploy/prometheus`.
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/prometheus")
+        .join(name)
+}
+
+/// The example scrape configuration and alerting rules are valid, and each
+/// rule fires on the series it is meant for and on no other
+/// (`deploy/prometheus/querypulse-rules.test.yml`).
+#[test]
+fn the_example_prometheus_setup_is_valid_and_its_rules_fire_as_documented() {
+    let Some(promtool) = promtool() else { return };
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "querypulse-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(example(""))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {promtool:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The host label the exposition gives instance `id` (the agent's own host
