@@ -511,6 +511,17 @@ impl<'a> Lexer<'a> {
     /// The end of the number starting at `at`, and whether it is really a word:
     /// MySQL reads `1abc`, `1_000` and `0x1g` as identifiers.
     fn number_end(&self, at: usize) -> (usize, bool) {
+        // Most numbers are plain digits followed by a space, comma or
+        // bracket: nothing below can extend those.
+        let digits_end = at
+            + self.bytes[at.min(self.bytes.len())..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+        let next = self.byte(digits_end);
+        if digits_end > at && next != b'.' && !is_word_continue(next) {
+            return (digits_end, false);
+        }
         let mysql = self.dialect == Dialect::Mysql;
         let digit = |c: u8| c.is_ascii_digit() || (c == b'_' && !mysql);
         let radix = matches!(self.byte(at + 1), b'x' | b'X' | b'b' | b'B')
