@@ -436,6 +436,30 @@ impl Catalog {
         self.read().instances.values().cloned().collect()
     }
 
+    /// Forgets the instances heard from (hello or batch) before `before_ms`;
+    /// returns their ids.
+    pub(crate) fn forget_instances(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut maps = self.write();
+        let gone: Vec<String> = maps
+            .instances
+            .values()
+            .filter(|i| i.last_seen_ms.max(i.first_seen_ms) < before_ms)
+            .map(|i| i.instance_id.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let mut batch = sled::Batch::default();
+        for id in &gone {
+            batch.remove(named(b'I', id));
+        }
+        self.meta.apply_batch(batch)?;
+        for id in &gone {
+            maps.instances.remove(id);
+        }
+        Ok(gone)
+    }
+
     /// One instance.
     pub(crate) fn instance(&self, instance_id: &str) -> Option<InstanceRecord> {
         self.read().instances.get(instance_id).cloned()

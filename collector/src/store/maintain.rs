@@ -140,6 +140,21 @@ impl StoreWriter {
             }
         }
         self.expire_markers(now_ms - keep_ms(Tier::Raw) - 86_400_000)?;
+        // An instance silent for longer than any tier keeps data has nothing
+        // left to show: it leaves the agents list (and the export) instead of
+        // staying there, silent, for ever. If it comes back it registers anew.
+        let longest = [Tier::Raw, Tier::Minute, Tier::Hour]
+            .map(keep_ms)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let forgotten = self.store.catalog().forget_instances(now_ms - longest)?;
+        if !forgotten.is_empty() {
+            tracing::info!(
+                instances = forgotten.len(),
+                "forgot instances silent for longer than any of their data is kept"
+            );
+        }
         Ok(dropped)
     }
 

@@ -305,6 +305,47 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
 }
 
 #[test]
+fn instances_silent_past_every_retention_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    store.set_retention(Retention {
+        raw_seconds: 3_600,
+        minute_seconds: 2 * 3_600,
+        hour_seconds: 86_400,
+        max_bytes: None,
+    });
+    let gone = NOW - 2 * DAY;
+    writer
+        .write(vec![request("gone", batch(1, gone, &[100]))], gone)
+        .unwrap();
+    // Heard from by a hello only, as long ago: forgotten too.
+    writer.register(&hello("hello-only"), gone).unwrap();
+    // Silent for 20 hours: its hourly data is still kept, so it stays.
+    writer
+        .write(
+            vec![request("quiet", batch(1, NOW - 20 * HOUR, &[100]))],
+            NOW - 20 * HOUR,
+        )
+        .unwrap();
+    write(&mut writer, vec![request("live", batch(1, NOW - MINUTE, &[100]))]);
+    writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    let mut left: Vec<String> = store.instances().into_iter().map(|i| i.instance_id).collect();
+    left.sort();
+    assert_eq!(left, ["live", "quiet"]);
+
+    // Forgotten for good: not back after a restart...
+    drop(writer);
+    drop(store);
+    let (store, mut writer) = open(dir.path());
+    let mut left: Vec<String> = store.instances().into_iter().map(|i| i.instance_id).collect();
+    left.sort();
+    assert_eq!(left, ["live", "quiet"]);
+    // ...until the instance reports again.
+    write(&mut writer, vec![request("gone", batch(2, NOW - MINUTE, &[100]))]);
+    assert!(store.instances().iter().any(|i| i.instance_id == "gone"));
+}
+
+#[test]
 fn the_log_is_replayed_into_databases_that_missed_it() {
     let dir = tempfile::tempdir().unwrap();
     {
