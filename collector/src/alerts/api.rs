@@ -337,7 +337,7 @@ async fn history(
         .map(|e| {
             let mut v = serde_json::to_value(e).unwrap_or_default();
             if let Some(map) = v.as_object_mut() {
-                map.insert("at".into(), rfc3339(e.at_ms).into());
+                map.insert("at".into(), rfc3339(e.entry.at_ms).into());
             }
             v
         })

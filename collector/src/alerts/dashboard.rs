@@ -20,7 +20,7 @@ use super::engine::AlertView;
 use super::rules::{Labels, RuleInput, RuleKind, Scope};
 use super::silences::SilenceInput;
 use super::state::State;
-use super::store::{HistoryEvent, HistoryFilter, StoredRule};
+use super::store::{HistoryFilter, StoredRule};
 use super::{Alerts, AlertsError, FieldError};
 use crate::api::Admin;
 use crate::now_ms;
@@ -131,7 +131,7 @@ impl Alerts {
             })
             .await?;
         let mut fired: HashMap<&str, i64> = HashMap::new();
-        for e in events.iter().rev() {
+        for e in events.iter().rev().map(|e| &e.entry) {
             match e.event.as_str() {
                 "firing" => {
                     fired.insert(&e.alert, e.at_ms);
@@ -322,20 +322,6 @@ fn channel_input(draft: ChannelDraft) -> Result<ChannelInput, AlertsError> {
     Ok(input)
 }
 
-fn history_entry(e: HistoryEvent) -> HistoryEntry {
-    HistoryEntry {
-        at_ms: e.at_ms,
-        rule_id: e.rule_id,
-        rule: e.rule,
-        alert: e.alert,
-        labels: e.labels,
-        event: e.event,
-        value: e.value,
-        channel_id: e.channel_id,
-        detail: e.detail,
-    }
-}
-
 fn op_text(op: super::silences::MatchOp) -> String {
     serde_json::to_value(op)
         .ok()
@@ -393,7 +379,7 @@ impl Alerting for Admin {
                     limit: i64::try_from(limit).unwrap_or(i64::MAX),
                 })
                 .await?;
-            Ok(events.into_iter().map(history_entry).collect())
+            Ok(events.into_iter().map(|e| e.entry).collect())
         })
     }
 

@@ -18,7 +18,7 @@ use super::notify::{HttpClient, Notification, Notifier, Notifiers, NotifyError, 
 use super::rules::{Labels, Rule};
 use super::silences::Silence;
 use super::state::{AlertKey, Book, ChannelPolicy, Preview, State, Transition};
-use super::store::{AlertStore, HistoryEvent};
+use super::store::{AlertStore, HistoryEntry};
 use crate::now_ms;
 use crate::store::Store;
 
@@ -284,13 +284,12 @@ impl Engine {
         if transitions.is_empty() {
             return;
         }
-        let events: Vec<HistoryEvent> = transitions
+        let events: Vec<HistoryEntry> = transitions
             .into_iter()
             .map(|t| {
                 tracing::info!(rule = %t.rule_name, alert = %t.fingerprint, from = t.from.as_str(), to = t.to.as_str(),
                     value = t.value, "alert state changed");
-                HistoryEvent {
-                    id: 0,
+                HistoryEntry {
                     at_ms: t.at_ms,
                     rule_id: t.rule_id,
                     rule: t.rule_name,
@@ -369,11 +368,10 @@ impl Engine {
                 ("notify_failed", Some(e.0.clone()))
             }
         };
-        let events: Vec<HistoryEvent> = notification
+        let events: Vec<HistoryEntry> = notification
             .alerts
             .iter()
-            .map(|a| HistoryEvent {
-                id: 0,
+            .map(|a| HistoryEntry {
                 at_ms: now,
                 rule_id: a.rule_id,
                 rule: a.labels.get("alertname").cloned().unwrap_or_default(),

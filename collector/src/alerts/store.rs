@@ -6,9 +6,10 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::AlertsError;
 use super::channels::{self, Channel, ChannelInput};
-use super::rules::{self, Labels, Rule, RuleInput};
+use super::rules::{self, Rule, RuleInput};
 use super::silences::{Matcher, Silence};
 use crate::catalog::{Catalog, CatalogError};
+pub use querypulse_web::alerting::HistoryEntry;
 
 /// A rule with its id.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,30 +22,15 @@ pub struct StoredRule {
     pub rule: Rule,
 }
 
-/// One history entry.
+/// One stored entry of the alert history: its id and what it records (the
+/// dashboard's [`HistoryEntry`], so both speak of the same fields).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEvent {
-    /// Id (0 before it is written).
+    /// Id.
     pub id: i64,
-    /// When, Unix epoch milliseconds.
-    pub at_ms: i64,
-    /// Rule id.
-    pub rule_id: i64,
-    /// Rule name at the time.
-    pub rule: String,
-    /// Alert id.
-    pub alert: String,
-    /// Every label of the alert.
-    pub labels: Labels,
-    /// `pending`, `firing`, `resolved`, `inactive` (transitions), `notified`
-    /// or `notify_failed` (deliveries).
-    pub event: String,
-    /// The value that caused a transition.
-    pub value: Option<f64>,
-    /// The channel of a delivery.
-    pub channel_id: Option<i64>,
-    /// The previous state of a transition, or the error of a failed delivery.
-    pub detail: String,
+    /// The transition or delivery.
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
 }
 
 /// Which history to read.
@@ -399,7 +385,7 @@ impl AlertStore {
     // -- history -------------------------------------------------------------
 
     /// Appends history entries in one transaction.
-    pub async fn record(&self, events: &[HistoryEvent]) -> Result<(), AlertsError> {
+    pub async fn record(&self, events: &[HistoryEntry]) -> Result<(), AlertsError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -446,15 +432,17 @@ impl AlertStore {
                 let labels: String = row.get(5);
                 Ok(HistoryEvent {
                     id,
-                    at_ms: row.get(1),
-                    rule_id: row.get(2),
-                    rule: row.get(3),
-                    alert: row.get(4),
-                    labels: serde_json::from_str(&labels).map_err(|e| corrupt("history entry", id, e))?,
-                    event: row.get(6),
-                    value: row.get(7),
-                    channel_id: row.get(8),
-                    detail: row.get(9),
+                    entry: HistoryEntry {
+                        at_ms: row.get(1),
+                        rule_id: row.get(2),
+                        rule: row.get(3),
+                        alert: row.get(4),
+                        labels: serde_json::from_str(&labels).map_err(|e| corrupt("history entry", id, e))?,
+                        event: row.get(6),
+                        value: row.get(7),
+                        channel_id: row.get(8),
+                        detail: row.get(9),
+                    },
                 })
             })
             .collect()
