@@ -106,6 +106,23 @@ pub(crate) fn alerting_of(dashboard: &Dashboard) -> Result<Arc<dyn Alerting>, Pa
         .ok_or_else(|| PageError::NotFound("This dashboard is mounted without the collector's alert engine.".into()))
 }
 
+/// The alert engine behind a posted change, once the form's session and
+/// CSRF token are checked.
+pub(crate) fn posted_alerting(
+    dashboard: &Dashboard,
+    request: &Request,
+    form: &[(String, String)],
+) -> Result<Arc<dyn Alerting>, PageError> {
+    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
+    alerting_of(dashboard)
+}
+
+/// A change made: logged, and the browser sent on to `to`.
+pub(crate) fn changed(id: i64, what: &str, to: &str) -> Result<Response, PageError> {
+    tracing::info!(id, "{what} from the dashboard");
+    Ok(see_other(to))
+}
+
 /// A refused change shown on its page by `render` (given the reason), with
 /// the status saying why; or a page error when there is nothing to show.
 pub(crate) async fn show_refusal<F, Fut>(error: AlertingError, render: F) -> Result<Response, PageError>
@@ -450,8 +467,7 @@ pub(crate) async fn create_silence(
     request: Request,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let fields = SilenceFields {
         matchers: form.text("matchers"),
         duration: form.text("duration"),
@@ -472,10 +488,7 @@ pub(crate) async fn create_silence(
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(id) => {
-            tracing::info!(id, "silence added from the dashboard");
-            Ok(see_other("/alerts?saved=silence-created"))
-        }
+        Ok(id) => changed(id, "silence added", "/alerts?saved=silence-created"),
         Err(error) => show_refusal(error, |message| render(&dashboard, &request, fields, "", Some(message))).await,
     }
 }
@@ -486,14 +499,10 @@ pub(crate) async fn expire_silence(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("silence", &raw)?;
     match alerting.expire_silence(id).await {
-        Ok(()) => {
-            tracing::info!(id, "silence expired from the dashboard");
-            Ok(see_other("/alerts?saved=silence-expired"))
-        }
+        Ok(()) => changed(id, "silence expired", "/alerts?saved=silence-expired"),
         Err(error) => {
             show_refusal(error, |message| {
                 render(&dashboard, &request, SilenceFields::default(), "", Some(message))

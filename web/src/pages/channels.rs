@@ -9,11 +9,10 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
-use super::alerts::{Fields, Posted, alerting_of, failed, id, show_refusal};
+use super::alerts::{Fields, Posted, alerting_of, changed, failed, id, posted_alerting, show_refusal};
 use super::{Layout, PageError, Request, html};
 use crate::Dashboard;
 use crate::alerting::{AlertingError, ChannelDraft, ChannelInfo};
-use crate::auth::see_other;
 
 /// Channel kinds, and the settings of the form: (name, label, used by,
 /// input type).
@@ -201,14 +200,10 @@ pub(crate) async fn create(
     request: Request,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let fields = ChannelFields::posted(None, &form);
     match alerting.create_channel(fields.draft()).await {
-        Ok(id) => {
-            tracing::info!(id, "notification channel created from the dashboard");
-            Ok(see_other("/alerts/channels?saved=created"))
-        }
+        Ok(id) => changed(id, "notification channel created", "/alerts/channels?saved=created"),
         Err(error) => refused(&dashboard, &request, fields, error).await,
     }
 }
@@ -219,15 +214,11 @@ pub(crate) async fn update(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("channel", &raw)?;
     let fields = ChannelFields::posted(Some(id), &form);
     match alerting.update_channel(id, fields.draft()).await {
-        Ok(()) => {
-            tracing::info!(id, "notification channel changed from the dashboard");
-            Ok(see_other("/alerts/channels?saved=updated"))
-        }
+        Ok(()) => changed(id, "notification channel changed", "/alerts/channels?saved=updated"),
         Err(error) => refused(&dashboard, &request, fields, error).await,
     }
 }
@@ -238,14 +229,10 @@ pub(crate) async fn delete(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("channel", &raw)?;
     match alerting.delete_channel(id).await {
-        Ok(()) => {
-            tracing::info!(id, "notification channel deleted from the dashboard");
-            Ok(see_other("/alerts/channels?saved=deleted"))
-        }
+        Ok(()) => changed(id, "notification channel deleted", "/alerts/channels?saved=deleted"),
         Err(error) => refused(&dashboard, &request, ChannelFields::new_channel(), error).await,
     }
 }
@@ -258,8 +245,7 @@ pub(crate) async fn test(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("channel", &raw)?;
     let name = alerting
         .channels()

@@ -8,11 +8,13 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
-use super::alerts::{Fields, Posted, alerting_of, failed, id, invalid, lines, pairs, severity_class, show_refusal};
+use super::alerts::{
+    Fields, Posted, alerting_of, changed, failed, id, invalid, lines, pairs, posted_alerting, severity_class,
+    show_refusal,
+};
 use super::{Layout, PageError, Request, html};
 use crate::Dashboard;
 use crate::alerting::{AlertingError, Evaluation, RuleDraft, RuleInfo, RuleKindInfo, RuleScope};
-use crate::auth::see_other;
 
 /// Severities a rule may carry.
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
@@ -317,18 +319,14 @@ pub(crate) async fn create(
     request: Request,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let fields = RuleFields::posted(None, &form);
     let created = match draft(&form) {
         Ok(draft) => alerting.create_rule(draft).await,
         Err(e) => Err(e),
     };
     match created {
-        Ok(id) => {
-            tracing::info!(id, "alert rule created from the dashboard");
-            Ok(see_other("/alerts/rules?saved=created"))
-        }
+        Ok(id) => changed(id, "alert rule created", "/alerts/rules?saved=created"),
         Err(error) => refused(&dashboard, &request, fields, error).await,
     }
 }
@@ -339,8 +337,7 @@ pub(crate) async fn update(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("rule", &raw)?;
     let fields = RuleFields::posted(Some(id), &form);
     let updated = match draft(&form) {
@@ -348,10 +345,7 @@ pub(crate) async fn update(
         Err(e) => Err(e),
     };
     match updated {
-        Ok(()) => {
-            tracing::info!(id, "alert rule changed from the dashboard");
-            Ok(see_other("/alerts/rules?saved=updated"))
-        }
+        Ok(()) => changed(id, "alert rule changed", "/alerts/rules?saved=updated"),
         Err(error) => refused(&dashboard, &request, fields, error).await,
     }
 }
@@ -362,14 +356,10 @@ pub(crate) async fn delete(
     Path(raw): Path<String>,
     Form(form): Posted,
 ) -> Result<Response, PageError> {
-    dashboard.sessions.check_form(&request.headers, &form.text("csrf"))?;
-    let alerting = alerting_of(&dashboard)?;
+    let alerting = posted_alerting(&dashboard, &request, &form)?;
     let id = id("rule", &raw)?;
     match alerting.delete_rule(id).await {
-        Ok(()) => {
-            tracing::info!(id, "alert rule deleted from the dashboard");
-            Ok(see_other("/alerts/rules?saved=deleted"))
-        }
+        Ok(()) => changed(id, "alert rule deleted", "/alerts/rules?saved=deleted"),
         Err(error) => refused(&dashboard, &request, RuleFields::new_rule(), error).await,
     }
 }
