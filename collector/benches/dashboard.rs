@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use querypulse_collector::clock::Clock;
 use querypulse_collector::read::StoreSource;
 use querypulse_collector::retention::Retention;
 use querypulse_collector::store::{BatchRequest, Limits, Store};
@@ -113,12 +114,15 @@ fn fill(store_dir: &std::path::Path, now: i64) -> (Store, i64) {
         .and_then(|t| t.trim().parse::<i64>().ok())
         && now - filled < REUSE_MS
     {
-        let (store, _writer) = Store::open(store_dir, retention, Limits::default()).expect("the store opens");
+        let (store, _writer) =
+            Store::open(store_dir, retention, Limits::default(), Clock::manual(now)).expect("the store opens");
         eprintln!("reusing the store filled {} s ago", (now - filled) / 1_000);
         return (store, filled);
     }
     let _ = std::fs::remove_dir_all(store_dir);
-    let (store, mut writer) = Store::open(store_dir, retention, Limits::default()).expect("the store opens");
+    let clock = Clock::manual(now);
+    let (store, mut writer) =
+        Store::open(store_dir, retention, Limits::default(), clock.clone()).expect("the store opens");
     let texts = texts();
     let hellos: Vec<Arc<Hello>> = (0..INSTANCES)
         .map(|i| {
@@ -144,10 +148,12 @@ fn fill(store_dir: &std::path::Path, now: i64) -> (Store, i64) {
                 texts: if seq == 1 { texts.clone() } else { Vec::new() },
             })
             .collect();
-        writer.write(requests, start + 30_000).expect("the write");
+        clock.set(start + 30_000);
+        writer.write(requests).expect("the write");
     }
+    clock.set(now);
     while writer
-        .maintain(now, Duration::from_secs(5))
+        .maintain(Duration::from_secs(5))
         .expect("maintenance")
         .chunks_compacted
         > 0

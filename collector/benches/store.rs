@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use querypulse_collector::clock::Clock;
 use querypulse_collector::retention::Retention;
 use querypulse_collector::store::{BatchRequest, Limits, Store};
 use querypulse_proto::{Batch, Fingerprint, FingerprintText, Hello, Window};
@@ -45,7 +46,9 @@ fn batch(seq: u64, start_ms: i64, instance: usize, texts: &[FingerprintText]) ->
 
 fn ingest(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default()).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let clock = Clock::manual(now);
+    let (_store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default(), clock.clone()).unwrap();
     let texts = texts();
     let hellos: Vec<Arc<Hello>> = (0..INSTANCES)
         .map(|i| {
@@ -56,7 +59,6 @@ fn ingest(c: &mut Criterion) {
             })
         })
         .collect();
-    let now = chrono::Utc::now().timestamp_millis();
     let mut window = now - 36 * 3_600_000;
     let mut seq = 0u64;
     let mut group = c.benchmark_group("store");
@@ -78,10 +80,10 @@ fn ingest(c: &mut Criterion) {
                     })
                     .collect();
                 // Live ingest: the collector's clock is just past the window.
-                let now = window + WINDOW_MS;
+                clock.set(window + WINDOW_MS);
                 let started = Instant::now();
-                writer.write(requests, now).unwrap();
-                writer.maintain(now, Duration::from_millis(5)).unwrap();
+                writer.write(requests).unwrap();
+                writer.maintain(Duration::from_millis(5)).unwrap();
                 total += started.elapsed();
             }
             total
@@ -92,14 +94,15 @@ fn ingest(c: &mut Criterion) {
 
 fn read(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default()).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (store, mut writer) =
+        Store::open(dir.path(), Retention::default(), Limits::default(), Clock::manual(now)).unwrap();
     let texts = texts();
     let hello = Arc::new(Hello {
         service: "bench".into(),
         instance_id: "instance-0".into(),
         ..Hello::default()
     });
-    let now = chrono::Utc::now().timestamp_millis();
     let day_ago = now - 24 * 3_600_000;
     // One instance, every fingerprint, one window per minute over 24 hours.
     for (n, start) in (day_ago..now).step_by(60_000).enumerate() {
@@ -108,9 +111,9 @@ fn read(c: &mut Criterion) {
             batch: batch(n as u64 + 1, start, 0, &texts),
             texts: if n == 0 { texts.clone() } else { Vec::new() },
         };
-        writer.write(vec![request], now).unwrap();
+        writer.write(vec![request]).unwrap();
     }
-    while writer.maintain(now, Duration::from_secs(5)).unwrap().chunks_compacted > 0 {}
+    while writer.maintain(Duration::from_secs(5)).unwrap().chunks_compacted > 0 {}
     let service = store.service_id("bench").unwrap();
     let mut group = c.benchmark_group("store");
     group.sample_size(20);

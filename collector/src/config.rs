@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::alerts::AlertsConfig;
+use crate::clock::Clock;
 use crate::ingest::IngestLimits;
 use crate::retention::Retention;
 use crate::store::Limits;
@@ -45,6 +46,9 @@ pub struct Config {
     /// Alert evaluation and the notification handlers of an embedding
     /// program.
     pub alerts: AlertsConfig,
+    /// The clock the store and ingest decide by (the system's by default;
+    /// tests may set a manual one).
+    pub clock: Clock,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
             retention: Retention::default(),
             store_limits: Limits::default(),
             alerts: AlertsConfig::default(),
+            clock: Clock::system(),
         }
     }
 

@@ -21,7 +21,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent_settings::AgentSettings;
-use crate::now_ms;
 use crate::store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
 
 /// Batches applied together before one fsync.
@@ -132,14 +131,13 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let now = now_ms();
         let mut batches = Vec::new();
         let mut replies = Vec::new();
         let mut maintain = false;
         for request in group.drain(..) {
             match request {
                 WriteRequest::Hello { hello, reply } => {
-                    let _ = reply.send(writer.register(&hello, now));
+                    let _ = reply.send(writer.register(&hello));
                 }
                 WriteRequest::Batch { request, reply } => {
                     batches.push(*request);
@@ -150,7 +148,7 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
         }
         if !batches.is_empty() {
             // Acknowledge only what is logged on disk: one fsync covers the group.
-            match writer.write(batches, now) {
+            match writer.write(batches) {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
@@ -169,7 +167,7 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
         } else {
             MAINTENANCE_BUDGET
         };
-        if maintain && let Err(error) = writer.maintain(now, budget) {
+        if maintain && let Err(error) = writer.maintain(budget) {
             tracing::error!(%error, "store maintenance failed");
         }
     }
@@ -417,7 +415,7 @@ impl StreamTask {
     }
 
     fn check_time(&self, batch: &Batch) -> Result<(), String> {
-        let now = now_ms();
+        let now = self.store.now_ms();
         let future_ms = batch.window.start_ms.saturating_sub(now);
         if future_ms > self.limits.max_future.as_millis() as i64 {
             return Err(format!(

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod fingerprint_cmd;
@@ -132,7 +133,8 @@ impl Collector {
         let (store, store_writer) = {
             let dir = store_dir.clone();
             let limits = config.store_limits;
-            tokio::task::spawn_blocking(move || Store::open(&dir, retention, limits))
+            let clock = config.clock.clone();
+            tokio::task::spawn_blocking(move || Store::open(&dir, retention, limits, clock))
                 .await
                 .map_err(|e| CollectorError::Serve(format!("opening the store panicked: {e}")))?
                 .map_err(|source| CollectorError::Store {

@@ -189,6 +189,7 @@ mod tests {
 
     use super::*;
     use crate::alerts::rules::RuleInput;
+    use crate::clock::Clock;
     use crate::retention::Retention;
     use crate::store::{BatchRequest, Limits, StoreWriter};
 
@@ -224,7 +225,8 @@ mod tests {
     /// Two instances of `orders`: 100 executions (4 failed, 3 at 2 s), a
     /// pool at 9 of 10 with 2 timeouts and waits, 2 failed health checks.
     fn store_with_windows(dir: &std::path::Path) -> (Store, StoreWriter) {
-        let (store, mut writer) = Store::open(dir, Retention::default(), Limits::default()).unwrap();
+        let clock = Clock::manual(NOW);
+        let (store, mut writer) = Store::open(dir, Retention::default(), Limits::default(), clock.clone()).unwrap();
         let window = Window {
             start_ms: NOW,
             length_ms: 10_000,
@@ -257,10 +259,11 @@ mod tests {
                 ..HealthCheckStats::default()
             });
             let request = request(instance, NOW - 60_000 + i as i64, batch);
-            writer.register(&request.hello, NOW).unwrap();
+            writer.register(&request.hello).unwrap();
             requests.push(request);
         }
-        writer.write(requests, NOW + 10_000).unwrap();
+        clock.set(NOW + 10_000);
+        writer.write(requests).unwrap();
         (store, writer)
     }
 
@@ -362,7 +365,8 @@ mod tests {
                 },
             ),
         );
-        writer.write(vec![later], NOW + 20_000).unwrap();
+        store.clock().set(NOW + 20_000);
+        writer.write(vec![later]).unwrap();
         let samples = measure(&store, &silent, NOW + 45_000).unwrap();
         assert_eq!(values(&samples, "instance"), [("b".to_owned(), 2.5)]);
         assert_eq!(samples[0].labels["host"], "web-1");

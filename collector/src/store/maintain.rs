@@ -12,8 +12,12 @@ use querypulse_proto::{HealthCheckStats, PoolStats, QueryStats};
 use super::catalog::SeriesKey;
 use super::codec::{WindowValue, decode_chunk, encode_chunk, key};
 use super::partition::{Partition, Partitions, Tier};
-use super::write::COMPACTION_GRACE_MS;
 use super::{StoreError, StoreWriter};
+
+/// After a chunk span has ended, this long passes before it is compacted.
+/// Windows arriving later are single windows beside the chunk until the next
+/// compaction folds them in.
+pub(crate) const COMPACTION_GRACE_MS: i64 = 10 * 60_000;
 
 /// A checkpoint is taken at least this often while data arrives.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -50,9 +54,11 @@ pub struct MaintenanceReport {
 }
 
 impl StoreWriter {
-    /// Runs one maintenance pass: retention and size cap, compaction (for at
-    /// most `budget`), and a checkpoint when one is due.
-    pub fn maintain(&mut self, now_ms: i64, budget: Duration) -> Result<MaintenanceReport, StoreError> {
+    /// Runs one maintenance pass at the store clock's time: retention and
+    /// size cap, compaction (for at most `budget`), sealing, and a checkpoint
+    /// when one is due.
+    pub fn maintain(&mut self, budget: Duration) -> Result<MaintenanceReport, StoreError> {
+        let now_ms = self.store.now_ms();
         let started = Instant::now();
         let mut report = MaintenanceReport {
             partitions_dropped: self.expire(now_ms)?,
@@ -358,18 +364,15 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
         let Some((_, at, kind)) = key::parse_window(&k) else {
             continue;
         };
+        // A single and the chunk may both hold a window of the same time (a
+        // late window written after an earlier compaction): they add up. The
+        // single of the chunk's first window sorts before the chunk itself.
         if kind == key::CHUNK {
             for (t, value) in decode_chunk::<V>(&v)? {
-                windows.insert(t, value);
+                fold_window(&mut windows, t, value);
             }
         } else {
-            let value = V::decode(&v)?;
-            match windows.get_mut(&at) {
-                Some(existing) => existing.merge(&value),
-                None => {
-                    windows.insert(at, value);
-                }
-            }
+            fold_window(&mut windows, at, V::decode(&v)?);
             batch.remove(k);
             singles += 1;
         }
@@ -384,4 +387,13 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
     batch.remove(&key::pending_chunk(chunk_start, series)[..]);
     partition.apply(batch)?;
     Ok(singles)
+}
+
+fn fold_window<V: WindowValue>(windows: &mut BTreeMap<i64, V>, at: i64, value: V) {
+    match windows.get_mut(&at) {
+        Some(existing) => existing.merge(&value),
+        None => {
+            windows.insert(at, value);
+        }
+    }
 }

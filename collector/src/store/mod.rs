@@ -42,6 +42,7 @@ pub use partition::Tier;
 pub use read::{PoolWindow, SlowSample, tier_for_step};
 pub use write::{ApplyOutcome, BatchRequest};
 
+use crate::clock::Clock;
 use crate::retention::Retention;
 use catalog::Catalog;
 use partition::Partitions;
@@ -89,6 +90,7 @@ struct Shared {
     partitions: Partitions,
     retention: RwLock<Retention>,
     limits: Limits,
+    clock: Clock,
 }
 
 /// The read side of the store. Cheap to clone.
@@ -108,8 +110,14 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, replays whatever the
     /// write-ahead log holds that the databases do not, and returns the read
-    /// handle and the one writer.
-    pub fn open(dir: &Path, retention: Retention, limits: Limits) -> Result<(Store, StoreWriter), StoreError> {
+    /// handle and the one writer. Every decision by the time (replay,
+    /// compaction, sealing, retention) reads `clock`.
+    pub fn open(
+        dir: &Path,
+        retention: Retention,
+        limits: Limits,
+        clock: Clock,
+    ) -> Result<(Store, StoreWriter), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         let meta = sled::Config::new()
             .path(dir.join("meta"))
@@ -124,6 +132,7 @@ impl Store {
                 partitions,
                 retention: RwLock::new(retention),
                 limits,
+                clock,
             }),
         };
         let mut applied = write::applied_log(store.shared.catalog.meta())?;
@@ -149,6 +158,16 @@ impl Store {
     /// maintenance pass.
     pub fn set_retention(&self, retention: Retention) {
         *self.shared.retention.write().unwrap_or_else(|p| p.into_inner()) = retention;
+    }
+
+    /// The clock the store decides by.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// The store's time now, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
     }
 
     /// The limits the store enforces.

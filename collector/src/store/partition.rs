@@ -104,6 +104,11 @@ pub(crate) struct Partition {
     overlay: OnceLock<sled::Db>,
     /// Batches applied since the partition was opened.
     generation: AtomicU64,
+    /// Held shared by a read, exclusively while a batch is applied: sled
+    /// applies a batch atomically, but a range scan is no snapshot and could
+    /// see half of one (the singles a compaction removes and the chunk it
+    /// writes, counted twice).
+    applying: RwLock<()>,
 }
 
 pub(crate) use super::segment::Entry;
@@ -147,6 +152,7 @@ impl Partition {
 
     /// The value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _reading = self.applying.read().unwrap_or_else(|p| p.into_inner());
         if let Some(db) = self.mutable()
             && let Some(value) = db.get(key)?
         {
@@ -161,6 +167,7 @@ impl Partition {
     /// Entries with keys in `[start, end)`, in key order; overlay entries
     /// replace sealed ones of the same key.
     pub(crate) fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let _reading = self.applying.read().unwrap_or_else(|p| p.into_inner());
         let mutable = self
             .mutable()
             .into_iter()
@@ -174,7 +181,9 @@ impl Partition {
 
     /// Applies a batch atomically (to the live database or the overlay).
     pub(crate) fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
-        self.writable()?.apply_batch(batch)?;
+        let db = self.writable()?;
+        let _applying = self.applying.write().unwrap_or_else(|p| p.into_inner());
+        db.apply_batch(batch)?;
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -272,6 +281,7 @@ fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, 
             live: None,
             overlay: OnceLock::new(),
             generation: AtomicU64::new(0),
+            applying: RwLock::new(()),
             dir,
         };
         // Left over when a crash came between sealing and cleaning up.
@@ -291,6 +301,7 @@ fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, 
         sealed: None,
         overlay: OnceLock::new(),
         generation: AtomicU64::new(0),
+        applying: RwLock::new(()),
     })
 }
 
@@ -397,6 +408,7 @@ impl Partitions {
             sealed: Some(Segment::open(&target)?),
             overlay: OnceLock::new(),
             generation: AtomicU64::new(0),
+            applying: RwLock::new(()),
         };
         self.write_map()
             .insert((partition.tier, partition.start_ms), Arc::new(replacement));

@@ -129,11 +129,20 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, V)>, StoreError> {
-        let mut found: BTreeMap<i64, (bool, V)> = BTreeMap::new();
+        let mut found: BTreeMap<i64, V> = BTreeMap::new();
+        let mut add = |at: i64, value: V| match found.get_mut(&at) {
+            Some(existing) => existing.merge(&value),
+            None => {
+                found.insert(at, value);
+            }
+        };
         let scan_from = floor(from, tier.chunk_ms());
         for partition in self.partitions().overlapping(tier, scan_from, to) {
             let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
             let end = key::window(series, to.min(partition.end_ms()), key::SINGLE);
+            // One range read sees a partition between two writes: a window
+            // is in the chunk, in a single, or (written late, after the
+            // chunk was compacted) in both, and then the two add up.
             for (k, v) in partition.range(&start, &end)? {
                 let Some((_, at, kind)) = key::parse_window(&k) else {
                     continue;
@@ -141,17 +150,15 @@ impl Store {
                 if kind == key::CHUNK {
                     for (t, value) in decode_chunk::<V>(&v)? {
                         if (from..to).contains(&t) {
-                            // A chunk wins over a single of the same time: that
-                            // is a compaction seen half way.
-                            found.insert(t, (true, value));
+                            add(t, value);
                         }
                     }
-                } else if (from..to).contains(&at) && !found.get(&at).is_some_and(|(chunk, _)| *chunk) {
-                    found.insert(at, (false, V::decode(&v)?));
+                } else if (from..to).contains(&at) {
+                    add(at, V::decode(&v)?);
                 }
             }
         }
-        Ok(found.into_iter().map(|(t, (_, v))| (t, v)).collect())
+        Ok(found.into_iter().collect())
     }
 
     /// `series` folded over `[from, to)`, or `None` without data.
@@ -240,22 +247,19 @@ impl Store {
             for partition in self.partitions().overlapping(tier, scan_from, b) {
                 let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
                 let end = key::window(series, b.min(partition.end_ms()), key::SINGLE);
-                let mut last_single = None;
+                // Chunks and singles add up (see `windows`).
                 for (k, v) in partition.range(&start, &end)? {
                     let Some((_, at, kind)) = key::parse_window(&k) else {
                         continue;
                     };
                     if kind == key::CHUNK {
                         for (t, stats) in decode_chunk::<QueryStats>(&v)? {
-                            // A single at the chunk's start read just before
-                            // the chunk replaced it: that is one window, once.
-                            if (a..b).contains(&t) && last_single != Some(t) {
+                            if (a..b).contains(&t) {
                                 fold.add_stats(&stats);
                             }
                         }
                     } else if (a..b).contains(&at) {
                         fold.add_encoded(&v)?;
-                        last_single = Some(at);
                     }
                 }
             }

@@ -11,6 +11,7 @@ use querypulse_proto::{
 use super::codec::key;
 use super::partition::{self, Partition, floor};
 use super::*;
+use crate::clock::Clock;
 use crate::retention::Retention;
 
 const MINUTE: i64 = 60_000;
@@ -64,11 +65,11 @@ fn request(instance: &str, batch: Batch) -> BatchRequest {
 }
 
 fn open(dir: &std::path::Path) -> (Store, StoreWriter) {
-    Store::open(dir, Retention::default(), Limits::default()).unwrap()
+    Store::open(dir, Retention::default(), Limits::default(), Clock::manual(NOW)).unwrap()
 }
 
 fn write(writer: &mut StoreWriter, requests: Vec<BatchRequest>) -> Vec<ApplyOutcome> {
-    writer.write(requests, NOW).unwrap()
+    writer.write(requests).unwrap()
 }
 
 fn service(store: &Store) -> u32 {
@@ -181,7 +182,7 @@ fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction
         ],
     );
     // Much later: the hour's raw windows are compacted into one chunk.
-    let report = writer.maintain(NOW, Duration::from_secs(10)).unwrap();
+    let report = writer.maintain(Duration::from_secs(10)).unwrap();
     assert!(report.chunks_compacted >= 1, "{report:?}");
     let series = store
         .catalog()
@@ -244,7 +245,7 @@ fn compaction_keeps_every_window_and_shrinks_the_bytes() {
             .sum()
     };
     let single_bytes = value_bytes(&partition);
-    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    writer.maintain(Duration::from_secs(30)).unwrap();
     let after = store
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
@@ -272,7 +273,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
     writer.checkpoint().unwrap();
     let before = store.disk_bytes();
     let raw_before = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
-    let report = writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    let report = writer.maintain(Duration::from_secs(1)).unwrap();
     assert!(report.partitions_dropped >= 1);
     let raw_after = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
     assert_eq!(
@@ -294,7 +295,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
         raw_seconds: 3_600,
         ..Retention::default()
     });
-    writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    writer.maintain(Duration::from_secs(1)).unwrap();
     assert!(
         store
             .partitions()
@@ -315,20 +316,18 @@ fn instances_silent_past_every_retention_are_forgotten() {
         max_bytes: None,
     });
     let gone = NOW - 2 * DAY;
-    writer
-        .write(vec![request("gone", batch(1, gone, &[100]))], gone)
-        .unwrap();
+    store.clock().set(gone);
+    writer.write(vec![request("gone", batch(1, gone, &[100]))]).unwrap();
     // Heard from by a hello only, as long ago: forgotten too.
-    writer.register(&hello("hello-only"), gone).unwrap();
+    writer.register(&hello("hello-only")).unwrap();
     // Silent for 20 hours: its hourly data is still kept, so it stays.
+    store.clock().set(NOW - 20 * HOUR);
     writer
-        .write(
-            vec![request("quiet", batch(1, NOW - 20 * HOUR, &[100]))],
-            NOW - 20 * HOUR,
-        )
+        .write(vec![request("quiet", batch(1, NOW - 20 * HOUR, &[100]))])
         .unwrap();
+    store.clock().set(NOW);
     write(&mut writer, vec![request("live", batch(1, NOW - MINUTE, &[100]))]);
-    writer.maintain(NOW, Duration::from_secs(1)).unwrap();
+    writer.maintain(Duration::from_secs(1)).unwrap();
     let mut left: Vec<String> = store.instances().into_iter().map(|i| i.instance_id).collect();
     left.sort();
     assert_eq!(left, ["live", "quiet"]);
@@ -393,7 +392,7 @@ fn fingerprints_beyond_the_service_limit_fold_into_other() {
         max_fingerprints_per_service: 2,
         ..Limits::default()
     };
-    let (store, mut writer) = Store::open(dir.path(), Retention::default(), limits).unwrap();
+    let (store, mut writer) = Store::open(dir.path(), Retention::default(), limits, Clock::manual(NOW)).unwrap();
     let mut b = Batch::new(
         1,
         Window {
@@ -411,14 +410,11 @@ fn fingerprints_beyond_the_service_limit_fold_into_other() {
         texts.push(FingerprintText { fingerprint: fp, text });
     }
     let outcome = writer
-        .write(
-            vec![BatchRequest {
-                hello: hello("a"),
-                batch: b,
-                texts,
-            }],
-            NOW,
-        )
+        .write(vec![BatchRequest {
+            hello: hello("a"),
+            batch: b,
+            texts,
+        }])
         .unwrap();
     assert_eq!(outcome, vec![ApplyOutcome::Applied]);
     let services = store.services();
@@ -537,7 +533,7 @@ fn closed_hour() -> (tempfile::TempDir, Store, StoreWriter, i64, u32) {
     let hour = floor(NOW, HOUR) - 5 * HOUR;
     fill_hour(&mut writer, hour);
     let series = query_series(&store);
-    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    writer.maintain(Duration::from_secs(30)).unwrap();
     (dir, store, writer, hour, series)
 }
 
@@ -579,10 +575,7 @@ fn closed_partitions_are_sealed_into_fewer_bytes_and_read_the_same() {
         summary
     );
     // Nothing is left to seal.
-    assert_eq!(
-        writer.maintain(NOW, Duration::from_secs(30)).unwrap().partitions_sealed,
-        0
-    );
+    assert_eq!(writer.maintain(Duration::from_secs(30)).unwrap().partitions_sealed, 0);
     assert_eq!(writer.wait_for_sealing().unwrap(), 0);
 
     drop((store, writer));
@@ -605,7 +598,7 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
         let (store, mut writer) = open(dir.path());
         fill_hour(&mut writer, hour);
         series = query_series(&store);
-        writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+        writer.maintain(Duration::from_secs(30)).unwrap();
         assert_eq!(writer.wait_for_sealing().unwrap(), 1);
         // An agent cut off for hours delivers its window now.
         write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
@@ -634,9 +627,10 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
     assert_eq!(expect.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
-    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    writer.maintain(Duration::from_secs(30)).unwrap();
     assert_eq!(writer.wait_for_sealing().unwrap(), 0, "the overlay is not quiet yet");
-    writer.maintain(NOW + 6 * MINUTE, Duration::from_secs(30)).unwrap();
+    store.clock().advance(6 * MINUTE);
+    writer.maintain(Duration::from_secs(30)).unwrap();
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
     assert!(partition.is_sealed() && !partition.has_overlay());
@@ -668,7 +662,7 @@ fn a_write_during_sealing_keeps_the_partition_live() {
         .unwrap();
     assert_eq!(raw.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
     // The next pass seals it with the late window in.
-    writer.maintain(NOW, Duration::from_secs(30)).unwrap();
+    writer.maintain(Duration::from_secs(30)).unwrap();
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     assert_eq!(
         store

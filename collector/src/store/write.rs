@@ -8,15 +8,9 @@ use std::time::Instant;
 use querypulse_proto::{Batch, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats};
 
 use super::catalog::{SeriesKey, applied_key};
-use super::codec::{
-    InstanceQueries, InstanceQuery, WalEntry, WindowValue, decode_chunk, encode_chunk, encode_slow, key,
-};
+use super::codec::{InstanceQueries, InstanceQuery, WalEntry, WindowValue, encode_slow, key};
 use super::partition::{Partition, Tier, floor};
 use super::{StoreError, StoreWriter};
-
-/// After a chunk span has ended, this long passes before it is compacted;
-/// windows arriving later than that rewrite the compacted chunk.
-pub(crate) const COMPACTION_GRACE_MS: i64 = 10 * 60_000;
 
 /// What happened to a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,14 +162,15 @@ struct Resolved<'a> {
 
 impl StoreWriter {
     /// Records an agent's `Hello`.
-    pub fn register(&mut self, hello: &Hello, now_ms: i64) -> Result<(), StoreError> {
-        self.store.catalog().register(hello, now_ms)
+    pub fn register(&mut self, hello: &Hello) -> Result<(), StoreError> {
+        self.store.catalog().register(hello, self.store.now_ms())
     }
 
     /// Validates, logs and applies a group of batches; one fsync covers the
     /// group. Outcomes are in request order. An error means nothing of the
     /// group may be acknowledged (the agents resend; duplicates are caught).
-    pub fn write(&mut self, requests: Vec<BatchRequest>, now_ms: i64) -> Result<Vec<ApplyOutcome>, StoreError> {
+    pub fn write(&mut self, requests: Vec<BatchRequest>) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let now_ms = self.store.now_ms();
         let catalog = self.store.catalog();
         let limits = self.store.limits();
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -235,20 +230,23 @@ impl StoreWriter {
             return Ok(outcomes);
         }
         self.wal.append(&mut entries)?;
-        self.apply(&entries, false, now_ms)?;
+        self.apply(&entries, false)?;
         Ok(outcomes)
     }
 
     /// Applies log entries found at startup to every database that has not
     /// applied them yet.
     pub(crate) fn replay(&mut self, entries: Vec<WalEntry>) -> Result<(), StoreError> {
-        let oldest = super::partition::floor(crate::now_ms() - self.store.retention().raw_seconds as i64 * 1_000, 1);
+        // Windows past the raw retention are refused at ingest; a log entry
+        // that aged past it while the collector was down is dropped the same
+        // way (its partitions would be expired at the next pass anyway).
+        let oldest = self.store.now_ms() - self.store.retention().raw_seconds as i64 * 1_000;
         let entries: Vec<WalEntry> = entries
             .into_iter()
             .filter(|e| e.batch.window.end_ms() >= oldest)
             .collect();
         for chunk in entries.chunks(256) {
-            self.apply(chunk, true, crate::now_ms())?;
+            self.apply(chunk, true)?;
         }
         Ok(())
     }
@@ -329,7 +327,7 @@ impl StoreWriter {
         Ok((resolved, created))
     }
 
-    fn apply(&mut self, entries: &[WalEntry], replay: bool, now_ms: i64) -> Result<(), StoreError> {
+    fn apply(&mut self, entries: &[WalEntry], replay: bool) -> Result<(), StoreError> {
         let catalog = self.store.catalog().clone();
         let meta_applied = if replay { applied_log(catalog.meta())? } else { 0 };
         let mut meta_batch = sled::Batch::default();
@@ -437,16 +435,16 @@ impl StoreWriter {
             let partition = self.store.partitions().get_or_create(tier, part_start)?;
             let mut batch = sled::Batch::default();
             for ((series, at), value) in &w.queries {
-                self.merge_window(&partition, *series, *at, value, true, now_ms, &mut batch)?;
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
             }
             for ((series, at), value) in &w.instances {
-                self.merge_window(&partition, *series, *at, value, false, now_ms, &mut batch)?;
+                self.merge_window(&partition, *series, *at, value, false, &mut batch)?;
             }
             for ((series, at), value) in &w.pools {
-                self.merge_window(&partition, *series, *at, value, true, now_ms, &mut batch)?;
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
             }
             for ((series, at), value) in &w.health {
-                self.merge_window(&partition, *series, *at, value, true, now_ms, &mut batch)?;
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
             }
             for (k, v) in w.slow {
                 batch.insert(&k[..], v);
@@ -463,9 +461,12 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// Merges `value` into the window (series, at) of `partition`: into its
-    /// single-window record, or into the compacted chunk holding it.
-    #[allow(clippy::too_many_arguments)]
+    /// Merges `value` into the single-window record (series, at) of
+    /// `partition` and, for compactable series, marks its chunk for
+    /// compaction. A write never touches a compacted chunk: a late window
+    /// stays a single beside it until compaction folds it in, and readers
+    /// add the two. (Rewriting chunks here once lost every window but the
+    /// last when a group held several windows of one chunk.)
     fn merge_window<V: WindowValue>(
         &mut self,
         partition: &Partition,
@@ -473,24 +474,9 @@ impl StoreWriter {
         at: i64,
         value: &V,
         compactable: bool,
-        now_ms: i64,
         batch: &mut sled::Batch,
     ) -> Result<(), StoreError> {
         let tier = partition.tier;
-        let chunk_start = floor(at, tier.chunk_ms());
-        let may_be_compacted = chunk_start + tier.chunk_ms() + COMPACTION_GRACE_MS <= now_ms;
-        if compactable && may_be_compacted {
-            let chunk_key = key::window(series, chunk_start, key::CHUNK);
-            if let Some(bytes) = partition.get(&chunk_key)? {
-                let mut windows = decode_chunk::<V>(&bytes)?;
-                match windows.binary_search_by_key(&at, |(t, _)| *t) {
-                    Ok(i) => windows[i].1.merge(value),
-                    Err(i) => windows.insert(i, (at, value.clone())),
-                }
-                batch.insert(&chunk_key[..], encode_chunk(&windows));
-                return Ok(());
-            }
-        }
         let single = key::window(series, at, key::SINGLE);
         let merged = match partition.get(&single)? {
             Some(bytes) => {
@@ -501,6 +487,7 @@ impl StoreWriter {
             None => value.clone(),
         };
         batch.insert(&single[..], merged.encode());
+        let chunk_start = floor(at, tier.chunk_ms());
         if compactable && self.state.pending_chunks.insert((tier, series, chunk_start)) {
             batch.insert(&key::pending_chunk(chunk_start, series)[..], &[][..]);
         }
