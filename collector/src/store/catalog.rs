@@ -358,6 +358,13 @@ impl Catalog {
         Ok((id, true))
     }
 
+    /// Every series: (id, what it holds), by id.
+    pub(crate) fn all_series(&self) -> Vec<(u32, SeriesKey)> {
+        let mut out: Vec<(u32, SeriesKey)> = self.read().by_id.iter().map(|(id, k)| (*id, k.clone())).collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
     /// What series `id` holds.
     pub(crate) fn series(&self, id: u32) -> Option<SeriesKey> {
         self.read().by_id.get(&id).cloned()

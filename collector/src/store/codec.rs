@@ -179,8 +179,9 @@ pub(crate) trait WindowValue: Sized + Clone {
     fn write(&self, out: &mut Out);
     /// Reads a value written by [`WindowValue::write`].
     fn read(input: &mut In<'_>) -> Result<Self>;
-    /// Folds `later` (a window at the same or a later time) into `self`.
-    fn merge(&mut self, later: &Self);
+    /// Folds `other` into `self`. The result does not depend on the order
+    /// windows are folded in: late windows arrive in any order.
+    fn merge(&mut self, other: &Self);
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Out::with_format();
@@ -502,6 +503,56 @@ impl WindowValue for PoolStats {
     }
 }
 
+/// A pool window as stored: its statistics and the start of the newest agent
+/// window folded into it. "Last" gauges and the configuration come from the
+/// newest window whatever order windows arrive in: a late window merged
+/// into a rollup after a newer one must not replace its last values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct TimedPool {
+    pub stats: PoolStats,
+    /// Start of the newest window folded in; `i64::MIN` for records
+    /// written before this was kept (they count as oldest).
+    pub latest_ms: i64,
+}
+
+/// First byte of a [`TimedPool`]: never the first byte of a bare
+/// [`PoolStats`] (a database system code below 128), so records written
+/// before the time was kept still read.
+const TIMED_POOL: u8 = 0xff;
+
+impl WindowValue for TimedPool {
+    fn write(&self, out: &mut Out) {
+        out.0.push(TIMED_POOL);
+        out.i(self.latest_ms);
+        self.stats.write(out);
+    }
+
+    fn read(input: &mut In<'_>) -> Result<Self> {
+        let latest_ms = match input.0.split_first() {
+            Some((&TIMED_POOL, rest)) => {
+                input.0 = rest;
+                input.i()?
+            }
+            _ => i64::MIN,
+        };
+        Ok(TimedPool {
+            stats: PoolStats::read(input)?,
+            latest_ms,
+        })
+    }
+
+    fn merge(&mut self, other: &Self) {
+        if other.latest_ms >= self.latest_ms {
+            self.stats.merge_later(&other.stats);
+            self.latest_ms = other.latest_ms;
+        } else {
+            let mut merged = other.stats.clone();
+            merged.merge_later(&self.stats);
+            self.stats = merged;
+        }
+    }
+}
+
 /// Health-check statistics (pool name kept in the series).
 impl WindowValue for HealthCheckStats {
     fn write(&self, out: &mut Out) {
@@ -525,8 +576,17 @@ impl WindowValue for HealthCheckStats {
         })
     }
 
-    fn merge(&mut self, later: &Self) {
-        self.merge_later(later);
+    /// The last check is the one with the latest time, whatever order the
+    /// windows arrive in.
+    fn merge(&mut self, other: &Self) {
+        if other.checks == 0 || other.last_check_ms >= self.last_check_ms {
+            self.merge_later(other);
+        } else {
+            let mut merged = other.clone();
+            merged.merge_later(self);
+            merged.pool = std::mem::take(&mut self.pool);
+            *self = merged;
+        }
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use querypulse_proto::{HealthCheckStats, PoolStats, QueryStats};
+use querypulse_proto::{HealthCheckStats, QueryStats};
 
 use super::catalog::SeriesKey;
-use super::codec::{WindowValue, decode_chunk, encode_chunk, key};
+use super::codec::{TimedPool, WindowValue, decode_chunk, encode_chunk, key};
 use super::partition::{Partition, Partitions, Tier};
 use super::{StoreError, StoreWriter};
 
@@ -329,7 +329,7 @@ impl StoreWriter {
                 }
                 let folded = match self.store.catalog().series(series) {
                     Some(SeriesKey::Query { .. }) => compact_one::<QueryStats>(&partition, series, chunk_start)?,
-                    Some(SeriesKey::Pool { .. }) => compact_one::<PoolStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::Pool { .. }) => compact_one::<TimedPool>(&partition, series, chunk_start)?,
                     Some(SeriesKey::Health { .. }) => compact_one::<HealthCheckStats>(&partition, series, chunk_start)?,
                     Some(SeriesKey::InstanceQueries { .. }) | None => {
                         let mut batch = sled::Batch::default();
@@ -360,22 +360,27 @@ fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: 
     let mut windows: BTreeMap<i64, V> = BTreeMap::new();
     let mut batch = sled::Batch::default();
     let mut singles = 0;
+    // A single and the chunk may both hold a window of the same time (a late
+    // window written after an earlier compaction): they add up, the chunk
+    // first, as it was written first (the single of the chunk's first window
+    // sorts before the chunk itself).
+    let mut late = Vec::new();
     for (k, v) in partition.range(&from, &to)? {
         let Some((_, at, kind)) = key::parse_window(&k) else {
             continue;
         };
-        // A single and the chunk may both hold a window of the same time (a
-        // late window written after an earlier compaction): they add up. The
-        // single of the chunk's first window sorts before the chunk itself.
         if kind == key::CHUNK {
             for (t, value) in decode_chunk::<V>(&v)? {
                 fold_window(&mut windows, t, value);
             }
         } else {
-            fold_window(&mut windows, at, V::decode(&v)?);
+            late.push((at, V::decode(&v)?));
             batch.remove(k);
             singles += 1;
         }
+    }
+    for (at, value) in late {
+        fold_window(&mut windows, at, value);
     }
     if singles > 0 {
         let windows: Vec<(i64, V)> = windows.into_iter().collect();

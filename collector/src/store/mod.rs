@@ -29,6 +29,7 @@ mod maintain;
 mod partition;
 mod read;
 mod segment;
+mod verify;
 mod wal;
 mod write;
 
@@ -40,6 +41,7 @@ pub use codec::InstanceQuery;
 pub use maintain::MaintenanceReport;
 pub use partition::Tier;
 pub use read::{PoolWindow, SlowSample, tier_for_step};
+pub use verify::{Problem, VerifyReport, verify, verify_settled};
 pub use write::{ApplyOutcome, BatchRequest};
 
 use crate::clock::Clock;
@@ -230,5 +232,7 @@ impl StoreWriter {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

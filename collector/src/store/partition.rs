@@ -202,6 +202,12 @@ impl Partition {
         Ok(())
     }
 
+    /// Every entry of the sealed segment (not the overlay), read lazily;
+    /// empty for a live partition.
+    pub(crate) fn sealed_entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        self.sealed.iter().flat_map(|segment| segment.iter())
+    }
+
     /// Every entry of the partition, in key order, read lazily.
     pub(crate) fn entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         let mutable = self.mutable().into_iter().flat_map(|db| db.iter()).map(sled_entry);

@@ -7,7 +7,7 @@ use querypulse_proto::{DenseHistogram, Fingerprint, HealthCheckStats, PoolStats,
 
 use super::catalog::{InstanceRecord, SeriesKey};
 use super::codec::{
-    In, InstanceQueries, InstanceQuery, WindowValue, decode_chunk, decode_slow, key, read_query_counters,
+    In, InstanceQueries, InstanceQuery, TimedPool, WindowValue, decode_chunk, decode_slow, key, read_query_counters,
 };
 use super::partition::{Tier, ceil, floor};
 use super::{Store, StoreError};
@@ -142,7 +142,9 @@ impl Store {
             let end = key::window(series, to.min(partition.end_ms()), key::SINGLE);
             // One range read sees a partition between two writes: a window
             // is in the chunk, in a single, or (written late, after the
-            // chunk was compacted) in both, and then the two add up.
+            // chunk was compacted) in both, and then the two add up, the
+            // chunk first: it was written first.
+            let mut singles = Vec::new();
             for (k, v) in partition.range(&start, &end)? {
                 let Some((_, at, kind)) = key::parse_window(&k) else {
                     continue;
@@ -154,8 +156,11 @@ impl Store {
                         }
                     }
                 } else if (from..to).contains(&at) {
-                    add(at, V::decode(&v)?);
+                    singles.push((at, v));
                 }
+            }
+            for (at, v) in singles {
+                add(at, V::decode(&v)?);
             }
         }
         Ok(found.into_iter().collect())
@@ -395,14 +400,15 @@ impl Store {
             .collect();
         let mut out = Vec::new();
         for (instance_id, pool, series) in catalog.pool_series(false) {
-            let windows = self.windows_covered::<PoolStats>(series, from, to)?;
+            let windows = self.windows_covered::<TimedPool>(series, from, to)?;
             let Some(last_window_ms) = windows.last().map(|(t, _)| *t) else {
                 continue;
             };
-            let mut stats = windows[0].1.clone();
+            let mut folded = windows[0].1.clone();
             for (_, w) in &windows[1..] {
-                stats.merge(w);
+                folded.merge(w);
             }
+            let mut stats = folded.stats;
             stats.pool = pool.clone();
             let health = match health.get(&(instance_id.clone(), pool.clone())) {
                 Some(id) => self.merged::<HealthCheckStats>(*id, from, to, true)?.map(|mut h| {
@@ -450,7 +456,11 @@ impl Store {
         let Some(series) = catalog.series_id(&key) else {
             return Ok(None);
         };
-        let pools = self.steps::<PoolStats>(series, from, to, step_ms, true)?;
+        let pools = self
+            .steps::<TimedPool>(series, from, to, step_ms, true)?
+            .into_iter()
+            .map(|(at, timed)| (at, timed.stats))
+            .collect();
         let health = match catalog.series_id(&SeriesKey::Health {
             instance: instance_id.to_owned(),
             pool: pool.to_owned(),

@@ -671,3 +671,67 @@ fn a_write_during_sealing_keeps_the_partition_live() {
         raw
     );
 }
+
+#[test]
+fn verify_names_the_series_and_span_where_resolutions_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let t = floor(NOW, HOUR) - 2 * HOUR;
+    write(&mut writer, vec![request("a", batch(1, t, &[100, 200]))]);
+    write(&mut writer, vec![request("b", batch(1, t + 10_000, &[300]))]);
+    let clean = super::verify(&store);
+    assert!(clean.is_clean(), "{clean}");
+    assert!(clean.series >= 1 && clean.windows > 0, "{clean:?}");
+
+    // The raw window of "a" loses a call behind the rollups' back: what the
+    // late-window bug did.
+    let series = query_series(&store);
+    let partition = store.partitions().get(Tier::Raw, t).unwrap();
+    let mut damaged = sled::Batch::default();
+    damaged.insert(
+        &key::window(series, t, key::SINGLE)[..],
+        super::codec::WindowValue::encode(&stats(&[100])),
+    );
+    partition.apply(damaged).unwrap();
+
+    let report = super::verify(&store);
+    let checks: Vec<&str> = report.problems.iter().map(|p| p.check.as_str()).collect();
+    assert!(checks.contains(&"rollup raw→1m"), "{report}");
+    assert!(checks.contains(&"service vs instances (raw)"), "{report}");
+    let rollup = report.problems.iter().find(|p| p.check == "rollup raw→1m").unwrap();
+    assert_eq!((rollup.from_ms, rollup.to_ms), (t, t + MINUTE));
+    assert!(rollup.subject.contains("orders") && rollup.subject.contains(&fingerprint().to_string()));
+    assert!(
+        rollup.detail.contains("calls 2 ") && rollup.detail.contains("calls 3 "),
+        "{rollup}"
+    );
+    assert!(report.to_string().ends_with("2 disagreements"), "{report}");
+}
+
+#[test]
+fn verify_reads_every_sealed_block_and_reports_a_damaged_one() {
+    let (dir, store, mut writer, hour, _) = closed_hour();
+    assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+    let report = super::verify(&store);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.sealed_partitions, 1);
+    assert!(report.sealed_entries > 0);
+    drop((store, writer));
+
+    // Flip bytes in the middle of the sealed file's first block.
+    let path = dir
+        .path()
+        .join("partitions/raw")
+        .join(floor(hour, 6 * HOUR).to_string())
+        .join("sealed.seg");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[64..96] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let (store, _writer) = open(dir.path());
+    let report = super::verify(&store);
+    let sealed: Vec<_> = report.problems.iter().filter(|p| p.check == "sealed block").collect();
+    assert!(!sealed.is_empty(), "{report}");
+    assert!(sealed[0].subject.starts_with("raw partition"), "{}", sealed[0]);
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 use querypulse_proto::{Batch, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats};
 
 use super::catalog::{SeriesKey, applied_key};
-use super::codec::{InstanceQueries, InstanceQuery, WalEntry, WindowValue, encode_slow, key};
+use super::codec::{InstanceQueries, InstanceQuery, TimedPool, WalEntry, WindowValue, encode_slow, key};
 use super::partition::{Partition, Tier, floor};
 use super::{StoreError, StoreWriter};
 
@@ -95,7 +95,7 @@ fn decode_applied(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
 struct PartitionWrites {
     queries: BTreeMap<(u32, i64), QueryStats>,
     instances: BTreeMap<(u32, i64), InstanceQueries>,
-    pools: BTreeMap<(u32, i64), PoolStats>,
+    pools: BTreeMap<(u32, i64), TimedPool>,
     health: BTreeMap<(u32, i64), HealthCheckStats>,
     slow: Vec<([u8; 21], Vec<u8>)>,
     last_entry: u64,
@@ -390,7 +390,11 @@ impl StoreWriter {
                     merge_entry(&mut w.instances, (r.instance, at), &counters);
                 }
                 for (series, pool) in &r.pools {
-                    merge_entry(&mut w.pools, (*series, at), pool);
+                    let timed = TimedPool {
+                        stats: (*pool).clone(),
+                        latest_ms: batch.window.start_ms,
+                    };
+                    merge_entry(&mut w.pools, (*series, at), &timed);
                 }
                 for (series, check) in &r.health {
                     merge_entry(&mut w.health, (*series, at), check);
