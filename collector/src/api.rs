@@ -152,6 +152,7 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
         .route("/api/v1/slow-queries", get(slow_queries))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/retention", get(get_retention).put(put_retention))
+        .route("/api/v1/verify", get(verify_store))
         .route(
             "/api/v1/agent-settings",
             get(get_agent_settings).put(put_agent_settings),
@@ -633,6 +634,32 @@ async fn put_retention(
     let Json(retention) = body?;
     api.admin.change_retention(retention).await?;
     Ok(Json(retention))
+}
+
+/// Checks that the store's numbers agree (`querypulse verify --url`). Reads
+/// every window held, so it needs the admin token.
+async fn verify_store(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> Result<Json<crate::store::VerifyReport>, ApiError> {
+    authorize(&api.admin, &headers)?;
+    let store = api.admin.store.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::store::verify_settled(
+            &store,
+            crate::verify_cmd::RUNNING_RETRIES,
+            crate::verify_cmd::RUNNING_PAUSE,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the check failed: {e}")))?;
+    if !report.is_clean() {
+        tracing::warn!(
+            problems = report.problems.len(),
+            "verify: the store disagrees with itself"
+        );
+    }
+    Ok(Json(report))
 }
 
 async fn get_agent_settings(State(api): State<Api>) -> Json<AgentSettings> {

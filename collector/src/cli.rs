@@ -37,6 +37,10 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// Print a running collector's performance report (top, slowest and failing queries, regressions, pools).
     Report(crate::report::ReportArgs),
+    /// Check that a collector's stored numbers agree: rollups with their
+    /// windows, services with their instances, every sealed block; exits 1
+    /// on any disagreement.
+    Verify(crate::verify_cmd::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -251,11 +255,19 @@ pub fn main() -> anyhow::Result<()> {
         Command::Fingerprint(args) => fingerprint(args),
         Command::Loadgen(args) => run_async(loadgen(args)),
         Command::Report(args) => run_async(crate::report::run(args)),
+        Command::Verify(args) => {
+            if run_async(crate::verify_cmd::run(args))? {
+                Ok(())
+            } else {
+                // The report is printed; the exit status says it disagreed.
+                std::process::exit(1)
+            }
+        }
     }
 }
 
 /// Runs a server command: logs to stderr and an async runtime.
-fn run_async(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn run_async<T>(command: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -17,6 +17,7 @@ pub mod read;
 pub mod report;
 pub mod retention;
 pub mod store;
+pub mod verify_cmd;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! A collector killed with SIGKILL while agents stream to it loses nothing it
-//! acknowledged and counts nothing twice once agents resend after the restart.
+//! acknowledged and counts nothing twice once agents resend after the restart;
+//! `querypulse verify` then finds its numbers consistent, running and stopped.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,23 @@ use querypulse_agent::{Agent, Outcome};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const ADMIN_TOKEN: &str = "chaos-admin";
+
+/// Runs `querypulse verify` with `args`: (success, stdout, stderr).
+fn verify(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_querypulse"))
+        .arg("verify")
+        .args(args)
+        .env_remove("QUERYPULSE_ADMIN_TOKEN")
+        .output()
+        .expect("querypulse verify runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 struct Server {
@@ -27,6 +45,8 @@ fn start(data_dir: &std::path::Path, grpc: u16, http: u16) -> Server {
             &format!("127.0.0.1:{grpc}"),
             "--http-listen",
             &format!("127.0.0.1:{http}"),
+            "--admin-token",
+            ADMIN_TOKEN,
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -139,10 +159,28 @@ async fn acknowledged_windows_survive_sigkill_exactly_once() {
         "every execution stored exactly once"
     );
 
+    // The collector checks its own store while it runs ...
+    let url = format!("http://127.0.0.1:{http}");
+    let (ok, out, err) = verify(&["--url", &url, "--admin-token", ADMIN_TOKEN]);
+    assert!(ok && out.contains("everything agrees"), "verify --url: {out}{err}");
+    let (ok, _, err) = verify(&["--url", &url, "--admin-token", "wrong"]);
+    assert!(!ok && err.contains("401"), "a wrong token is refused: {err}");
+    // ... its data directory cannot be opened beside it ...
+    let data_dir = data.path().to_str().unwrap();
+    let (ok, _, err) = verify(&["--data-dir", data_dir]);
+    assert!(!ok && err.contains("in use by a running collector"), "{err}");
+
     let status = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     assert!(server.child.wait().unwrap().success(), "clean exit on SIGTERM");
+
+    // ... and once stopped, its data directory is checked directly.
+    let (ok, out, err) = verify(&["--data-dir", data_dir, "--json"]);
+    assert!(ok, "verify --data-dir: {out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert!(report["windows"].as_u64().unwrap() > 0, "{report}");
 }
