@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use querypulse_collector::clock::Clock;
 use querypulse_collector::loadgen::{self, LoadgenConfig, Target};
+use querypulse_collector::retention::Retention;
+use querypulse_collector::store::{Limits, Store};
 use querypulse_collector::{Collector, Config};
 
 /// A collector on free ports of 127.0.0.1, and the loadgen target for it.
@@ -138,4 +141,15 @@ async fn windows_survive_a_collector_restart_and_are_counted_once() {
         .sum();
     assert_eq!(stored, report.totals.calls_acked, "every acknowledged call stored once");
     second.shutdown().await.unwrap();
+
+    // Rollups, services and instances agree after the restart.
+    let (store, _writer) = Store::open(
+        &dir.path().join("store"),
+        Retention::default(),
+        Limits::default(),
+        Clock::system(),
+    )
+    .unwrap();
+    let check = querypulse_collector::store::verify(&store);
+    assert!(check.is_clean() && check.windows > 0, "{check}");
 }
