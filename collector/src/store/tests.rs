@@ -735,3 +735,44 @@ fn verify_reads_every_sealed_block_and_reports_a_damaged_one() {
     assert!(!sealed.is_empty(), "{report}");
     assert!(sealed[0].subject.starts_with("raw partition"), "{}", sealed[0]);
 }
+
+#[test]
+fn reads_during_compaction_and_sealing_count_every_window_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let hour = floor(NOW, HOUR) - 5 * HOUR;
+    fill_hour(&mut writer, hour);
+    let service = service(&store);
+    let expected = store.query(service, fingerprint(), hour, hour + HOUR).unwrap().unwrap();
+    assert_eq!(expected.calls, 360 * 40);
+
+    // A reader runs against the store while compaction rewrites every
+    // single window into chunks and the partition is sealed: each read sees
+    // a partition between two applied batches, never half of a compaction.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop, expected) = (store.clone(), stop.clone(), expected.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 20 {
+                let got = store.query(service, fingerprint(), hour, hour + HOUR).unwrap().unwrap();
+                assert_eq!(got, expected, "read {reads} during maintenance");
+                let raw: u64 = store
+                    .windows::<QueryStats>(Tier::Raw, query_series(&store), hour, hour + HOUR)
+                    .unwrap()
+                    .iter()
+                    .map(|(_, s)| s.calls)
+                    .sum();
+                assert_eq!(raw, expected.calls, "raw windows, read {reads}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let report = writer.maintain(Duration::from_secs(30)).unwrap();
+    assert!(report.windows_compacted >= 360, "{report:?}");
+    assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("every read during maintenance was exact");
+    assert!(reads >= 20);
+}
