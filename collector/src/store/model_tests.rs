@@ -199,14 +199,51 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The accepted batches, by instance, in the order they were accepted.
+/// The accepted batches, by instance, in the order they were accepted, as
+/// the store keeps them: a statement beyond the service's fingerprint cap
+/// folded into `other`.
 #[derive(Default)]
 struct Model {
     accepted: Vec<(usize, Batch)>,
     sent: Vec<Vec<Batch>>,
+    /// Fingerprints per service.
+    cap: usize,
+    /// Fingerprints with a series of their own, per service, in order seen.
+    known: BTreeMap<&'static str, Vec<Fingerprint>>,
+    /// Statements folded into `other`, per service.
+    overflow: BTreeMap<&'static str, u64>,
 }
 
 impl Model {
+    /// Records an accepted batch, folding what is beyond the cap.
+    fn accept(&mut self, instance: usize, mut batch: Batch) {
+        let service = service_of(instance);
+        let known = self.known.entry(service).or_default();
+        let mut kept: Vec<QueryStats> = Vec::new();
+        let mut other: Option<QueryStats> = None;
+        for stats in std::mem::take(&mut batch.queries) {
+            if known.contains(&stats.fingerprint) || known.len() < self.cap {
+                if !known.contains(&stats.fingerprint) {
+                    known.push(stats.fingerprint);
+                }
+                kept.push(stats);
+            } else {
+                *self.overflow.entry(service).or_default() += 1;
+                let folded = QueryStats {
+                    fingerprint: Fingerprint::OTHER,
+                    ..stats
+                };
+                match &mut other {
+                    Some(o) => o.merge(&folded),
+                    None => other = Some(folded),
+                }
+            }
+        }
+        kept.extend(other);
+        batch.queries = kept;
+        self.accepted.push((instance, batch));
+    }
+
     fn batches(&self, service: &str) -> impl Iterator<Item = &Batch> {
         self.accepted
             .iter()
@@ -233,6 +270,7 @@ impl Model {
 struct Subject {
     dir: tempfile::TempDir,
     clock: Clock,
+    limits: Limits,
     open: Option<(Store, StoreWriter)>,
 }
 
@@ -246,13 +284,18 @@ fn retention() -> Retention {
 }
 
 impl Subject {
-    fn new() -> Subject {
+    fn new(fingerprint_cap: usize) -> Subject {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(base() + i64::from(HOURS) * HOUR + 5 * MINUTE);
-        let open = Store::open(dir.path(), retention(), Limits::default(), clock.clone()).unwrap();
+        let limits = Limits {
+            max_fingerprints_per_service: fingerprint_cap,
+            ..Limits::default()
+        };
+        let open = Store::open(dir.path(), retention(), limits, clock.clone()).unwrap();
         Subject {
             dir,
             clock,
+            limits,
             open: Some(open),
         }
     }
@@ -268,7 +311,7 @@ impl Subject {
     /// Closes every database (as a stop does), then opens the store again.
     fn restart(&mut self) {
         drop(self.open.take());
-        self.open = Some(Store::open(self.dir.path(), retention(), Limits::default(), self.clock.clone()).unwrap());
+        self.open = Some(Store::open(self.dir.path(), retention(), self.limits, self.clock.clone()).unwrap());
     }
 }
 
@@ -295,10 +338,11 @@ fn request(instance: usize, batch: Batch) -> BatchRequest {
     }
 }
 
-fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>) -> Result<(), TestCaseError> {
-    let mut subject = Subject::new();
+fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>, fingerprint_cap: usize) -> Result<(), TestCaseError> {
+    let mut subject = Subject::new(fingerprint_cap);
     let mut model = Model {
         sent: vec![Vec::new(); INSTANCES],
+        cap: fingerprint_cap,
         ..Model::default()
     };
     let mut seqs = [0u64; INSTANCES];
@@ -317,7 +361,7 @@ fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>) -> Result<(), TestCaseError> 
                 for ((instance, batch), outcome) in batches.into_iter().zip(outcomes) {
                     prop_assert_eq!(outcome, super::ApplyOutcome::Applied);
                     model.sent[instance].push(batch.clone());
-                    model.accepted.push((instance, batch));
+                    model.accept(instance, batch);
                 }
             }
             Op::Resend { instance, back } => {
@@ -347,7 +391,7 @@ fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>) -> Result<(), TestCaseError> 
                 // leaves. The restart replays it.
                 subject.restart();
                 model.sent[spec.instance].push(batch.clone());
-                model.accepted.push((spec.instance, batch));
+                model.accept(spec.instance, batch);
             }
             Op::Advance { minutes } => subject.clock.advance(minutes * MINUTE),
             Op::Maintain { wait } => {
@@ -387,6 +431,11 @@ fn ranges(seed_ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
 
 fn check(store: &Store, model: &Model, seed_ranges: &[(i64, i64)]) -> Result<(), TestCaseError> {
     let source = StoreSource::new(store.clone());
+    // Statements folded into `other` by the cap, counted once each.
+    for (name, _, _, overflow) in store.services() {
+        let expected = model.overflow.get(name.as_str()).copied().unwrap_or(0);
+        prop_assert_eq!(overflow, expected, "statements of {} folded into other", name);
+    }
     for (from, to) in ranges(seed_ranges) {
         let within = |t: i64| (from..to).contains(&t);
         let mut exported = Vec::new();
@@ -399,7 +448,9 @@ fn check(store: &Store, model: &Model, seed_ranges: &[(i64, i64)]) -> Result<(),
             let mut all = store.query_stats(id, from, to).unwrap();
             all.sort_by_key(|s| s.fingerprint);
             let mut expected_all = Vec::new();
-            for fp in (0..FINGERPRINTS).map(fingerprint) {
+            // A fingerprint beyond the cap has no series: its calls are in
+            // `other`.
+            for fp in (0..FINGERPRINTS).map(fingerprint).chain([Fingerprint::OTHER]) {
                 let expected = model.query(service, fp, within);
                 let got = store.query(id, fp, from, to).unwrap();
                 prop_assert_eq!(&got, &expected, "summary of {} {} over [{}, {})", service, fp, from, to);
@@ -703,7 +754,8 @@ proptest! {
     fn every_read_path_equals_the_exact_model(
         ops in prop::collection::vec(op(), 1..40),
         seed_ranges in prop::collection::vec((0..i64::from(HOURS) * HOUR, 0..i64::from(HOURS) * HOUR), 2),
+        fingerprint_cap in prop_oneof![Just(2usize), Just(Limits::default().max_fingerprints_per_service)],
     ) {
-        run(ops, seed_ranges)?;
+        run(ops, seed_ranges, fingerprint_cap)?;
     }
 }

@@ -251,7 +251,12 @@ impl StoreWriter {
         Ok(())
     }
 
-    fn resolve<'a>(&self, entry: &'a WalEntry, batch: &mut sled::Batch) -> Result<(Resolved<'a>, bool), StoreError> {
+    fn resolve<'a>(
+        &self,
+        entry: &'a WalEntry,
+        count_overflow: bool,
+        batch: &mut sled::Batch,
+    ) -> Result<(Resolved<'a>, bool), StoreError> {
         let catalog = self.store.catalog();
         let cap = self.store.limits().max_fingerprints_per_service;
         let (service, mut created) = catalog.service_id(&entry.service)?;
@@ -290,7 +295,7 @@ impl StoreWriter {
                 }
             }
         }
-        if overflow > 0 {
+        if overflow > 0 && count_overflow {
             catalog.add_overflow(service, overflow, batch);
         }
         let (instance, new) = catalog.series_id_or_create(&SeriesKey::InstanceQueries {
@@ -334,7 +339,10 @@ impl StoreWriter {
         let mut created = false;
         let mut resolved = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (r, new) = self.resolve(entry, &mut meta_batch)?;
+            // The overflow count lives in the meta database: an entry it has
+            // already applied is not counted again when replayed.
+            let count_overflow = !replay || meta_applied < entry.wal_seq;
+            let (r, new) = self.resolve(entry, count_overflow, &mut meta_batch)?;
             created |= new;
             resolved.push(r);
         }
