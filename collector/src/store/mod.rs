@@ -121,10 +121,7 @@ impl Store {
         clock: Clock,
     ) -> Result<(Store, StoreWriter), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
-        let meta = sled::Config::new()
-            .path(dir.join("meta"))
-            .cache_capacity(16 << 20)
-            .open()?;
+        let meta = partition::open_sled(sled::Config::new().path(dir.join("meta")).cache_capacity(16 << 20))?;
         let catalog = Catalog::load(meta)?;
         let partitions = Partitions::open(&dir.join("partitions"))?;
         let store = Store {

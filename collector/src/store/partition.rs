@@ -258,11 +258,36 @@ pub(crate) struct Partitions {
 }
 
 fn open_db(path: &Path, tier: Tier) -> Result<sled::Db, StoreError> {
-    Ok(sled::Config::new()
-        .path(path)
-        .cache_capacity(tier.cache_bytes())
-        .flush_every_ms(Some(1_000))
-        .open()?)
+    open_sled(
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(tier.cache_bytes())
+            .flush_every_ms(Some(1_000)),
+    )
+}
+
+/// How long opening a database waits for a lock that this process released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled database. sled locks its file; when the store was closed a
+/// moment ago in this process, sled's background writers may still hold the
+/// lock, so a busy lock is retried for [`LOCK_WAIT`] before it is reported
+/// (another process holding it, a running collector, is reported then).
+pub(crate) fn open_sled(config: sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Sled(sled::Error::Io(e)));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            result => return Ok(result?),
+        }
+    }
 }
 
 fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, StoreError> {
