@@ -642,6 +642,13 @@ async fn verify_store(
     State(api): State<Api>,
     headers: HeaderMap,
 ) -> Result<Json<crate::store::VerifyReport>, ApiError> {
+    if api.admin.token.is_none() {
+        return Err(ApiError::Forbidden(
+            "verifying the store reads all of it, so it needs the admin token: start the collector with \
+             --admin-token (or QUERYPULSE_ADMIN_TOKEN)"
+                .into(),
+        ));
+    }
     authorize(&api.admin, &headers)?;
     let store = api.admin.store.clone();
     let report = tokio::task::spawn_blocking(move || {

@@ -319,3 +319,45 @@ async fn retention_changes_need_the_admin_token_are_validated_and_persist() {
     );
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_on_the_store_and_needs_the_admin_token() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let verify = |collector: &TestCollector, token: Option<&str>| {
+        let mut request = client.get(collector.url("/api/v1/verify"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // It reads the whole store: without an admin token it is refused.
+    let collector = TestCollector::start(data.path()).await;
+    let response = verify(&collector, Some("anything")).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("--admin-token"), "{error}");
+    collector.stop().await;
+
+    let mut config = Config::ephemeral(data.path());
+    config.admin_token = Some("admin-secret".into());
+    let collector = TestCollector::start_with(config).await;
+    let mut stream = Stream::open(&collector, "ledger-1").await;
+    let start = (now() - 3 * MINUTE) / 10_000 * 10_000;
+    for (seq, at) in [(1, start), (2, start + 10_000), (3, start - 20 * MINUTE)] {
+        acked(stream.send(&query_batch(seq, at, &[1_000, 2_500, 90_000])).await, seq);
+    }
+    assert_eq!(verify(&collector, None).await.unwrap().status(), 401);
+    assert_eq!(verify(&collector, Some("wrong")).await.unwrap().status(), 401);
+    let response = verify(&collector, Some("admin-secret")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["problems"], json!([]), "{report}");
+    assert!(report["series"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["windows"].as_u64().unwrap() >= 6,
+        "raw and 1-minute windows read: {report}"
+    );
+    collector.stop().await;
+}
