@@ -12,7 +12,13 @@
 //!   write, into its 1-minute and 1-hour windows, so rollups are exact and
 //!   late windows land in their own time at every resolution.
 //! - **Chunks**: once a chunk span has passed, the windows of a series in it
-//!   are re-encoded together and compressed.
+//!   are re-encoded together and compressed. A window that arrives later is
+//!   written as a single window beside the chunk, never into it; readers add
+//!   the two, and the next compaction folds it in. Merges do not depend on
+//!   the order windows arrive in (a pool's "last" values go by window time).
+//! - **Time**: every decision by the time (replay, compaction, sealing,
+//!   retention) reads the [`Clock`] given to [`Store::open`]. Checks that the
+//!   store agrees with itself: [`verify`].
 //! - **Sealing**: once a partition's span has passed and its chunks are
 //!   final, a background thread rewrites it as one immutable file of zstd
 //!   blocks (`sealed.seg`) and the sled database is deleted: sled needs more
