@@ -21,14 +21,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use querypulse_collector::clock::Clock;
-use querypulse_collector::read::StoreSource;
-use querypulse_collector::retention::Retention;
-use querypulse_collector::store::{BatchRequest, Limits, Store};
+use querypulse_collector::StoreSource;
+use querypulse_domain::clock::Clock;
 use querypulse_proto::{
     Batch, DbSystem, Fingerprint, FingerprintText, Gauge, HealthCheckStats, Hello, PoolStats, Window,
 };
+use querypulse_store::Retention;
+use querypulse_store::{BatchRequest, Limits, Store};
 
+#[path = "../store/benches/workload/mod.rs"]
 mod workload;
 
 const FINGERPRINTS: usize = 1_000;
@@ -190,7 +191,7 @@ fn main() {
         .build()
         .expect("a runtime");
     runtime.block_on(async move {
-        let source: Arc<dyn querypulse_web::Source> = Arc::new(StoreSource::new(store));
+        let source: Arc<dyn querypulse_domain::source::Source> = Arc::new(StoreSource::new(store));
         let mut addresses = Vec::new();
         for ttl in [Duration::ZERO, querypulse_web::DEFAULT_CACHE_TTL] {
             let app = querypulse_web::Dashboard::new(source.clone())
@@ -200,7 +201,7 @@ fn main() {
             addresses.push(listener.local_addr().expect("the address"));
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
-        let http = reqwest::Client::new();
+        let http = querypulse_collector::http_client();
         let pace = Duration::from_millis(pace_ms);
         println!("| page | range | mode | p50 | p95 | p99 | max | bytes | goal |");
         println!("|---|---|---|--:|--:|--:|--:|--:|---|");

@@ -66,7 +66,7 @@ impl AgentSettings {
     }
 
     /// The protocol message.
-    pub fn to_update(&self) -> ConfigUpdate {
+    pub fn to_update(self) -> ConfigUpdate {
         ConfigUpdate {
             slow_threshold_us: self.slow_threshold_ms.map(|ms| ms * 1_000),
             max_samples_per_fingerprint: self.max_samples_per_fingerprint,

@@ -13,7 +13,7 @@ use querypulse_agent::fingerprint::Dialect;
 use crate::config::{Config, DEFAULT_DATA_DIR, FileConfig};
 use crate::demo::Demo;
 use crate::fingerprint_cmd::{self, FingerprintError, Format};
-use crate::loadgen::{LoadgenConfig, Target};
+use querypulse_loadgen::{LoadgenConfig, Target};
 
 /// querypulse: which database queries are slow, getting slower or failing,
 /// and whether a connection pool is running dry, across every instance.
@@ -58,7 +58,7 @@ struct ServeArgs {
     /// TOML config file; flags and environment variables override it
     #[arg(long, short, env = "QUERYPULSE_CONFIG")]
     config: Option<PathBuf>,
-    /// Directory for the store and catalog [default: ./querypulse-data]
+    /// Directory for the store and the settings database [default: ./querypulse-data]
     #[arg(long, env = "QUERYPULSE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -150,7 +150,7 @@ struct LoadgenArgs {
     #[arg(long, value_name = "URL")]
     prometheus_remote_write: Option<String>,
     /// Seed of the generated latency distributions
-    #[arg(long, default_value_t = crate::loadgen::DEFAULT_SEED)]
+    #[arg(long, default_value_t = querypulse_loadgen::DEFAULT_SEED)]
     seed: u64,
     /// Send every window of this past span as fast as acks allow, then stop
     /// (the collector rejects windows older than its max age, 2 days by default)
@@ -160,7 +160,7 @@ struct LoadgenArgs {
     #[arg(long, value_parser = parse_duration, default_value = "0s", requires = "backfill")]
     backfill_ending: Duration,
     /// Unacknowledged batches per instance
-    #[arg(long, default_value_t = crate::loadgen::DEFAULT_IN_FLIGHT)]
+    #[arg(long, default_value_t = querypulse_loadgen::DEFAULT_IN_FLIGHT)]
     in_flight: usize,
     /// Print a progress line this often
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -170,25 +170,10 @@ struct LoadgenArgs {
     summary_json: Option<PathBuf>,
 }
 
-/// Parses `250ms`, `10s`, `5m`, `24h`, `7d`; a bare number is seconds.
+/// Parses a duration in the product's one grammar (`250ms`, `10s`, `5m`,
+/// `24h`, `7d`; a bare number is seconds).
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 500ms, 10s, 5m, 24h or 7d"))?;
-    let seconds = match unit {
-        "ms" => number / 1_000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3_600.0,
-        "d" => number * 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?} in {value:?}: use ms, s, m, h or d")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{value:?} is out of range"))
+    querypulse_domain::duration::parse(value).map_err(|e| e.to_string())
 }
 
 impl LoadgenArgs {
@@ -360,7 +345,7 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         config.duration.as_secs(),
     );
     let report = tokio::select! {
-        report = crate::loadgen::run(config) => report.context("running the load generator")?,
+        report = querypulse_loadgen::run(config) => report.context("running the load generator")?,
         _ = shutdown_signal() => anyhow::bail!("interrupted"),
     };
     print!("{}", report.summary());
@@ -400,16 +385,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "s", "10x", "-5s", "1e400s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
+    fn duration_flags_read_the_one_duration_grammar() {
+        let parse = |duration: &str| Cli::try_parse_from(["querypulse", "loadgen", &format!("--duration={duration}")]);
+        let Ok(Cli {
+            command: Command::Loadgen(args),
+        }) = parse("1.5m")
+        else {
+            panic!("1.5m is a duration")
+        };
+        assert_eq!(args.config().duration, Duration::from_secs(90));
+        let refused = parse("-5s").expect_err("a negative duration is refused").to_string();
+        assert!(refused.contains("must not be negative"), "{refused}");
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::alerts::AlertsConfig;
-use crate::clock::Clock;
 use crate::ingest::IngestLimits;
-use crate::retention::Retention;
-use crate::store::Limits;
+use querypulse_alerts::AlertsConfig;
+use querypulse_domain::clock::Clock;
+use querypulse_store::Limits;
+use querypulse_store::Retention;
 
 /// Data directory used when none is given.
 pub const DEFAULT_DATA_DIR: &str = "./querypulse-data";
@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Everything the collector needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the store (and later the catalog) live.
+    /// Where the store and the settings database live.
     pub data_dir: PathBuf,
     /// Address of the gRPC ingest endpoint; port 0 picks a free port.
     pub grpc_listen: SocketAddr,
@@ -39,7 +39,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Time bounds on accepted windows.
     pub limits: IngestLimits,
-    /// Retention at first start (later changes live in the catalog).
+    /// Retention at first start (later changes live in the settings database).
     pub retention: Retention,
     /// Per-service limits of the store.
     pub store_limits: Limits,
@@ -98,7 +98,7 @@ pub struct FileConfig {
     pub max_future_secs: Option<u64>,
     /// Retention at first start, as a `[retention]` table with `raw_seconds`,
     /// `minute_seconds`, `hour_seconds` and `max_bytes`; once changed through
-    /// the API the catalog's value wins.
+    /// the API the stored value wins.
     pub retention: Option<Retention>,
     /// Seconds between alert rule evaluations.
     pub alert_evaluation_secs: Option<u64>,

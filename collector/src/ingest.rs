@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent_settings::AgentSettings;
-use crate::store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
+use querypulse_store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
 
 /// Batches applied together before one fsync.
 const MAX_GROUP: usize = 512;
@@ -217,17 +217,12 @@ impl IngestService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
-        if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        if querypulse_domain::token::tokens_match(presented, expected) {
             Ok(())
         } else {
             Err(Status::unauthenticated("the bearer token is not valid"))
         }
     }
-}
-
-/// Compares secrets without leaking where they differ through timing.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
@@ -469,18 +464,5 @@ async fn acknowledge(mut pending: mpsc::Receiver<Pending>, out: Outbound) {
             // resends whatever was not acknowledged.
             break;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison_needs_an_exact_match() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

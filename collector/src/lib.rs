@@ -1,23 +1,19 @@
 #![doc = include_str!("../README.md")]
 
-pub mod admin;
-pub mod agent_settings;
-pub mod alerts;
-pub mod api;
-pub mod catalog;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod demo;
-pub mod fingerprint_cmd;
-pub mod ingest;
-pub mod loadgen;
-mod metrics;
-pub mod read;
-pub mod report;
-pub mod retention;
-pub mod store;
-pub mod verify_cmd;
+mod adapters;
+mod agent_settings;
+mod cli;
+mod config;
+mod demo;
+mod fingerprint_cmd;
+mod http;
+mod ingest;
+mod outbound;
+mod report;
+mod settings_db;
+#[cfg(test)]
+mod store_model;
+mod verify_cmd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,11 +27,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use catalog::Catalog;
+pub use adapters::source::StoreSource;
+pub use cli::main;
 pub use config::Config;
+pub use demo::Demo;
 use ingest::{IngestService, Writer};
-use read::StoreSource;
-use store::{Store, StoreError};
+pub use outbound::{http_client, http_client_builder};
+use querypulse_store::{Store, StoreError};
+pub use report::{Format as ReportFormat, ReportArgs, fetch as fetch_report};
+use settings_db::SettingsDb;
 
 /// How long shutdown waits for servers and open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -61,13 +61,13 @@ pub enum CollectorError {
         /// The storage error.
         source: StoreError,
     },
-    /// The catalog could not be opened.
-    #[error("cannot open the catalog in {path}: {source}")]
-    Catalog {
+    /// The settings database could not be opened.
+    #[error("cannot open the settings database in {path}: {source}")]
+    SettingsDb {
         /// The data directory.
         path: PathBuf,
-        /// The catalog error.
-        source: catalog::CatalogError,
+        /// The database error.
+        source: settings_db::SettingsDbError,
     },
     /// A listen address could not be bound.
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -94,7 +94,7 @@ pub struct Collector {
     http: JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
     alerts: JoinHandle<()>,
-    catalog: Catalog,
+    settings_db: SettingsDb,
 }
 
 impl Collector {
@@ -106,26 +106,26 @@ impl Collector {
             path: config.data_dir.clone(),
             source,
         })?;
-        let catalog = Catalog::open(&config.data_dir)
+        let settings_db = SettingsDb::open(&config.data_dir)
             .await
-            .map_err(|source| CollectorError::Catalog {
+            .map_err(|source| CollectorError::SettingsDb {
                 path: config.data_dir.clone(),
                 source,
             })?;
-        let retention = match catalog.retention().await {
+        let retention = match settings_db.retention().await {
             Ok(Some(stored)) => stored,
             Ok(None) => config.retention,
             Err(source) => {
-                return Err(CollectorError::Catalog {
+                return Err(CollectorError::SettingsDb {
                     path: config.data_dir.clone(),
                     source,
                 });
             }
         };
-        let agent_settings = catalog
+        let agent_settings = settings_db
             .agent_settings()
             .await
-            .map_err(|source| CollectorError::Catalog {
+            .map_err(|source| CollectorError::SettingsDb {
                 path: config.data_dir.clone(),
                 source,
             })?;
@@ -191,13 +191,14 @@ impl Collector {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
         );
 
-        let (alerts, alerts_task) = alerts::Alerts::start(store.clone(), &catalog, &config.alerts, shutdown_rx.clone())
-            .await
-            .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
+        let (alerts, alerts_task) =
+            querypulse_alerts::Alerts::start(store.clone(), settings_db.pool(), &config.alerts, shutdown_rx.clone())
+                .await
+                .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
         let source =
             Arc::new(StoreSource::new(store.clone()).with_alerts(alerts.clone(), tokio::runtime::Handle::current()));
-        let admin = api::Admin {
-            catalog: catalog.clone(),
+        let admin = http::Admin {
+            settings_db: settings_db.clone(),
             store,
             token: config.admin_token.clone(),
             agent_settings: Arc::new(agent_settings),
@@ -205,8 +206,8 @@ impl Collector {
         };
         let dashboard = querypulse_web::Dashboard::new(source.clone())
             .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
-            .with_alerting(Arc::new(admin.clone()));
-        let app = api::router(source, admin).merge(dashboard.router());
+            .with_alerting(Arc::new(admin.alerts.clone()));
+        let app = http::router(source, admin).merge(dashboard.router());
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
 
@@ -219,7 +220,7 @@ impl Collector {
             http,
             writer: writer_thread,
             alerts: alerts_task,
-            catalog,
+            settings_db,
         })
     }
 
@@ -249,7 +250,7 @@ impl Collector {
             .map_err(|_| CollectorError::Serve("the writer thread panicked".into()))?;
         server_outcome("gRPC", grpc.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
         server_outcome("HTTP", http.map(|joined| joined.map(|r| r.map_err(|e| e.to_string()))))?;
-        self.catalog.close().await;
+        self.settings_db.close().await;
         tracing::info!("collector stopped");
         Ok(())
     }
@@ -275,9 +276,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let collector = Collector::start(config).await?;
     shutdown.await;
     collector.shutdown().await
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -1,5 +1,5 @@
 //! The `querypulse` binary; everything lives in the library.
 
 fn main() -> anyhow::Result<()> {
-    querypulse_collector::cli::main()
+    querypulse_collector::main()
 }

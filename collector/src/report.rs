@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::api::parse_time;
-use crate::now_ms;
+use crate::http::parse_time;
+use querypulse_domain::now_ms;
 
 /// Length of the report when `--from` is not given.
 pub const DEFAULT_REPORT_MS: i64 = 24 * 3_600_000;
@@ -80,7 +80,7 @@ pub async fn fetch(args: &ReportArgs) -> anyhow::Result<String> {
     }
     let url = reqwest::Url::parse_with_params(&format!("{}/report", args.url.trim_end_matches('/')), &query)
         .with_context(|| format!("--url {:?} is not a URL", args.url))?;
-    let response = reqwest::Client::new()
+    let response = crate::http_client()
         .get(url)
         .send()
         .await

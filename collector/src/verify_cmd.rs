@@ -1,5 +1,5 @@
 //! `querypulse verify`: checks that a collector's stored numbers agree with
-//! themselves (see [`crate::store::verify`]). Prints every disagreement with
+//! themselves (see [`querypulse_store::verify`]). Prints every disagreement with
 //! its series and span, and exits non-zero when there is one.
 //!
 //! - `--data-dir DIR`: a stopped collector's data. The store is opened as a
@@ -15,10 +15,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::catalog::Catalog;
-use crate::clock::Clock;
 use crate::config::DEFAULT_DATA_DIR;
-use crate::store::{Limits, Store, VerifyReport, verify_settled};
+use crate::settings_db::SettingsDb;
+use querypulse_domain::clock::Clock;
+use querypulse_store::{Limits, Store, VerifyReport, verify_settled};
 
 /// How often a running collector looks again at a disagreement, and how
 /// long apart: a group of batches reaches the resolutions one after the
@@ -68,10 +68,10 @@ async fn open_and_verify(data_dir: PathBuf) -> anyhow::Result<VerifyReport> {
         "{} holds no querypulse store (no store/meta directory)",
         data_dir.display()
     );
-    let catalog = Catalog::open(&data_dir)
+    let settings_db = SettingsDb::open(&data_dir)
         .await
-        .with_context(|| format!("opening the catalog in {}", data_dir.display()))?;
-    let retention = catalog
+        .with_context(|| format!("opening the settings database in {}", data_dir.display()))?;
+    let retention = settings_db
         .retention()
         .await
         .context("reading the retention settings")?
@@ -97,7 +97,7 @@ async fn open_and_verify(data_dir: PathBuf) -> anyhow::Result<VerifyReport> {
 /// Asks a running collector to check its own store.
 async fn ask(url: &str, token: Option<&str>) -> anyhow::Result<VerifyReport> {
     let endpoint = format!("{}/api/v1/verify", url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().get(&endpoint);
+    let mut request = crate::http_client().get(&endpoint);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -73,7 +73,7 @@ async fn wait_healthy(client: &reqwest::Client, http: u16) {
 async fn acknowledged_windows_survive_sigkill_exactly_once() {
     let data = tempfile::tempdir().unwrap();
     let (grpc, http) = (free_port(), free_port());
-    let client = reqwest::Client::new();
+    let client = querypulse_collector::http_client();
     let mut server = start(data.path(), grpc, http);
     wait_healthy(&client, server.http).await;
 

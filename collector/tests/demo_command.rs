@@ -58,7 +58,7 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
     std::thread::spawn(move || stdout.for_each(drop));
     let base = dashboard.expect("the demo prints its dashboard URL");
 
-    let client = reqwest::Client::new();
+    let client = querypulse_collector::http_client();
     let mut complete = None;
     while started.elapsed() < Duration::from_secs(15) && complete.is_none() {
         tokio::time::sleep(Duration::from_millis(250)).await;

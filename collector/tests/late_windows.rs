@@ -504,7 +504,7 @@ impl Serve {
             process: Process::spawn(binary, args, dir, label),
             grpc_addr: String::new(),
             http_addr: String::new(),
-            http: reqwest::Client::new(),
+            http: querypulse_collector::http_client(),
         };
         // Port 0 picks free ports; the log line says which.
         let started = serve

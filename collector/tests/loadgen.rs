@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use querypulse_collector::clock::Clock;
-use querypulse_collector::loadgen::{self, LoadgenConfig, Target};
-use querypulse_collector::retention::Retention;
-use querypulse_collector::store::{Limits, Store};
 use querypulse_collector::{Collector, Config};
+use querypulse_domain::clock::Clock;
+use querypulse_loadgen::{LoadgenConfig, Target};
+use querypulse_store::Retention;
+use querypulse_store::{Limits, Store};
 
 /// A collector on free ports of 127.0.0.1, and the loadgen target for it.
 async fn collector(dir: &tempfile::TempDir) -> (Collector, Target) {
@@ -28,7 +28,7 @@ async fn every_acknowledged_window_is_stored_exactly_once() {
     let mut config = LoadgenConfig::new(3, 20, Duration::from_secs(1), Duration::from_secs(4), target);
     config.services = 2;
     config.seed = 42;
-    let report = loadgen::run(config).await.unwrap();
+    let report = querypulse_loadgen::run(config).await.unwrap();
 
     let totals = &report.totals;
     assert!(totals.batches_acked >= 3, "{}", report.summary());
@@ -77,7 +77,7 @@ async fn a_backfill_delivers_every_past_window_and_stops_by_itself() {
     let (collector, target) = collector(&dir).await;
     let mut config = LoadgenConfig::new(2, 5, Duration::from_secs(10), Duration::from_secs(60), target);
     config.backfill = Some(Duration::from_secs(600));
-    let report = loadgen::run(config).await.unwrap();
+    let report = querypulse_loadgen::run(config).await.unwrap();
 
     assert_eq!(report.backfill_windows, 60);
     assert_eq!(report.totals.batches_acked, 2 * 60, "{}", report.summary());
@@ -98,7 +98,7 @@ async fn windows_survive_a_collector_restart_and_are_counted_once() {
     let (grpc, http) = (first.grpc_addr(), first.http_addr());
     let mut config = LoadgenConfig::new(3, 10, Duration::from_secs(1), Duration::from_secs(8), target);
     config.seed = 7;
-    let run = tokio::spawn(loadgen::run(config));
+    let run = tokio::spawn(querypulse_loadgen::run(config));
 
     // Restart once the first windows are stored: the simulated agents must
     // reconnect and resend what was not acknowledged.
@@ -150,6 +150,6 @@ async fn windows_survive_a_collector_restart_and_are_counted_once() {
         Clock::system(),
     )
     .unwrap();
-    let check = querypulse_collector::store::verify(&store);
+    let check = querypulse_store::verify(&store);
     assert!(check.is_clean() && check.windows > 0, "{check}");
 }

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use crate::domain::*;
-use crate::fingerprint::Fingerprint;
-use crate::histogram::LatencyHistogram;
 use crate::wire::v1 as wire;
+use querypulse_domain::Fingerprint;
+use querypulse_domain::LatencyHistogram;
+use querypulse_domain::stats::*;
 
 /// Longest service, instance, host, pool or label name accepted.
 pub const MAX_NAME_LEN: usize = 128;

@@ -1,13 +1,11 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 pub mod convert;
-pub mod domain;
-pub mod fingerprint;
-pub mod histogram;
 
-/// Code generated from `querypulse/v1/*.proto`. Only the agent's sender and the
-/// collector's ingest service touch these types; everything else works with
-/// [`domain`] types.
+/// Code generated from `querypulse/v1/*.proto`. Only the agent's sender, the
+/// collector's ingest service and the load generator touch these types;
+/// everything else works with the domain types (`querypulse-domain`).
 pub mod wire {
     /// The `querypulse.v1` package.
     #[allow(missing_docs, clippy::all, missing_debug_implementations)]
@@ -17,6 +15,9 @@ pub mod wire {
 }
 
 pub use convert::ValidationError;
-pub use domain::*;
-pub use fingerprint::Fingerprint;
-pub use histogram::{DenseHistogram, LatencyHistogram};
+pub use querypulse_domain::stats::*;
+/// The domain types the wire converts to and from, so a crate that speaks the
+/// wire needs one dependency for both.
+pub use querypulse_domain::{
+    Clock, DenseHistogram, Fingerprint, LatencyHistogram, clock, fingerprint, histogram, now_ms, stats,
+};

@@ -33,7 +33,7 @@ impl TestCollector {
         let collector = Collector::start(config).await.expect("the collector starts");
         TestCollector {
             collector,
-            http: reqwest::Client::new(),
+            http: querypulse_collector::http_client(),
         }
     }
 
@@ -111,8 +111,8 @@ impl TestCollector {
 }
 
 /// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn no_redirects() -> reqwest::Client {
+    querypulse_collector::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client")

@@ -31,7 +31,7 @@ async fn thresholds_set_in_the_api_reach_connected_and_new_agents() {
     let mut config = Config::ephemeral(data.path());
     config.admin_token = Some("admin".into());
     let collector = TestCollector::start_with(config).await;
-    let client = reqwest::Client::new();
+    let client = querypulse_collector::http_client();
 
     let early = agent(&collector);
     early.record_query(SQL, Duration::from_millis(40), Outcome::OK);

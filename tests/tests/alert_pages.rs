@@ -31,7 +31,7 @@ async fn collector(data: &std::path::Path) -> TestCollector {
 
 /// An API request with the admin token; returns status and JSON body.
 async fn call(collector: &TestCollector, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
+    let mut request = querypulse_collector::http_client()
         .request(method, collector.url(path))
         .bearer_auth(TOKEN);
     if let Some(body) = body {
@@ -516,8 +516,8 @@ async fn channel_and_silence_forms_create_test_edit_expire_and_delete() {
     let delivery = hook.next(WAIT).await.expect("the test notification arrives");
     assert_eq!(delivery.headers["x-team"], "db");
     assert_eq!(
-        delivery.headers[querypulse_collector::alerts::notify::SIGNATURE_HEADER],
-        querypulse_collector::alerts::notify::signature("hmac-key", &delivery.body).as_str()
+        delivery.headers[querypulse_alerts::SIGNATURE_HEADER],
+        querypulse_alerts::signature("hmac-key", &delivery.body).as_str()
     );
     hook.fail_next(3);
     let failed = collector

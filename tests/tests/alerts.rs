@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use querypulse_agent::sqlx::InstrumentedPool;
 use querypulse_agent::{Agent, DbSystem, Outcome};
+use querypulse_alerts::{Notification, Notifier, NotifyError, NotifyFuture, SIGNATURE_HEADER, signature};
 use querypulse_collector::Config;
-use querypulse_collector::alerts::notify::{
-    Notification, Notifier, NotifyError, NotifyFuture, SIGNATURE_HEADER, signature,
-};
 use querypulse_e2e::receivers::{Program, WebhookReceiver, free_port, required_tool};
 use querypulse_e2e::{TestCollector, eventually};
 use reqwest::Method;
@@ -39,7 +37,7 @@ async fn collector_with(data: &Path, evaluation: Duration, configure: impl FnOnc
 
 /// Sends an API request with the admin token; returns status and JSON body.
 async fn call(collector: &TestCollector, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
+    let mut request = querypulse_collector::http_client()
         .request(method.clone(), collector.url(path))
         .bearer_auth(TOKEN);
     if let Some(body) = body {
@@ -525,7 +523,7 @@ async fn alertmanager_lists_a_firing_alert_and_forgets_it_once_resolved() {
     let agent = agent(&collector, "inventory");
     slow_queries(&agent).await;
 
-    let http = reqwest::Client::new();
+    let http = querypulse_collector::http_client();
     let listed = |http: reqwest::Client, base: String| async move {
         let alerts: Value = http
             .get(format!("{base}/api/v2/alerts"))
@@ -726,7 +724,7 @@ async fn invalid_rules_channels_and_silences_are_refused_naming_the_field_and_no
     );
     assert_eq!(before, after, "nothing was half written");
 
-    let anonymous = reqwest::Client::new()
+    let anonymous = querypulse_collector::http_client()
         .post(collector.url("/api/v1/rules"))
         .json(&rule(json!({})))
         .send()

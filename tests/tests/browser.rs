@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use querypulse_collector::Config;
-use querypulse_collector::demo::Demo;
+use querypulse_collector::Demo;
 use querypulse_e2e::browser::{Browser, Visit};
 use querypulse_e2e::{RawAgent, eventually, hello};
 use querypulse_proto::{Batch, DbSystem, Gauge, HealthCheckStats, PoolStats, Window};
@@ -93,7 +93,7 @@ async fn every_page_loads_in_chromium_without_errors_or_broken_links() {
         .await
         .expect("the demo starts");
     let base = format!("http://{}", demo.collector().http_addr());
-    let http = reqwest::Client::new();
+    let http = querypulse_collector::http_client();
     report_a_pool(
         &format!("http://{}", demo.collector().grpc_addr()),
         chrono::Utc::now().timestamp_millis(),

@@ -6,13 +6,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use querypulse_collector::Config;
-use querypulse_collector::report::{Format, ReportArgs};
-use querypulse_e2e::{RawAgent, TestCollector, hello};
+use querypulse_collector::{ReportArgs, ReportFormat as Format};
+use querypulse_e2e::{RawAgent, TestCollector, hello, no_redirects};
 use querypulse_proto::{
     AgentCounters, Batch, Fingerprint, FingerprintText, Gauge, HealthCheckStats, PoolStats, QueryStats,
     SlowQuerySample, Window,
 };
-use querypulse_web::format::{count, duration_ms};
+use querypulse_web::{count, duration_ms};
 use serde_json::Value;
 
 const MINUTE: i64 = 60_000;
@@ -315,7 +315,7 @@ async fn every_page_shows_the_apis_numbers_escapes_and_links_only_to_pages_that_
         "the alert engine's alerts: {}",
         report["alerts"]
     );
-    let markdown = querypulse_collector::report::fetch(&ReportArgs {
+    let markdown = querypulse_collector::fetch_report(&ReportArgs {
         url: collector.url(""),
         from: Some(from.to_string()),
         to: Some(to.to_string()),
@@ -333,7 +333,7 @@ async fn every_page_shows_the_apis_numbers_escapes_and_links_only_to_pages_that_
         markdown.contains(&format!("| {balance} | `{BALANCE}` | ledger |")),
         "{markdown}"
     );
-    assert!(markdown.contains("## Alerts") && !markdown.contains(querypulse_web::report::ALERTS_NOT_YET));
+    assert!(markdown.contains("## Alerts") && !markdown.contains(querypulse_web::ALERTS_NOT_YET));
     let html = collector.get(&format!("/report?{range}&format=html")).await.1;
     assert!(html.starts_with("<!doctype html>") && escaped(&html));
 
@@ -370,21 +370,13 @@ async fn every_page_shows_the_apis_numbers_escapes_and_links_only_to_pages_that_
     collector.stop().await;
 }
 
-/// A client that shows redirects instead of following them.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn post(collector: &TestCollector, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> reqwest::Response {
     let body: String = form
         .iter()
         .map(|(k, v)| format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace('+', "%2B")))
         .collect::<Vec<_>>()
         .join("&");
-    let mut request = client()
+    let mut request = no_redirects()
         .post(collector.url(path))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body);
@@ -395,7 +387,7 @@ async fn post(collector: &TestCollector, path: &str, cookie: Option<&str>, form:
 }
 
 async fn page_with(collector: &TestCollector, path: &str, cookie: &str) -> String {
-    let response = client()
+    let response = no_redirects()
         .get(collector.url(path))
         .header("cookie", cookie)
         .send()
@@ -543,7 +535,7 @@ async fn settings_forms_need_a_sign_in_and_its_csrf_token() {
             .status(),
         403
     );
-    let headers: HashMap<String, String> = client()
+    let headers: HashMap<String, String> = no_redirects()
         .get(collector.url("/"))
         .send()
         .await

@@ -258,7 +258,7 @@ async fn pools_health_checks_slow_queries_and_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_changes_need_the_admin_token_are_validated_and_persist() {
     let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = querypulse_collector::http_client();
     let put = |collector: &TestCollector, token: Option<&str>, body: String| {
         let mut request = client
             .put(collector.url("/api/v1/retention"))
@@ -323,7 +323,7 @@ async fn retention_changes_need_the_admin_token_are_validated_and_persist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_on_the_store_and_needs_the_admin_token() {
     let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = querypulse_collector::http_client();
     let verify = |collector: &TestCollector, token: Option<&str>| {
         let mut request = client.get(collector.url("/api/v1/verify"));
         if let Some(token) = token {

@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde::Deserialize;
 
+use querypulse_domain::token::tokens_match;
+
 use crate::pages::{Layout, PageError, Request, html};
 use crate::{Dashboard, now_ms};
 
@@ -54,11 +56,6 @@ impl Visitor {
     pub fn signed_in(&self) -> bool {
         self.csrf.is_some()
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn random_token() -> String {
@@ -115,7 +112,7 @@ impl Sessions {
                 "Sign in with the admin token first: this page is read-only without it.".into(),
             ));
         };
-        if !same_secret(&expected, csrf) {
+        if !tokens_match(&expected, csrf) {
             return Err(PageError::Forbidden(
                 "The form's security token does not match your session: reload the page and try again.".into(),
             ));
@@ -126,7 +123,7 @@ impl Sessions {
     /// Opens a session for a correct token; returns its id.
     fn open(&self, token: &str) -> Option<String> {
         let expected = self.token.as_deref()?;
-        if !same_secret(expected, token) {
+        if !tokens_match(expected, token) {
             return None;
         }
         let now = now_ms();

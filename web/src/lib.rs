@@ -1,27 +1,28 @@
 #![doc = include_str!("../README.md")]
 
-pub mod alerting;
 mod auth;
 mod cache;
 mod chart;
-pub mod format;
+mod format;
 mod pages;
-pub mod report;
-pub mod settings;
-pub mod source;
+mod report;
 mod status;
 mod trend;
 mod view;
+
+use querypulse_domain::alerting::Alerting;
+use querypulse_domain::settings::{Settings, SettingsError};
+use querypulse_domain::source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
+use querypulse_domain::{alerting, settings, source};
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
 
-pub use alerting::{Alerting, AlertingError};
 pub use cache::DEFAULT_TTL as DEFAULT_CACHE_TTL;
-pub use settings::{AgentDefaults, RetentionSettings, Settings, SettingsError};
-pub use source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
+pub use format::{count, duration_ms};
+pub use report::ALERTS_NOT_YET;
 
 /// Shared state of the dashboard's handlers.
 #[derive(Clone)]
@@ -113,7 +114,4 @@ pub fn router(source: Arc<dyn Source>) -> Router {
     Dashboard::new(source).router()
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use querypulse_domain::now_ms;

@@ -4,7 +4,7 @@
 //! `querypulse report` and for mailing around.
 
 use askama::Template;
-use querypulse_proto::Fingerprint;
+use querypulse_domain::Fingerprint;
 use serde::Serialize;
 
 use crate::format::{count, duration_ms, percent, timestamp};

@@ -13,7 +13,10 @@ use axum::response::Response;
 
 use super::{Layout, PageError, Request, html, read};
 use crate::Dashboard;
-use crate::alerting::{ActiveAlert, Alerting, AlertingError, HistoryEntry, Labels, MatcherInfo, SilenceDraft};
+use crate::alerting::{
+    ActiveAlert, AlertSeverity, AlertState, Alerting, AlertingError, HistoryEntry, Labels, MatcherInfo, SilenceDraft,
+    SilenceStatus,
+};
 use crate::auth::see_other;
 use crate::format::{ago, timestamp};
 use crate::view::encode;
@@ -157,11 +160,11 @@ pub(crate) fn id(what: &str, raw: &str) -> Result<i64, PageError> {
 }
 
 /// The status-light class of a severity.
-pub(crate) fn severity_class(severity: &str) -> &'static str {
+pub(crate) fn severity_class(severity: AlertSeverity) -> &'static str {
     match severity {
-        "critical" => "critical",
-        "warning" => "degraded",
-        _ => "healthy",
+        AlertSeverity::Critical => "critical",
+        AlertSeverity::Warning => "degraded",
+        AlertSeverity::Info => "healthy",
     }
 }
 
@@ -239,8 +242,8 @@ impl AlertRow {
         AlertRow {
             rule: a.rule.clone(),
             rule_href: format!("/alerts/rules?evaluate={}#evaluation", a.rule_id),
-            severity: a.severity.clone(),
-            severity_class: severity_class(&a.severity),
+            severity: a.severity.to_string(),
+            severity_class: severity_class(a.severity),
             value: a.value_text.clone(),
             threshold: a.threshold_text.clone(),
             since: ago(now, since),
@@ -385,9 +388,9 @@ async fn render(
             .map(|a| AlertRow::new(a, now))
             .collect()
     };
-    let firing = rows(&|a| a.state == "firing" && a.silenced_by.is_empty());
-    let pending = rows(&|a| a.state == "pending");
-    let silenced = rows(&|a| a.state == "firing" && !a.silenced_by.is_empty());
+    let firing = rows(&|a| a.state == AlertState::Firing && !a.silenced);
+    let pending = rows(&|a| a.state == AlertState::Pending);
+    let silenced = rows(&|a| a.state == AlertState::Firing && a.silenced);
     let mut silences: Vec<SilenceRow> = silences
         .iter()
         .map(|s| SilenceRow {
@@ -400,10 +403,10 @@ async fn render(
                 .join(", "),
             starts: timestamp(s.starts_at_ms),
             ends: timestamp(s.ends_at_ms),
-            status: s.status.clone(),
+            status: s.status.to_string(),
             created_by: s.created_by.clone(),
             comment: s.comment.clone(),
-            active: s.status != "expired",
+            active: s.status != SilenceStatus::Expired,
         })
         .collect();
     silences.sort_by_key(|s| (!s.active, -s.id));

@@ -58,7 +58,12 @@ impl ChannelFields {
             id: Some(channel.id),
             name: channel.name.clone(),
             kind: channel.kind.clone(),
-            settings: channel.settings.clone(),
+            settings: channel
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.text()))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
             send_resolved: channel.send_resolved,
             repeat_interval: channel.repeat_interval.clone(),
         }
@@ -144,7 +149,12 @@ async fn render(
             id: c.id,
             name: c.name.clone(),
             kind: c.kind.clone(),
-            settings: c.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            settings: c
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.text()))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
             send_resolved: c.send_resolved,
             repeat_interval: c.repeat_interval.clone(),
             used_by: rules

@@ -319,7 +319,7 @@ pub(crate) async fn pool_summaries(
 }
 
 /// Link to a query's page.
-pub(crate) fn query_href(view: &View, fingerprint: &querypulse_proto::Fingerprint) -> String {
+pub(crate) fn query_href(view: &View, fingerprint: &querypulse_domain::Fingerprint) -> String {
     view.href(&format!("/queries/{fingerprint}"), &[])
 }
 
@@ -330,31 +330,6 @@ pub(crate) fn pool_href(view: &View, service: &str, instance: &str, pool: &str) 
         &format!("/pools/{}/{}/{}", encode(service), encode(instance), encode(pool)),
         &[],
     )
-}
-
-/// The step giving about `points` steps over `range`, from steps the store
-/// reads exactly (raw 10 s, whole minutes, whole hours).
-pub(crate) fn step_for(range_ms: i64, points: i64) -> i64 {
-    const STEPS: [i64; 12] = [
-        10_000,
-        30_000,
-        60_000,
-        300_000,
-        900_000,
-        1_800_000,
-        3_600_000,
-        10_800_000,
-        21_600_000,
-        43_200_000,
-        86_400_000,
-        604_800_000,
-    ];
-    let wanted = range_ms / points.max(1);
-    STEPS
-        .iter()
-        .copied()
-        .find(|s| *s >= wanted)
-        .unwrap_or(STEPS[STEPS.len() - 1])
 }
 
 /// The range aligned down to `step` at the start, so steps line up with the

@@ -8,13 +8,14 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 
 use super::overview::{NOW_MS, UtilizationBar, now_by_pool, pool_status};
-use super::{Layout, PageError, Request, aligned, html, pool_href, read, step_for};
+use super::{Layout, PageError, Request, aligned, html, pool_href, read};
 use crate::chart::{self, BLUE, GREEN, GREY, ORANGE, RED, Series};
 use crate::format::{ago, count, duration_ms, percent, rate, timestamp};
 use crate::source::{PoolPoint, PoolSummary, Source, SourceError};
 use crate::status::Assessment;
 use crate::trend::{Trend, latest_window};
 use crate::{Dashboard, TimeRange};
+use querypulse_domain::source::step_for;
 
 /// Trend windows: 5 minutes each, the latest against the ones before it.
 const TREND_STEP_MS: i64 = 5 * 60_000;

@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::overview::QueryRow;
-use super::{Layout, PageError, Request, aligned, html, read, step_for};
+use super::{Layout, PageError, Request, aligned, html, read};
 use crate::chart::{BLUE, sparkline};
 use crate::format::percent;
 use crate::source::QuerySummary;
 use crate::{Dashboard, QueryFilter};
+use querypulse_domain::source::step_for;
 
 /// Rows per page (each with a sparkline read from the store).
 pub(crate) const PAGE_SIZE: usize = 50;

@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use querypulse_proto::Fingerprint;
+use querypulse_domain::Fingerprint;
 
-use super::{Layout, PageError, Request, aligned, html, step_for};
+use super::{Layout, PageError, Request, aligned, html};
 use crate::chart::{self, BLUE, GREY, ORANGE, RED, Series};
 use crate::format::{ago, count, duration_ms, percent, timestamp};
 use crate::source::{QuerySummary, SlowFilter};
 use crate::trend::{Trend, compare};
 use crate::{Dashboard, QueryFilter};
+use querypulse_domain::source::step_for;
 
 /// Points per chart, about.
 const CHART_POINTS: i64 = 120;
@@ -151,7 +152,7 @@ fn watching(
                 (None, Some(service)) => format!("every statement of {service}"),
                 (None, None) => "every statement".to_owned(),
             },
-            severity: r.severity.clone(),
+            severity: r.severity.to_string(),
             enabled: r.enabled,
         })
         .collect()
@@ -185,7 +186,7 @@ pub(crate) async fn page(
 ) -> Result<Response, PageError> {
     let fingerprint: Fingerprint = fingerprint
         .parse()
-        .map_err(|e: querypulse_proto::fingerprint::ParseFingerprintError| PageError::BadRequest(e.to_string()))?;
+        .map_err(|e: querypulse_domain::fingerprint::ParseFingerprintError| PageError::BadRequest(e.to_string()))?;
     let view = request.view.clone();
     let range = view.range.for_summary();
     let previous = range.previous();

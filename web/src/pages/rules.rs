@@ -14,10 +14,14 @@ use super::alerts::{
 };
 use super::{Layout, PageError, Request, html};
 use crate::Dashboard;
-use crate::alerting::{AlertingError, Evaluation, RuleDraft, RuleInfo, RuleKindInfo, RuleScope};
+use crate::alerting::{AlertSeverity, AlertingError, Evaluation, RuleDraft, RuleInfo, RuleKindInfo, RuleScope};
 
 /// Severities a rule may carry.
-const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
+const SEVERITIES: [&str; 3] = [
+    AlertSeverity::ALL[0].as_str(),
+    AlertSeverity::ALL[1].as_str(),
+    AlertSeverity::ALL[2].as_str(),
+];
 
 /// The rule form's fields, as typed (kept when a change is refused).
 #[derive(Debug, Clone, Default)]
@@ -75,7 +79,7 @@ impl RuleFields {
             fingerprint: text(&rule.scope.fingerprint),
             pool: text(&rule.scope.pool),
             instance: text(&rule.scope.instance),
-            severity: rule.severity.clone(),
+            severity: rule.severity.to_string(),
             labels: lines(&rule.labels),
             annotations: lines(&rule.annotations),
             channels: rule.channels.clone(),
@@ -256,8 +260,8 @@ async fn render(
             condition: condition(r),
             scope: scope(&r.scope),
             fingerprint_href: r.scope.fingerprint.as_ref().map(|f| format!("/queries/{f}")),
-            severity: r.severity.clone(),
-            severity_class: severity_class(&r.severity),
+            severity: r.severity.to_string(),
+            severity_class: severity_class(r.severity),
             labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             channels: r
                 .channels

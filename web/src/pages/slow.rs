@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
-use querypulse_proto::Fingerprint;
+use querypulse_domain::Fingerprint;
 
 use super::{Layout, PageError, Request, html, query_href, read};
 use crate::Dashboard;

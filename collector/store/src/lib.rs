@@ -1,0 +1,291 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Design
+//!
+//!
+//! - **Durability**: every accepted batch is appended to a write-ahead log
+//!   and fsynced (one fsync per group of batches) before it is acknowledged.
+//! - **Partitions**: windows live in sled databases, one per resolution and
+//!   time span ([`Tier`]); expiry deletes whole partition directories.
+//! - **Series**: keys are series id then window start, big-endian, so a range
+//!   scan of one series is a time range. Query series are per service, every
+//!   instance merged (histograms added, never averaged); per-instance
+//!   counters, pools and health checks have their own series.
+//! - **Rollups**: a batch is merged into its raw window and, in the same
+//!   write, into its 1-minute and 1-hour windows, so rollups are exact and
+//!   late windows land in their own time at every resolution.
+//! - **Chunks**: once a chunk span has passed, the windows of a series in it
+//!   are re-encoded together and compressed. A window that arrives later is
+//!   written as a single window beside the chunk, never into it; readers add
+//!   the two, and the next compaction folds it in. Merges do not depend on
+//!   the order windows arrive in (a pool's "last" values go by window time).
+//! - **Time**: every decision by the time (replay, compaction, sealing,
+//!   retention) reads the [`Clock`] given to [`Store::open`]. Checks that the
+//!   store agrees with itself: [`verify`].
+//! - **Sealing**: once a partition's span has passed and its chunks are
+//!   final, a background thread rewrites it as one immutable file of zstd
+//!   blocks (`sealed.seg`) and the sled database is deleted: sled needs more
+//!   than twice the bytes it holds and never returns space. A window that
+//!   arrives later still goes to a small sled overlay beside the sealed file,
+//!   folded into a new sealed file once it has been quiet for 5 minutes.
+//!
+//! One writer ([`StoreWriter`]) owns every change; readers ([`Store`]) run
+//! concurrently.
+
+mod codec;
+mod maintain;
+mod partition;
+mod read;
+mod registry;
+mod retention;
+mod segment;
+mod verify;
+mod wal;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+pub use codec::InstanceQuery;
+pub use maintain::MaintenanceReport;
+pub use partition::{Tier, floor};
+pub use read::{PoolWindow, SlowSample, tier_for_step};
+pub use registry::{InstanceRecord, SeriesKey};
+pub use verify::{Problem, VerifyReport, verify, verify_settled};
+pub use write::{ApplyOutcome, BatchRequest};
+
+use partition::Partitions;
+use querypulse_domain::Clock;
+use registry::Registry;
+pub use retention::{MAX_RETENTION_SECS, MIN_MAX_BYTES, Retention, RetentionError};
+use wal::Wal;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error (I/O, or corruption it detected).
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file operation failed.
+    #[error("storage I/O: {0}")]
+    Io(String),
+    /// A stored record does not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for querypulse_domain::source::SourceError {
+    fn from(error: StoreError) -> Self {
+        querypulse_domain::source::SourceError(error.to_string())
+    }
+}
+
+/// Bounds on what one service may create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fingerprints per service; statements beyond it are folded into the
+    /// service's `other` series and counted.
+    pub max_fingerprints_per_service: usize,
+    /// Instances per service; batches of further instances are rejected.
+    pub max_instances_per_service: usize,
+    /// Slow-query samples kept per service and raw partition (6 h).
+    pub max_slow_samples: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_fingerprints_per_service: 10_000,
+            max_instances_per_service: 5_000,
+            max_slow_samples: 5_000,
+        }
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    registry: Registry,
+    partitions: Partitions,
+    retention: RwLock<Retention>,
+    limits: Limits,
+    clock: Clock,
+}
+
+/// The read side of the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, replays whatever the
+    /// write-ahead log holds that the databases do not, and returns the read
+    /// handle and the one writer. Every decision by the time (replay,
+    /// compaction, sealing, retention) reads `clock`.
+    pub fn open(
+        dir: &Path,
+        retention: Retention,
+        limits: Limits,
+        clock: Clock,
+    ) -> Result<(Store, StoreWriter), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        let meta = partition::open_sled(sled::Config::new().path(dir.join("meta")).cache_capacity(16 << 20))?;
+        let registry = Registry::load(meta)?;
+        let partitions = Partitions::open(&dir.join("partitions"))?;
+        let store = Store {
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                registry,
+                partitions,
+                retention: RwLock::new(retention),
+                limits,
+                clock,
+            }),
+        };
+        let mut applied = write::applied_log(store.shared.registry.meta())?;
+        for partition in store.shared.partitions.all() {
+            applied = applied.max(write::partition_applied_log(&partition)?);
+        }
+        let (wal, entries) = Wal::open(&dir.join("wal"), applied + 1)?;
+        let mut writer = StoreWriter::new(store.clone(), wal);
+        if !entries.is_empty() {
+            tracing::info!(entries = entries.len(), "replaying the write-ahead log");
+            writer.replay(entries)?;
+        }
+        writer.checkpoint()?;
+        Ok((store, writer))
+    }
+
+    /// Current retention settings.
+    pub fn retention(&self) -> Retention {
+        *self.shared.retention.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the retention settings; the writer applies them at its next
+    /// maintenance pass.
+    pub fn set_retention(&self, retention: Retention) {
+        *self.shared.retention.write().unwrap_or_else(|p| p.into_inner()) = retention;
+    }
+
+    /// The clock the store decides by.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// The store's time now, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// The limits the store enforces.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Bytes on disk, every file of the store included.
+    pub fn disk_bytes(&self) -> u64 {
+        partition::disk_bytes(&self.shared.dir)
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    fn partitions(&self) -> &Partitions {
+        &self.shared.partitions
+    }
+}
+
+/// The one writer: ingest, compaction, retention and checkpoints all go
+/// through it, so no two changes ever race.
+pub struct StoreWriter {
+    store: Store,
+    wal: Wal,
+    state: write::WriterState,
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        // A sealing thread holds its partition open; finish it so the store
+        // can be opened again at once.
+        if let Err(error) = self.wait_for_sealing() {
+            tracing::warn!(%error, "finishing a partition sealing failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter")
+            .field("next_log_entry", &self.wal.next_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreWriter {
+    fn new(store: Store, wal: Wal) -> StoreWriter {
+        StoreWriter {
+            store,
+            wal,
+            state: write::WriterState::default(),
+        }
+    }
+
+    /// The read handle of this writer's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Hooks for tests outside this crate that need what a crash leaves behind
+/// or how reads split a range; compiled only with the `testing` feature
+/// (the collector's model-based test enables it as a dev-dependency).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing {
+    use querypulse_domain::Batch;
+
+    use super::{StoreError, StoreWriter, Tier};
+
+    /// Appends a batch to the write-ahead log and fsyncs it without applying
+    /// it: what a crash between the fsync and the apply leaves. The next
+    /// open replays it.
+    pub fn log_without_applying(
+        writer: &mut StoreWriter,
+        service: &str,
+        instance_id: &str,
+        batch: Batch,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut entries = vec![super::codec::WalEntry {
+            wal_seq: 0,
+            received_ms,
+            service: service.into(),
+            instance_id: instance_id.into(),
+            batch,
+        }];
+        writer.wal.append(&mut entries)
+    }
+
+    /// The resolutions a read of `[from, to)` uses, in time order.
+    pub fn cover(from: i64, to: i64) -> Vec<(Tier, i64, i64)> {
+        super::read::cover(from, to)
+    }
+
+    /// Waits until background sealing has finished; returns how many
+    /// partitions it sealed.
+    pub fn wait_for_sealing(writer: &mut StoreWriter) -> Result<usize, StoreError> {
+        writer.wait_for_sealing()
+    }
+}

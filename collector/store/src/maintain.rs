@@ -1,0 +1,404 @@
+//! Background work of the writer: checkpoints, compaction, retention and
+//! the size cap. Each pass is bounded in time so ingest never waits long.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use querypulse_domain::{HealthCheckStats, QueryStats};
+
+use super::codec::{TimedPool, WindowValue, decode_chunk, encode_chunk, key};
+use super::partition::{Partition, Partitions, Tier};
+use super::registry::SeriesKey;
+use super::{StoreError, StoreWriter};
+
+/// After a chunk span has ended, this long passes before it is compacted.
+/// Windows arriving later are single windows beside the chunk until the next
+/// compaction folds them in.
+pub(crate) const COMPACTION_GRACE_MS: i64 = 10 * 60_000;
+
+/// A checkpoint is taken at least this often while data arrives.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// A partition is sealed once its span ended this long ago (after the
+/// compaction grace, so its chunks are final) and nothing awaits compaction.
+const SEAL_AFTER_MS: i64 = COMPACTION_GRACE_MS + 5 * 60_000;
+
+/// A sealed partition's overlay of late writes is folded into a new sealed
+/// file once it has not changed for this long.
+const OVERLAY_IDLE_MS: i64 = 5 * 60_000;
+
+/// A partition being rewritten as a sealed segment on a background thread.
+#[derive(Debug)]
+pub(crate) struct SealJob {
+    partition: Arc<Partition>,
+    generation: u64,
+    thread: JoinHandle<Result<PathBuf, StoreError>>,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Chunks written by compaction.
+    pub chunks_compacted: usize,
+    /// Single windows folded into chunks.
+    pub windows_compacted: usize,
+    /// Partitions deleted by retention or the size cap.
+    pub partitions_dropped: usize,
+    /// Partitions replaced by their sealed form.
+    pub partitions_sealed: usize,
+    /// Whether a checkpoint was taken.
+    pub checkpointed: bool,
+}
+
+impl StoreWriter {
+    /// Runs one maintenance pass at the store clock's time: retention and
+    /// size cap, compaction (for at most `budget`), sealing, and a checkpoint
+    /// when one is due.
+    pub fn maintain(&mut self, budget: Duration) -> Result<MaintenanceReport, StoreError> {
+        let now_ms = self.store.now_ms();
+        let started = Instant::now();
+        let mut report = MaintenanceReport {
+            partitions_dropped: self.expire(now_ms)?,
+            ..Default::default()
+        };
+        self.compact(now_ms, started + budget, &mut report)?;
+        report.partitions_sealed = self.seal(now_ms)?;
+        if self.state.applied_since_checkpoint.is_some() && self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint()?;
+            report.checkpointed = true;
+        }
+        Ok(report)
+    }
+
+    /// Flushes every database written since the last checkpoint, then drops
+    /// the log entries they now hold on disk.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let partitions = self.store.partitions();
+        for (tier, start) in std::mem::take(&mut self.state.dirty) {
+            if let Some(partition) = partitions.get(tier, start) {
+                partition.flush()?;
+            }
+        }
+        self.store.registry().meta().flush()?;
+        if let Some(applied) = self.state.applied_since_checkpoint.take() {
+            self.wal.truncate_through(applied)?;
+        }
+        self.state.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Deletes partitions past their retention, then, while the store is over
+    /// its size cap, the partition oldest relative to its tier's retention.
+    fn expire(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        let retention = self.store.retention();
+        let keep_ms = |tier: Tier| {
+            1_000
+                * match tier {
+                    Tier::Raw => retention.raw_seconds,
+                    Tier::Minute => retention.minute_seconds,
+                    Tier::Hour => retention.hour_seconds,
+                } as i64
+        };
+        let store = self.store.clone();
+        let partitions = store.partitions();
+        let mut dropped = 0;
+        for partition in partitions.all() {
+            if partition.end_ms() <= now_ms - keep_ms(partition.tier) {
+                self.drop_partition(&partition)?;
+                dropped += 1;
+            }
+        }
+        if let Some(max_bytes) = retention.max_bytes {
+            while store.disk_bytes() > max_bytes {
+                // The partition whose age is the largest share of its tier's
+                // retention, never the newest one of a tier.
+                let mut newest: BTreeMap<Tier, i64> = BTreeMap::new();
+                for p in partitions.all() {
+                    let start = newest.entry(p.tier).or_insert(p.start_ms);
+                    *start = (*start).max(p.start_ms);
+                }
+                let victim = partitions
+                    .all()
+                    .into_iter()
+                    .filter(|p| newest.get(&p.tier) != Some(&p.start_ms))
+                    .max_by(|a, b| {
+                        let share = |p: &Partition| (now_ms - p.end_ms()) as f64 / keep_ms(p.tier).max(1) as f64;
+                        share(a).total_cmp(&share(b))
+                    });
+                let Some(victim) = victim else {
+                    tracing::warn!(
+                        max_bytes,
+                        "store is over its size cap but only current partitions remain"
+                    );
+                    break;
+                };
+                tracing::warn!(
+                    tier = victim.tier.name(),
+                    start_ms = victim.start_ms,
+                    max_bytes,
+                    "size cap: dropping a partition early"
+                );
+                self.drop_partition(&victim)?;
+                dropped += 1;
+            }
+        }
+        self.expire_markers(now_ms - keep_ms(Tier::Raw) - 86_400_000)?;
+        // An instance silent for longer than any tier keeps data has nothing
+        // left to show: it leaves the agents list (and the export) instead of
+        // staying there, silent, for ever. If it comes back it registers anew.
+        let longest = [Tier::Raw, Tier::Minute, Tier::Hour]
+            .map(keep_ms)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let forgotten = self.store.registry().forget_instances(now_ms - longest)?;
+        if !forgotten.is_empty() {
+            tracing::info!(
+                instances = forgotten.len(),
+                "forgot instances silent for longer than any of their data is kept"
+            );
+        }
+        Ok(dropped)
+    }
+
+    fn drop_partition(&mut self, partition: &Partition) -> Result<(), StoreError> {
+        let (tier, start) = (partition.tier, partition.start_ms);
+        if self
+            .state
+            .sealing
+            .as_ref()
+            .is_some_and(|job| (job.partition.tier, job.partition.start_ms) == (tier, start))
+        {
+            self.wait_for_sealing()?;
+        }
+        self.state.overlays_seen.remove(&(tier, start));
+        tracing::info!(tier = tier.name(), start_ms = start, "dropping an expired partition");
+        self.state.dirty.remove(&(tier, start));
+        self.state
+            .pending_chunks
+            .retain(|(t, _, chunk)| *t != tier || *chunk < start || *chunk >= partition.end_ms());
+        self.state
+            .slow_counts
+            .retain(|(part, _), _| tier != Tier::Raw || *part != start);
+        self.store.partitions().remove(tier, start)
+    }
+
+    /// Deletes applied-batch markers of days before `before_ms`: batches that
+    /// old are refused anyway.
+    fn expire_markers(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        let meta = self.store.registry().meta();
+        let end = {
+            let mut k = vec![b'a'];
+            k.extend_from_slice(&key::time(before_ms));
+            k
+        };
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for k in meta.range(&b"a"[..]..&end[..]).keys() {
+            batch.remove(k?);
+            any = true;
+        }
+        if any {
+            meta.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Installs a finished background sealing, then starts the next one: the
+    /// oldest closed partition that is still a live database, or a sealed
+    /// one whose overlay of late writes has gone quiet. Returns how many
+    /// partitions were installed sealed (0 or 1).
+    fn seal(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut sealed = 0;
+        if self.state.sealing.as_ref().is_some_and(|job| job.thread.is_finished()) {
+            sealed = self.wait_for_sealing()?;
+        }
+        if self.state.sealing.is_some() {
+            return Ok(sealed);
+        }
+        let partitions = self.store.partitions();
+        let all = partitions.all();
+        self.state
+            .overlays_seen
+            .retain(|at, _| all.iter().any(|p| (p.tier, p.start_ms) == *at && p.has_overlay()));
+        for partition in all {
+            if partition.end_ms() + SEAL_AFTER_MS > now_ms {
+                continue;
+            }
+            if partition.is_sealed() {
+                if !partition.has_overlay() {
+                    continue;
+                }
+                let generation = partition.generation();
+                let seen = self
+                    .state
+                    .overlays_seen
+                    .entry((partition.tier, partition.start_ms))
+                    .or_insert((generation, now_ms));
+                if seen.0 != generation {
+                    *seen = (generation, now_ms);
+                }
+                if now_ms - seen.1 < OVERLAY_IDLE_MS {
+                    continue;
+                }
+            }
+            if !partition.range(b"c", b"d")?.is_empty() {
+                continue;
+            }
+            let generation = partition.generation();
+            let job_partition = partition.clone();
+            let thread = std::thread::Builder::new()
+                .name("querypulse-seal".into())
+                .spawn(move || Partitions::write_sealed(&job_partition))
+                .map_err(|e| StoreError::Io(format!("starting the sealing thread: {e}")))?;
+            tracing::debug!(
+                tier = partition.tier.name(),
+                start_ms = partition.start_ms,
+                "sealing a partition"
+            );
+            self.state.sealing = Some(SealJob {
+                partition,
+                generation,
+                thread,
+            });
+            break;
+        }
+        Ok(sealed)
+    }
+
+    /// Waits for the background sealing, if one runs, and installs its
+    /// result unless the partition was written meanwhile (it is then sealed
+    /// again later). Returns how many partitions were installed (0 or 1).
+    pub(crate) fn wait_for_sealing(&mut self) -> Result<usize, StoreError> {
+        let Some(job) = self.state.sealing.take() else {
+            return Ok(0);
+        };
+        let written = job
+            .thread
+            .join()
+            .map_err(|_| StoreError::Io("the sealing thread panicked".into()))?;
+        let path = match written {
+            Ok(path) => path,
+            Err(error) => {
+                tracing::warn!(%error, start_ms = job.partition.start_ms, "sealing a partition failed; it stays as it is");
+                return Ok(0);
+            }
+        };
+        let partitions = self.store.partitions();
+        let current = partitions.get(job.partition.tier, job.partition.start_ms);
+        let unchanged =
+            current.is_some_and(|p| Arc::ptr_eq(&p, &job.partition)) && job.partition.generation() == job.generation;
+        if !unchanged {
+            let _ = std::fs::remove_file(&path);
+            return Ok(0);
+        }
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        partitions.install_sealed(&job.partition, &path)?;
+        let key = (job.partition.tier, job.partition.start_ms);
+        self.state.dirty.remove(&key);
+        self.state.overlays_seen.remove(&key);
+        tracing::info!(tier = key.0.name(), start_ms = key.1, bytes, "sealed a partition");
+        Ok(1)
+    }
+
+    /// Compacts chunks whose span (plus a grace period for late windows) has
+    /// passed, oldest first, until `deadline`.
+    fn compact(&mut self, now_ms: i64, deadline: Instant, report: &mut MaintenanceReport) -> Result<(), StoreError> {
+        for partition in self.store.partitions().all() {
+            let tier = partition.tier;
+            let ready_before = now_ms - tier.chunk_ms() - COMPACTION_GRACE_MS;
+            let end = {
+                let mut k = vec![b'c'];
+                k.extend_from_slice(&key::time(ready_before + 1));
+                k
+            };
+            if partition.is_sealed() && !partition.has_overlay() {
+                continue;
+            }
+            let pending: Vec<(i64, u32)> = partition
+                .range(b"c", &end)?
+                .into_iter()
+                .filter_map(|(k, _)| key::parse_pending_chunk(&k))
+                .collect();
+            for (chunk_start, series) in pending {
+                if Instant::now() >= deadline {
+                    return Ok(());
+                }
+                let folded = match self.store.registry().series(series) {
+                    Some(SeriesKey::Query { .. }) => compact_one::<QueryStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::Pool { .. }) => compact_one::<TimedPool>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::Health { .. }) => compact_one::<HealthCheckStats>(&partition, series, chunk_start)?,
+                    Some(SeriesKey::InstanceQueries { .. }) | None => {
+                        let mut batch = sled::Batch::default();
+                        batch.remove(&key::pending_chunk(chunk_start, series)[..]);
+                        partition.apply(batch)?;
+                        0
+                    }
+                };
+                self.state.pending_chunks.remove(&(tier, series, chunk_start));
+                self.state.dirty.insert((tier, partition.start_ms));
+                if folded > 0 {
+                    report.chunks_compacted += 1;
+                    report.windows_compacted += folded;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-encodes every window of `series` in the chunk starting at
+/// `chunk_start` as one compressed chunk; returns how many single windows
+/// were folded in.
+fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: i64) -> Result<usize, StoreError> {
+    let tier = partition.tier;
+    let from = key::window(series, chunk_start, key::SINGLE);
+    let to = key::window(series, chunk_start + tier.chunk_ms(), key::SINGLE);
+    let mut windows: BTreeMap<i64, V> = BTreeMap::new();
+    let mut batch = sled::Batch::default();
+    let mut singles = 0;
+    // A single and the chunk may both hold a window of the same time (a late
+    // window written after an earlier compaction): they add up, the chunk
+    // first, as it was written first (the single of the chunk's first window
+    // sorts before the chunk itself).
+    let mut late = Vec::new();
+    for (k, v) in partition.range(&from, &to)? {
+        let Some((_, at, kind)) = key::parse_window(&k) else {
+            continue;
+        };
+        if kind == key::CHUNK {
+            for (t, value) in decode_chunk::<V>(&v)? {
+                fold_window(&mut windows, t, value);
+            }
+        } else {
+            late.push((at, V::decode(&v)?));
+            batch.remove(k);
+            singles += 1;
+        }
+    }
+    for (at, value) in late {
+        fold_window(&mut windows, at, value);
+    }
+    if singles > 0 {
+        let windows: Vec<(i64, V)> = windows.into_iter().collect();
+        batch.insert(
+            &key::window(series, chunk_start, key::CHUNK)[..],
+            encode_chunk(&windows),
+        );
+    }
+    batch.remove(&key::pending_chunk(chunk_start, series)[..]);
+    partition.apply(batch)?;
+    Ok(singles)
+}
+
+fn fold_window<V: WindowValue>(windows: &mut BTreeMap<i64, V>, at: i64, value: V) {
+    match windows.get_mut(&at) {
+        Some(existing) => existing.merge(&value),
+        None => {
+            windows.insert(at, value);
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The write path: validate, log (fsync), apply to every resolution.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use querypulse_domain::{Batch, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats};
+
+use super::codec::{InstanceQueries, InstanceQuery, TimedPool, WalEntry, WindowValue, encode_slow, key};
+use super::partition::{Partition, Tier, floor};
+use super::registry::{SeriesKey, applied_key};
+use super::{StoreError, StoreWriter};
+
+/// What happened to a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Logged and applied.
+    Applied,
+    /// The same (instance, seq) was applied before; nothing was written.
+    Duplicate,
+    /// The batch can never be applied; nothing was written.
+    Rejected(String),
+}
+
+/// A batch handed to the writer by an ingest stream.
+#[derive(Debug)]
+pub struct BatchRequest {
+    /// Who sent it.
+    pub hello: Arc<Hello>,
+    /// The batch.
+    pub batch: Batch,
+    /// Texts the stream carried for the fingerprints the batch refers to.
+    pub texts: Vec<FingerprintText>,
+}
+
+/// The writer's own bookkeeping (rebuilt after a restart).
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    /// (tier, series, chunk start) whose pending-compaction key was written.
+    pub pending_chunks: HashSet<(Tier, u32, i64)>,
+    /// Slow samples written per (raw partition, service).
+    pub slow_counts: HashMap<(i64, u32), u64>,
+    pub slow_unique: u64,
+    /// Highest log entry applied since the last checkpoint.
+    pub applied_since_checkpoint: Option<u64>,
+    pub last_checkpoint: Instant,
+    /// Partitions written since the last checkpoint.
+    pub dirty: HashSet<(Tier, i64)>,
+    /// The partition being sealed in the background, if any.
+    pub sealing: Option<super::maintain::SealJob>,
+    /// Sealed partitions with an overlay: the overlay's generation and when
+    /// it was first seen unchanged.
+    pub overlays_seen: HashMap<(Tier, i64), (u64, i64)>,
+}
+
+impl Default for WriterState {
+    fn default() -> Self {
+        WriterState {
+            pending_chunks: HashSet::new(),
+            slow_counts: HashMap::new(),
+            slow_unique: 0,
+            applied_since_checkpoint: None,
+            last_checkpoint: Instant::now(),
+            dirty: HashSet::new(),
+            sealing: None,
+            overlays_seen: HashMap::new(),
+        }
+    }
+}
+
+/// The last log entry a database has applied.
+pub(crate) fn applied_log(db: &sled::Db) -> Result<u64, StoreError> {
+    decode_applied(db.get(key::APPLIED_LOG)?.as_deref())
+}
+
+/// The last log entry a partition has applied.
+pub(crate) fn partition_applied_log(partition: &Partition) -> Result<u64, StoreError> {
+    decode_applied(partition.get(key::APPLIED_LOG)?.as_deref())
+}
+
+fn decode_applied(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
+    Ok(match bytes {
+        Some(bytes) => u64::from_be_bytes(
+            bytes
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("applied log position".into()))?,
+        ),
+        None => 0,
+    })
+}
+
+/// Writes accumulated for one partition.
+#[derive(Default)]
+struct PartitionWrites {
+    queries: BTreeMap<(u32, i64), QueryStats>,
+    instances: BTreeMap<(u32, i64), InstanceQueries>,
+    pools: BTreeMap<(u32, i64), TimedPool>,
+    health: BTreeMap<(u32, i64), HealthCheckStats>,
+    slow: Vec<([u8; 21], Vec<u8>)>,
+    last_entry: u64,
+}
+
+fn merge_entry<V: WindowValue>(map: &mut BTreeMap<(u32, i64), V>, key: (u32, i64), value: &V) {
+    match map.get_mut(&key) {
+        Some(existing) => existing.merge(value),
+        None => {
+            map.insert(key, value.clone());
+        }
+    }
+}
+
+/// Adds the 1-minute and 1-hour writes implied by the raw writes. Every
+/// partition written by the group records `last` as applied: any entry of the
+/// group that concerns it is in these writes.
+fn derive_rollups(writes: &mut BTreeMap<(Tier, i64), PartitionWrites>, last: u64) {
+    let raw: Vec<((Tier, i64), PartitionWrites)> = std::mem::take(writes).into_iter().collect();
+    for (_, w) in &raw {
+        for tier in [Tier::Minute, Tier::Hour] {
+            for ((series, at), value) in &w.queries {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.queries, (*series, at), value);
+            }
+            if tier != Tier::Hour {
+                for ((series, at), value) in &w.instances {
+                    let at = tier.align(*at);
+                    let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                    merge_entry(&mut target.instances, (*series, at), value);
+                }
+            }
+            for ((series, at), value) in &w.pools {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.pools, (*series, at), value);
+            }
+            for ((series, at), value) in &w.health {
+                let at = tier.align(*at);
+                let target = writes.entry((tier, floor(at, tier.partition_ms()))).or_default();
+                merge_entry(&mut target.health, (*series, at), value);
+            }
+        }
+    }
+    for (key, w) in raw {
+        writes.insert(key, w);
+    }
+    for w in writes.values_mut() {
+        w.last_entry = last;
+    }
+}
+
+/// Series ids of one log entry, resolved before anything is written.
+struct Resolved<'a> {
+    service: u32,
+    /// Borrowed from the entry, owned only where the cap folded several
+    /// fingerprints into one series.
+    queries: Vec<(u32, Cow<'a, QueryStats>)>,
+    instance: u32,
+    pools: Vec<(u32, &'a PoolStats)>,
+    health: Vec<(u32, &'a HealthCheckStats)>,
+}
+
+impl StoreWriter {
+    /// Records an agent's `Hello`.
+    pub fn register(&mut self, hello: &Hello) -> Result<(), StoreError> {
+        self.store.registry().register(hello, self.store.now_ms())
+    }
+
+    /// Validates, logs and applies a group of batches; one fsync covers the
+    /// group. Outcomes are in request order. An error means nothing of the
+    /// group may be acknowledged (the agents resend; duplicates are caught).
+    pub fn write(&mut self, requests: Vec<BatchRequest>) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let now_ms = self.store.now_ms();
+        let registry = self.store.registry();
+        let limits = self.store.limits();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut entries = Vec::with_capacity(requests.len());
+        let mut in_group = HashSet::new();
+        let mut new_instances: HashMap<String, usize> = HashMap::new();
+        for request in requests {
+            let BatchRequest { hello, batch, texts } = request;
+            let marker = applied_key(batch.window.start_ms, &hello.instance_id, batch.seq);
+            if !in_group.insert(marker.clone()) || registry.meta().contains_key(&marker)? {
+                outcomes.push(ApplyOutcome::Duplicate);
+                continue;
+            }
+            let offered: HashSet<Fingerprint> = texts.iter().map(|t| t.fingerprint).collect();
+            let mut unknown = None;
+            for fingerprint in batch.referenced_fingerprints() {
+                if !offered.contains(&fingerprint) && !registry.has_text(fingerprint)? {
+                    unknown = Some(fingerprint);
+                    break;
+                }
+            }
+            if let Some(fingerprint) = unknown {
+                outcomes.push(ApplyOutcome::Rejected(format!(
+                    "fingerprint {fingerprint} is unknown: its text was never sent on this stream"
+                )));
+                continue;
+            }
+            if registry.instance(&hello.instance_id).is_none_or(|i| i.batches == 0) {
+                // Instances restart with new ids on every deploy: the limit is
+                // on instances reporting within the last hour.
+                let known = registry.active_instance_count(&hello.service, now_ms - 3_600_000);
+                let pending = new_instances.entry(hello.service.clone()).or_default();
+                if known + *pending >= limits.max_instances_per_service {
+                    outcomes.push(ApplyOutcome::Rejected(format!(
+                        "service {} has reached its limit of {} instances",
+                        hello.service, limits.max_instances_per_service
+                    )));
+                    continue;
+                }
+                *pending += 1;
+            }
+            let mut batch = batch;
+            batch.texts = texts
+                .into_iter()
+                .filter(|t| !registry.has_text(t.fingerprint).unwrap_or(false))
+                .collect();
+            entries.push(WalEntry {
+                wal_seq: 0,
+                received_ms: now_ms,
+                service: hello.service.clone(),
+                instance_id: hello.instance_id.clone(),
+                batch,
+            });
+            outcomes.push(ApplyOutcome::Applied);
+        }
+        if entries.is_empty() {
+            return Ok(outcomes);
+        }
+        self.wal.append(&mut entries)?;
+        self.apply(&entries, false)?;
+        Ok(outcomes)
+    }
+
+    /// Applies log entries found at startup to every database that has not
+    /// applied them yet.
+    pub(crate) fn replay(&mut self, entries: Vec<WalEntry>) -> Result<(), StoreError> {
+        // Windows past the raw retention are refused at ingest; a log entry
+        // that aged past it while the collector was down is dropped the same
+        // way (its partitions would be expired at the next pass anyway).
+        let oldest = self.store.now_ms() - self.store.retention().raw_seconds as i64 * 1_000;
+        let entries: Vec<WalEntry> = entries
+            .into_iter()
+            .filter(|e| e.batch.window.end_ms() >= oldest)
+            .collect();
+        for chunk in entries.chunks(256) {
+            self.apply(chunk, true)?;
+        }
+        Ok(())
+    }
+
+    fn resolve<'a>(
+        &self,
+        entry: &'a WalEntry,
+        count_overflow: bool,
+        batch: &mut sled::Batch,
+    ) -> Result<(Resolved<'a>, bool), StoreError> {
+        let registry = self.store.registry();
+        let cap = self.store.limits().max_fingerprints_per_service;
+        let (service, mut created) = registry.service_id(&entry.service)?;
+        for text in &entry.batch.texts {
+            created |= registry.insert_text(text.fingerprint, &text.text)?;
+        }
+        let mut queries: BTreeMap<u32, Cow<'_, QueryStats>> = BTreeMap::new();
+        let mut overflow = 0;
+        for stats in &entry.batch.queries {
+            let series_key = SeriesKey::Query {
+                service,
+                fingerprint: stats.fingerprint,
+            };
+            let id = match registry.series_id(&series_key) {
+                Some(id) => id,
+                None if registry.fingerprint_count(service) < cap || stats.fingerprint == Fingerprint::OTHER => {
+                    let (id, new) = registry.series_id_or_create(&series_key)?;
+                    created |= new;
+                    id
+                }
+                None => {
+                    overflow += 1;
+                    let other = SeriesKey::Query {
+                        service,
+                        fingerprint: Fingerprint::OTHER,
+                    };
+                    let (id, new) = registry.series_id_or_create(&other)?;
+                    created |= new;
+                    id
+                }
+            };
+            match queries.get_mut(&id) {
+                Some(existing) => existing.to_mut().merge(stats),
+                None => {
+                    queries.insert(id, Cow::Borrowed(stats));
+                }
+            }
+        }
+        if overflow > 0 && count_overflow {
+            registry.add_overflow(service, overflow, batch);
+        }
+        let (instance, new) = registry.series_id_or_create(&SeriesKey::InstanceQueries {
+            instance: entry.instance_id.clone(),
+        })?;
+        created |= new;
+        let mut pools = Vec::new();
+        for pool in &entry.batch.pools {
+            let key = SeriesKey::Pool {
+                instance: entry.instance_id.clone(),
+                pool: pool.pool.clone(),
+            };
+            let (id, new) = registry.series_id_or_create(&key)?;
+            created |= new;
+            pools.push((id, pool));
+        }
+        let mut health = Vec::new();
+        for check in &entry.batch.health_checks {
+            let key = SeriesKey::Health {
+                instance: entry.instance_id.clone(),
+                pool: check.pool.clone(),
+            };
+            let (id, new) = registry.series_id_or_create(&key)?;
+            created |= new;
+            health.push((id, check));
+        }
+        let resolved = Resolved {
+            service,
+            queries: queries.into_iter().collect(),
+            instance,
+            pools,
+            health,
+        };
+        Ok((resolved, created))
+    }
+
+    fn apply(&mut self, entries: &[WalEntry], replay: bool) -> Result<(), StoreError> {
+        let registry = self.store.registry().clone();
+        let meta_applied = if replay { applied_log(registry.meta())? } else { 0 };
+        let mut meta_batch = sled::Batch::default();
+        let mut created = false;
+        let mut resolved = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // The overflow count lives in the meta database: an entry it has
+            // already applied is not counted again when replayed.
+            let count_overflow = !replay || meta_applied < entry.wal_seq;
+            let (r, new) = self.resolve(entry, count_overflow, &mut meta_batch)?;
+            created |= new;
+            resolved.push(r);
+        }
+        // Ids and texts must be on disk before any partition refers to them.
+        if created {
+            registry.meta().flush()?;
+        }
+
+        let mut writes: BTreeMap<(Tier, i64), PartitionWrites> = BTreeMap::new();
+        let mut applied_by: HashMap<(Tier, i64), u64> = HashMap::new();
+        // Live writes merge the group at raw resolution first and derive the
+        // rollups from those merged windows (one merge per series instead of
+        // one per instance); a replay must skip each tier its databases
+        // already hold, so it goes entry by entry and tier by tier.
+        let tiers: &[Tier] = if replay { &Tier::ALL } else { &[Tier::Raw] };
+        for (entry, r) in entries.iter().zip(&resolved) {
+            let batch = &entry.batch;
+            for &tier in tiers {
+                let at = tier.align(batch.window.start_ms);
+                let part_start = floor(at, tier.partition_ms());
+                if replay {
+                    let applied = match applied_by.get(&(tier, part_start)) {
+                        Some(applied) => *applied,
+                        None => {
+                            let applied = match self.store.partitions().get(tier, at) {
+                                Some(partition) => partition_applied_log(&partition)?,
+                                None => 0,
+                            };
+                            applied_by.insert((tier, part_start), applied);
+                            applied
+                        }
+                    };
+                    if applied >= entry.wal_seq {
+                        continue;
+                    }
+                }
+                let w = writes.entry((tier, part_start)).or_default();
+                w.last_entry = w.last_entry.max(entry.wal_seq);
+                for (series, stats) in &r.queries {
+                    merge_entry(&mut w.queries, (*series, at), stats);
+                }
+                // Per-instance breakdowns are kept at raw and 1-minute
+                // resolution: instances come and go with every deploy, and a
+                // year of hourly records of dead instances would outweigh
+                // everything else.
+                if tier != Tier::Hour {
+                    let counters = InstanceQueries(
+                        r.queries
+                            .iter()
+                            .map(|(series, stats)| InstanceQuery::from_stats(*series, stats))
+                            .collect(),
+                    );
+                    merge_entry(&mut w.instances, (r.instance, at), &counters);
+                }
+                for (series, pool) in &r.pools {
+                    let timed = TimedPool {
+                        stats: (*pool).clone(),
+                        latest_ms: batch.window.start_ms,
+                    };
+                    merge_entry(&mut w.pools, (*series, at), &timed);
+                }
+                for (series, check) in &r.health {
+                    merge_entry(&mut w.health, (*series, at), check);
+                }
+                if tier == Tier::Raw {
+                    for sample in &batch.slow_queries {
+                        let count = self.state.slow_counts.entry((part_start, r.service)).or_default();
+                        if *count >= self.store.limits().max_slow_samples {
+                            continue;
+                        }
+                        *count += 1;
+                        self.state.slow_unique += 1;
+                        let unique = (entry.wal_seq << 16) | (self.state.slow_unique & 0xffff);
+                        w.slow.push((
+                            key::slow(sample.at_ms, r.service, unique),
+                            encode_slow(&entry.instance_id, sample),
+                        ));
+                    }
+                }
+            }
+            if !replay || meta_applied < entry.wal_seq {
+                meta_batch.insert(
+                    applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
+                    &[][..],
+                );
+                registry.touch_instance(
+                    &entry.service,
+                    &entry.instance_id,
+                    batch.seq,
+                    &batch.counters,
+                    entry.received_ms,
+                    &mut meta_batch,
+                );
+            }
+        }
+
+        if !replay {
+            let last = entries.last().map_or(0, |e| e.wal_seq);
+            derive_rollups(&mut writes, last);
+        }
+        for ((tier, part_start), w) in writes {
+            let partition = self.store.partitions().get_or_create(tier, part_start)?;
+            let mut batch = sled::Batch::default();
+            for ((series, at), value) in &w.queries {
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
+            }
+            for ((series, at), value) in &w.instances {
+                self.merge_window(&partition, *series, *at, value, false, &mut batch)?;
+            }
+            for ((series, at), value) in &w.pools {
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
+            }
+            for ((series, at), value) in &w.health {
+                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
+            }
+            for (k, v) in w.slow {
+                batch.insert(&k[..], v);
+            }
+            batch.insert(key::APPLIED_LOG, &w.last_entry.to_be_bytes()[..]);
+            partition.apply(batch)?;
+            self.state.dirty.insert((tier, part_start));
+        }
+        if let Some(last) = entries.last() {
+            meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
+            self.state.applied_since_checkpoint = Some(last.wal_seq);
+        }
+        registry.meta().apply_batch(meta_batch)?;
+        Ok(())
+    }
+
+    /// Merges `value` into the single-window record (series, at) of
+    /// `partition` and, for compactable series, marks its chunk for
+    /// compaction. A write never touches a compacted chunk: a late window
+    /// stays a single beside it until compaction folds it in, and readers
+    /// add the two. (Rewriting chunks here once lost every window but the
+    /// last when a group held several windows of one chunk.)
+    fn merge_window<V: WindowValue>(
+        &mut self,
+        partition: &Partition,
+        series: u32,
+        at: i64,
+        value: &V,
+        compactable: bool,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let tier = partition.tier;
+        let single = key::window(series, at, key::SINGLE);
+        let merged = match partition.get(&single)? {
+            Some(bytes) => {
+                let mut existing = V::decode(&bytes)?;
+                existing.merge(value);
+                existing
+            }
+            None => value.clone(),
+        };
+        batch.insert(&single[..], merged.encode());
+        let chunk_start = floor(at, tier.chunk_ms());
+        if compactable && self.state.pending_chunks.insert((tier, series, chunk_start)) {
+            batch.insert(&key::pending_chunk(chunk_start, series)[..], &[][..]);
+        }
+        Ok(())
+    }
+}
