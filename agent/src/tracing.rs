@@ -22,8 +22,8 @@
 //!
 //! sqlx's events carry the statement, its latency and row counts, but no
 //! error: failed statements are recorded as successes. Time statements with
-//! [`crate::sqlx::timed`] where their error class matters (and leave them out
-//! of this layer, or they count twice).
+//! `querypulse_agent::sqlx::timed` (the `sqlx` feature) where their error
+//! class matters (and leave them out of this layer, or they count twice).
 
 use std::cell::RefCell;
 use std::time::Duration;
