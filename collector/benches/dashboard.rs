@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use querypulse_collector::StoreSource;
 use querypulse_domain::clock::Clock;
-use querypulse_proto::{
-    Batch, DbSystem, Fingerprint, FingerprintText, Gauge, HealthCheckStats, Hello, PoolStats, Window,
-};
+use querypulse_domain::{Batch, DbSystem, FingerprintText, Gauge, HealthCheckStats, Hello, PoolStats, Window};
 use querypulse_store::Retention;
 use querypulse_store::{BatchRequest, Limits, Store};
 
@@ -42,17 +40,11 @@ const GOAL_P99: Duration = Duration::from_millis(50);
 const GOAL_BYTES: usize = 200 * 1024;
 
 fn texts() -> Vec<FingerprintText> {
-    (0..FINGERPRINTS)
-        .map(|i| {
-            let text = format!(
-                "select o.id, o.status, o.total_cents, c.email from orders_{i} o join customers c on c.id = o.customer_id where o.region = ? and o.created_at > ? order by o.created_at desc limit ?"
-            );
-            FingerprintText {
-                fingerprint: Fingerprint::of_normalized(&text),
-                text,
-            }
-        })
-        .collect()
+    workload::texts(FINGERPRINTS, |i| {
+        format!(
+            "select o.id, o.status, o.total_cents, c.email from orders_{i} o join customers c on c.id = o.customer_id where o.region = ? and o.created_at > ? order by o.created_at desc limit ?"
+        )
+    })
 }
 
 /// A window of one instance: the benches' statements (some failing), two

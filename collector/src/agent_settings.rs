@@ -1,7 +1,7 @@
 //! Settings the collector pushes to every connected agent, so a threshold set
 //! once in the API reaches the whole fleet without a deploy.
 
-use querypulse_proto::{ConfigUpdate, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+use querypulse_domain::{ConfigUpdate, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 use serde::{Deserialize, Serialize};
 
 /// Longest slow-query threshold accepted (1 hour).

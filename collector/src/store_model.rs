@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use querypulse_domain::source::{QueryFilter, Source, TimeRange};
-use querypulse_proto::{
+use querypulse_domain::{
     Batch, Fingerprint, FingerprintText, Gauge, HealthCheckStats, Hello, PoolStats, QueryStats, Window,
 };
 

@@ -8,7 +8,7 @@ use querypulse_domain::source::{
     QuerySeries, SlowFilter, SlowQuery,
 };
 use querypulse_domain::source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
-use querypulse_proto::{Fingerprint, QueryStats};
+use querypulse_domain::{Fingerprint, QueryStats};
 
 use querypulse_alerts::Alerts;
 use querypulse_store::Store;

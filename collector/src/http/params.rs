@@ -144,7 +144,7 @@ pub(super) use querypulse_domain::rfc3339;
 pub(super) fn fingerprint(value: &str) -> Result<Fingerprint, ApiError> {
     value
         .parse()
-        .map_err(|e: querypulse_proto::fingerprint::ParseFingerprintError| ApiError::BadRequest(e.to_string()))
+        .map_err(|e: querypulse_domain::fingerprint::ParseFingerprintError| ApiError::BadRequest(e.to_string()))
 }
 
 /// Checks `service` exists (a typo should be a 404, not an empty list).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use querypulse_domain::Clock;
-use querypulse_domain::{Batch, Fingerprint, FingerprintText, Hello, Window};
+use querypulse_domain::{Batch, FingerprintText, Hello, Window};
 use querypulse_store::Retention;
 use querypulse_store::{BatchRequest, Limits, Store};
 
@@ -20,15 +20,7 @@ const INSTANCES: usize = 50;
 const WINDOW_MS: i64 = 10_000;
 
 fn texts() -> Vec<FingerprintText> {
-    (0..FINGERPRINTS)
-        .map(|i| {
-            let text = format!("select * from table_{i} where id = ?");
-            FingerprintText {
-                fingerprint: Fingerprint::of_normalized(&text),
-                text,
-            }
-        })
-        .collect()
+    workload::texts(FINGERPRINTS, |i| format!("select * from table_{i} where id = ?"))
 }
 
 /// A window of one instance (see `workload`).

@@ -1,6 +1,19 @@
 //! The synthetic statements the benches write.
 
-use querypulse_domain::{FingerprintText, QueryStats};
+use querypulse_domain::{Fingerprint, FingerprintText, QueryStats};
+
+/// `count` statements, the `i`th written by `text(i)`, with their fingerprints.
+pub fn texts(count: usize, text: impl Fn(usize) -> String) -> Vec<FingerprintText> {
+    (0..count)
+        .map(|i| {
+            let text = text(i);
+            FingerprintText {
+                fingerprint: Fingerprint::of_normalized(&text),
+                text,
+            }
+        })
+        .collect()
+}
 
 /// One window of one instance: every fingerprint with a few dozen calls
 /// spread log-normally around a per-fingerprint median; with `failing`,
