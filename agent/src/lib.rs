@@ -28,7 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::aggregator::Command;
 use crate::recorder::Recorder;
 
-pub use builder::*;
+pub use builder::{
+    AgentBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENDPOINT,
+    DEFAULT_INTERVAL, DEFAULT_MAX_FINGERPRINTS, DEFAULT_OUTBOX_BYTES, DEFAULT_SAMPLES_PER_FINGERPRINT,
+    DEFAULT_SAMPLES_PER_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_THRESHOLD, MIN_INTERVAL,
+};
 pub use outcome::{ErrorClass, Outcome};
 pub use pool::{Checkout, PendingAcquire, PoolMonitor, PoolSample, PoolTotals};
 pub use querypulse_proto::{AgentCounters, DbSystem, Fingerprint};

@@ -15,7 +15,11 @@ pub mod wire {
 }
 
 pub use convert::ValidationError;
-pub use querypulse_domain::stats::*;
+pub use querypulse_domain::{
+    AgentCounters, AgentMessage, Batch, CollectorMessage, ConfigUpdate, DbSystem, ErrorClassCount, FingerprintText,
+    Gauge, HealthCheckStats, Hello, LeakSample, MAX_INTERVAL_MS, MAX_KEPT_LEAK_SAMPLES, MIN_INTERVAL_MS, PoolStats,
+    QueryStats, SlowQuerySample, Window,
+};
 /// The domain types the wire converts to and from, so a crate that speaks the
 /// wire needs one dependency for both.
 pub use querypulse_domain::{

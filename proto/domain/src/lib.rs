@@ -14,4 +14,8 @@ pub mod token;
 pub use clock::{Clock, now_ms, rfc3339};
 pub use fingerprint::Fingerprint;
 pub use histogram::{DenseHistogram, LatencyHistogram};
-pub use stats::*;
+pub use stats::{
+    AgentCounters, AgentMessage, Batch, CollectorMessage, ConfigUpdate, DbSystem, ErrorClassCount, FingerprintText,
+    Gauge, HealthCheckStats, Hello, LeakSample, MAX_INTERVAL_MS, MAX_KEPT_LEAK_SAMPLES, MIN_INTERVAL_MS, PoolStats,
+    QueryStats, SlowQuerySample, Window,
+};
