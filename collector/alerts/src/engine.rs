@@ -3,7 +3,7 @@
 //! transitions, and hands notifications to delivery tasks whose outcomes come
 //! back to it. Everything else talks to it through [`Command`]s.
 
-use querypulse_domain::alerting::{ActiveAlert, AlertState};
+use querypulse_domain::alerting::{ActiveAlert, AlertState, Evaluation, PreviewRow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use super::evaluate::measure;
 use super::notify::{HttpClient, Notification, Notifier, Notifiers, NotifyError, Status, notifier, rfc3339};
 use super::rules::{Labels, Rule};
 use super::silences::Silence;
-use super::state::{AlertKey, Book, ChannelPolicy, Preview, State, Transition};
+use super::state::{AlertKey, Book, ChannelPolicy, State, Transition};
 use querypulse_domain::alerting::HistoryEntry;
 use querypulse_domain::now_ms;
 use querypulse_store::Store;
@@ -36,24 +36,7 @@ pub(super) enum Command {
     /// The pending and firing alerts.
     Alerts(oneshot::Sender<Vec<ActiveAlert>>),
     /// Evaluate one rule without changing anything.
-    DryRun(i64, oneshot::Sender<Result<DryRun, AlertsError>>),
-}
-
-/// The result of a dry run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DryRun {
-    /// Rule id.
-    pub rule_id: i64,
-    /// Rule name.
-    pub rule: String,
-    /// When it was evaluated.
-    pub evaluated_at: String,
-    /// Start of the window read.
-    pub window_from: String,
-    /// Whether the rule is enabled (a disabled rule is evaluated all the same).
-    pub enabled: bool,
-    /// One entry per measured series (and per alert whose series vanished).
-    pub series: Vec<Preview>,
+    DryRun(i64, oneshot::Sender<Result<Evaluation, AlertsError>>),
 }
 
 struct Delivering {
@@ -388,7 +371,7 @@ impl Engine {
         views
     }
 
-    async fn dry_run(&self, id: i64) -> Result<DryRun, AlertsError> {
+    async fn dry_run(&self, id: i64) -> Result<Evaluation, AlertsError> {
         let rule = self
             .rules
             .iter()
@@ -403,13 +386,25 @@ impl Engine {
             None => return Err(AlertsError::Evaluation("the evaluation did not finish".into())),
         };
         let window_ms = i64::try_from(rule.window.as_millis()).unwrap_or(i64::MAX / 2);
-        Ok(DryRun {
+        Ok(Evaluation {
             rule_id: id,
             rule: rule.name.clone(),
             evaluated_at: rfc3339(now),
             window_from: rfc3339(now - window_ms),
             enabled: rule.enabled,
-            series: self.book.preview(id, &rule, &samples, now),
+            series: self
+                .book
+                .preview(id, &rule, &samples, now)
+                .into_iter()
+                .map(|p| PreviewRow {
+                    labels: p.labels,
+                    value: p.value,
+                    value_text: p.value_text,
+                    condition: p.condition,
+                    state: p.state.as_str().to_owned(),
+                    next_state: p.next_state.as_str().to_owned(),
+                })
+                .collect(),
         })
     }
 }

@@ -34,7 +34,6 @@ use tokio::task::JoinHandle;
 pub use channels::{Channel, ChannelInput, ChannelSettings, REDACTED};
 use db::validate_channel;
 pub use db::{AlertDb, HistoryEvent, HistoryFilter, StoredRule};
-pub use engine::DryRun;
 use engine::{Command, Engine};
 pub use notify::{
     HttpClient, Notification, Notifier, Notifiers, NotifyError, NotifyFuture, SIGNATURE_HEADER, Status, signature,
@@ -43,7 +42,7 @@ pub use rules::{Labels, Rule, RuleInput, RuleKind, Scope};
 pub use silences::{MatchOp, Matcher, Silence, SilenceInput};
 pub use state::State;
 
-use querypulse_domain::alerting::{ActiveAlert, SilenceStatus};
+use querypulse_domain::alerting::{ActiveAlert, Evaluation, SilenceStatus};
 use querypulse_store::Store;
 use sqlx::SqlitePool;
 
@@ -200,7 +199,7 @@ impl Alerts {
     }
 
     /// Evaluates rule `id` now without changing any state.
-    pub async fn dry_run(&self, id: i64) -> Result<DryRun, AlertsError> {
+    pub async fn dry_run(&self, id: i64) -> Result<Evaluation, AlertsError> {
         self.ask(|reply| Command::DryRun(id, reply)).await?
     }
 

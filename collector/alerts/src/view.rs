@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use querypulse_domain::Fingerprint;
 use querypulse_domain::alerting::{
     ActiveAlert, Alerting, AlertingError, AlertingResult, ChannelDraft, ChannelInfo, Evaluation, HistoryEntry,
-    MatcherInfo, PreviewRow, RuleDraft, RuleInfo, RuleKindInfo, RuleScope, SettingValue, SilenceDraft, SilenceInfo,
+    MatcherInfo, RuleDraft, RuleInfo, RuleKindInfo, RuleScope, SettingValue, SilenceDraft, SilenceInfo,
 };
 use querypulse_domain::source::TimeRange;
 use querypulse_domain::source::{AlertSeverity, AlertState, AlertSummary};
@@ -414,27 +414,7 @@ impl Alerting for Alerts {
     }
 
     fn evaluate(&self, id: i64) -> AlertingResult<'_, Evaluation> {
-        Box::pin(async move {
-            let run = self.dry_run(id).await?;
-            Ok(Evaluation {
-                rule_id: run.rule_id,
-                rule: run.rule,
-                enabled: run.enabled,
-                evaluated_at: run.evaluated_at,
-                window_from: run.window_from,
-                series: run
-                    .series
-                    .into_iter()
-                    .map(|p| PreviewRow {
-                        labels: p.labels,
-                        value_text: p.value_text,
-                        condition: p.condition,
-                        state: p.state.as_str().to_owned(),
-                        next_state: p.next_state.as_str().to_owned(),
-                    })
-                    .collect(),
-            })
-        })
+        Box::pin(async move { Ok(self.dry_run(id).await?) })
     }
 
     fn channels(&self) -> AlertingResult<'_, Vec<ChannelInfo>> {

@@ -216,17 +216,20 @@ pub struct RuleDraft {
 pub struct PreviewRow {
     /// Series labels.
     pub labels: Labels,
+    /// Measured value (`None` when the series vanished).
+    pub value: Option<f64>,
     /// Measured value in the rule's unit (`None` when the series vanished).
     pub value_text: Option<String>,
     /// Whether `value >= threshold`.
     pub condition: bool,
-    /// State now.
+    /// State now: `inactive`, `pending`, `firing` or `resolved`.
     pub state: String,
     /// State this evaluation would give it.
     pub next_state: String,
 }
 
-/// A rule evaluated now without changing anything.
+/// A rule evaluated now without changing anything. Serialized, it is what
+/// `POST /api/v1/rules/{id}/evaluate` returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluation {
     /// Rule id.
