@@ -91,11 +91,21 @@ impl AlertDb {
         AlertDb { pool }
     }
 
+    /// A write transaction that holds SQLite's write lock from its start.
+    /// A deferred `BEGIN` takes it at the first write instead, and SQLite
+    /// refuses at once (`SQLITE_BUSY`, no waiting) a transaction that has
+    /// read and then wants to write while another connection holds the
+    /// lock — such as a transaction that just returned a conflict and whose
+    /// rollback is still queued. Taken up front, the lock is waited for.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, AlertsError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(sql)
+    }
+
     /// Installs the zero-config defaults (a `log` channel and the default
     /// rules) unless they were installed before, even if they have since
     /// been removed. Returns whether it installed them.
     pub async fn install_defaults(&self, now_ms: i64) -> Result<bool, AlertsError> {
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         let installed: Option<i64> = sqlx::query_scalar("SELECT installed_at_ms FROM alert_defaults WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await
@@ -174,7 +184,7 @@ impl AlertDb {
 
     /// Stores a new channel; returns its id.
     pub async fn create_channel(&self, channel: &Channel, now_ms: i64) -> Result<i64, AlertsError> {
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         let id = insert_channel(&mut tx, channel, now_ms).await?;
         tx.commit().await.map_err(sql)?;
         Ok(id)
@@ -201,7 +211,7 @@ impl AlertDb {
 
     /// Deletes a channel no rule uses.
     pub async fn delete_channel(&self, id: i64) -> Result<(), AlertsError> {
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT r.name FROM alert_rule_channels rc JOIN alert_rules r ON r.id = rc.rule_id
              WHERE rc.channel_id = ? ORDER BY r.name",
@@ -265,7 +275,7 @@ impl AlertDb {
     /// Stores a new rule (validated against the channels that exist);
     /// returns its id.
     pub async fn create_rule(&self, rule: &Rule, now_ms: i64) -> Result<i64, AlertsError> {
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         let id = insert_rule(&mut tx, rule, None, now_ms).await?;
         tx.commit().await.map_err(sql)?;
         Ok(id)
@@ -273,7 +283,7 @@ impl AlertDb {
 
     /// Replaces a rule and its channels.
     pub async fn update_rule(&self, id: i64, rule: &Rule, now_ms: i64) -> Result<(), AlertsError> {
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         let done = sqlx::query("UPDATE alert_rules SET name = ?, definition = ?, updated_at_ms = ? WHERE id = ?")
             .bind(&rule.name)
             .bind(encode(rule)?)
@@ -388,7 +398,7 @@ impl AlertDb {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(sql)?;
+        let mut tx = self.write().await?;
         for e in events {
             sqlx::query(
                 "INSERT INTO alert_history (at_ms, rule_id, rule_name, alert, labels, event, value, channel_id, detail)
@@ -538,6 +548,7 @@ pub(crate) async fn test_database(dir: &std::path::Path) -> SqlitePool {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(dir.join("catalog.sqlite"))
         .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .foreign_keys(true);
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(4)
@@ -600,6 +611,43 @@ mod tests {
         );
         let again = store.create_channel(&channel, 2).await;
         assert!(matches!(again, Err(AlertsError::Conflict(_))), "{again:?}");
-        assert!(matches!(store.delete_channel(999).await, Err(AlertsError::NotFound(_))));
+        let missing = store.delete_channel(999).await;
+        assert!(matches!(missing, Err(AlertsError::NotFound(_))), "{missing:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_succeed_or_conflict_and_never_fail_on_a_busy_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AlertDb::new(test_database(dir.path()).await);
+        store.install_defaults(1).await.unwrap();
+        let (log, channel) = store.channels().await.unwrap().remove(0);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..48i64 {
+            let store = store.clone();
+            let mut channel = channel.clone();
+            tasks.spawn(async move {
+                match i % 4 {
+                    // A new name: created.
+                    0 => {
+                        channel.name = format!("hook-{i}");
+                        store.create_channel(&channel, i).await.map(|_| ())
+                    }
+                    // A taken name, a channel in use, a missing one: refused.
+                    1 => store.create_channel(&channel, i).await.map(|_| ()),
+                    2 => store.delete_channel(log).await,
+                    _ => store.delete_channel(10_000 + i).await,
+                }
+                .map_err(|error| (i, error))
+            });
+        }
+        while let Some(outcome) = tasks.join_next().await {
+            match outcome.unwrap() {
+                Ok(()) => {}
+                Err((i, AlertsError::Conflict(_))) if i % 4 == 1 || i % 4 == 2 => {}
+                Err((i, AlertsError::NotFound(_))) if i % 4 == 3 => {}
+                Err((i, error)) => panic!("change {i} failed: {error:?}"),
+            }
+        }
+        assert_eq!(store.channels().await.unwrap().len(), 1 + 12);
     }
 }
