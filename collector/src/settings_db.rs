@@ -1,5 +1,5 @@
 //! The settings database: what users change through the API and the
-//! dashboard, in SQLite (`db.sqlite` in the data directory). This module
+//! dashboard, in SQLite (`catalog.sqlite` in the data directory). This module
 //! reads and writes retention and agent settings; the alert rules, channels,
 //! silences and history are the alert engine's (`querypulse_alerts::db`).
 //! The migrations for all of them are `collector/migrations/`, embedded in
@@ -12,6 +12,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::agent_settings::AgentSettings;
 use querypulse_store::Retention;
+
+/// The database's file in the data directory. Every data directory written
+/// since the first release has its settings, rules and alert history here:
+/// the name never changes.
+pub const FILE_NAME: &str = "catalog.sqlite";
 
 /// A settings database failure.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +39,10 @@ pub struct SettingsDb {
 }
 
 impl SettingsDb {
-    /// Opens (creating if needed) `db.sqlite` in `data_dir` and applies
+    /// Opens (creating if needed) `catalog.sqlite` in `data_dir` and applies
     /// pending migrations.
     pub async fn open(data_dir: &Path) -> Result<SettingsDb, SettingsDbError> {
-        let path = data_dir.join("db.sqlite");
+        let path = data_dir.join(FILE_NAME);
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -179,5 +184,36 @@ mod tests {
         let reopened = SettingsDb::open(dir.path()).await.unwrap();
         assert_eq!(reopened.retention().await.unwrap(), Some(custom));
         assert_eq!(reopened.agent_settings().await.unwrap(), settings);
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_of_an_earlier_release_keeps_its_settings() {
+        // Earlier releases kept the settings in `catalog.sqlite`: write one
+        // as they did, without this module.
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("catalog.sqlite"))
+            .create_if_missing(true);
+        let earlier = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+        sqlx::migrate!().run(&earlier).await.unwrap();
+        sqlx::query(
+            "INSERT INTO retention (id, raw_seconds, minute_seconds, hour_seconds, max_bytes, updated_at_ms)
+             VALUES (1, 86400, 1209600, 31536000, NULL, 1)",
+        )
+        .execute(&earlier)
+        .await
+        .unwrap();
+        earlier.close().await;
+
+        let db = SettingsDb::open(dir.path()).await.unwrap();
+        let retention = db.retention().await.unwrap().expect("the stored retention");
+        assert_eq!(retention.raw_seconds, 86_400);
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sqlite"))
+                .count(),
+            1
+        );
     }
 }
