@@ -152,6 +152,9 @@ enum Op {
     Advance { minutes: i64 },
     /// A maintenance pass; `wait` finishes the sealing it starts.
     Maintain { wait: bool },
+    /// The memtable is flushed to the partitions: waited for, or left
+    /// running in the background while the next operations go on.
+    Flush { wait: bool },
     /// The collector stops and starts again.
     Restart,
     /// Every read path is compared with the model now.
@@ -192,6 +195,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => spec().prop_map(Op::LoggedThenCrash),
         2 => prop_oneof![1..30i64, 60..400i64].prop_map(|minutes| Op::Advance { minutes }),
         3 => any::<bool>().prop_map(|wait| Op::Maintain { wait }),
+        2 => any::<bool>().prop_map(|wait| Op::Flush { wait }),
         1 => Just(Op::Restart),
         1 => Just(Op::Check),
     ]
@@ -282,11 +286,12 @@ fn retention() -> Retention {
 }
 
 impl Subject {
-    fn new(fingerprint_cap: usize) -> Subject {
+    fn new(fingerprint_cap: usize, memtable_bytes: usize) -> Subject {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(base() + i64::from(HOURS) * HOUR + 5 * MINUTE);
         let limits = Limits {
             max_fingerprints_per_service: fingerprint_cap,
+            memtable_bytes,
             ..Limits::default()
         };
         let open = Store::open(dir.path(), retention(), limits, clock.clone()).unwrap();
@@ -336,8 +341,13 @@ fn request(instance: usize, batch: Batch) -> BatchRequest {
     }
 }
 
-fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>, fingerprint_cap: usize) -> Result<(), TestCaseError> {
-    let mut subject = Subject::new(fingerprint_cap);
+fn run(
+    ops: Vec<Op>,
+    seed_ranges: Vec<(i64, i64)>,
+    fingerprint_cap: usize,
+    memtable_bytes: usize,
+) -> Result<(), TestCaseError> {
+    let mut subject = Subject::new(fingerprint_cap, memtable_bytes);
     let mut model = Model {
         sent: vec![Vec::new(); INSTANCES],
         cap: fingerprint_cap,
@@ -399,6 +409,8 @@ fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>, fingerprint_cap: usize) -> Re
                     testing::wait_for_sealing(subject.writer()).unwrap();
                 }
             }
+            Op::Flush { wait: true } => subject.writer().checkpoint().unwrap(),
+            Op::Flush { wait: false } => testing::start_flush(subject.writer()).unwrap(),
             Op::Restart => subject.restart(),
             Op::Check => check(subject.store(), &model, &seed_ranges)?,
         }
@@ -406,6 +418,7 @@ fn run(ops: Vec<Op>, seed_ranges: Vec<(i64, i64)>, fingerprint_cap: usize) -> Re
     check(subject.store(), &model, &seed_ranges)?;
     // Compaction and sealing of everything, then again.
     subject.clock.advance(2 * DAY);
+    subject.writer().checkpoint().unwrap();
     for _ in 0..4 {
         subject.writer().maintain(Duration::from_secs(60)).unwrap();
         testing::wait_for_sealing(subject.writer()).unwrap();
@@ -754,7 +767,10 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         seed_ranges in prop::collection::vec((0..i64::from(HOURS) * HOUR, 0..i64::from(HOURS) * HOUR), 2),
         fingerprint_cap in prop_oneof![Just(2usize), Just(Limits::default().max_fingerprints_per_service)],
+        // A memtable of a few kilobytes flushes early and makes writers
+        // wait for flushes all the time.
+        memtable_bytes in prop_oneof![Just(4usize << 10), Just(Limits::default().memtable_bytes)],
     ) {
-        run(ops, seed_ranges, fingerprint_cap)?;
+        run(ops, seed_ranges, fingerprint_cap, memtable_bytes)?;
     }
 }

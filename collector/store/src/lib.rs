@@ -33,7 +33,9 @@
 //! concurrently.
 
 mod codec;
+mod flush;
 mod maintain;
+mod memtable;
 mod partition;
 mod read;
 mod registry;
@@ -44,10 +46,12 @@ mod wal;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use codec::InstanceQuery;
 pub use maintain::MaintenanceReport;
+pub use memtable::MemtableStats;
 pub use partition::{Tier, floor};
 pub use read::{PoolWindow, SlowSample, tier_for_step};
 pub use registry::{InstanceRecord, SeriesKey};
@@ -90,6 +94,9 @@ pub struct Limits {
     pub max_instances_per_service: usize,
     /// Slow-query samples kept per service and raw partition (6 h).
     pub max_slow_samples: u64,
+    /// Bytes the memtable of open windows may take (approximately): it is
+    /// flushed at half of this, and ingest waits for the flush at all of it.
+    pub memtable_bytes: usize,
 }
 
 impl Default for Limits {
@@ -98,14 +105,26 @@ impl Default for Limits {
             max_fingerprints_per_service: 10_000,
             max_instances_per_service: 5_000,
             max_slow_samples: 5_000,
+            memtable_bytes: 192 << 20,
         }
     }
+}
+
+/// Counters of the memtable's flushes.
+#[derive(Debug, Default)]
+struct MemtableCounters {
+    flushes: AtomicU64,
+    early_flushes: AtomicU64,
+    stalls: AtomicU64,
 }
 
 struct Shared {
     dir: PathBuf,
     registry: Registry,
     partitions: Partitions,
+    /// Open windows not yet in the partitions (see [`memtable`]).
+    tables: RwLock<memtable::Tables>,
+    memtable: MemtableCounters,
     retention: RwLock<Retention>,
     limits: Limits,
     clock: Clock,
@@ -145,6 +164,8 @@ impl Store {
                 dir: dir.to_owned(),
                 registry,
                 partitions,
+                tables: RwLock::new(memtable::Tables::default()),
+                memtable: MemtableCounters::default(),
                 retention: RwLock::new(retention),
                 limits,
                 clock,
@@ -195,8 +216,32 @@ impl Store {
         partition::disk_bytes(&self.shared.dir)
     }
 
+    /// How the memtable of open windows fares: its size now, its flushes,
+    /// and how often ingest had to wait for one.
+    pub fn memtable_stats(&self) -> MemtableStats {
+        let tables = self.tables();
+        let counters = &self.shared.memtable;
+        MemtableStats {
+            bytes: tables.bytes() as u64,
+            windows: tables.windows() as u64,
+            flushes: counters.flushes.load(Ordering::Relaxed),
+            early_flushes: counters.early_flushes.load(Ordering::Relaxed),
+            stalls: counters.stalls.load(Ordering::Relaxed),
+        }
+    }
+
     fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// The memtable, for a read: held while the partitions are read too, so
+    /// a flush committing meanwhile cannot make a window count twice.
+    fn tables(&self) -> RwLockReadGuard<'_, memtable::Tables> {
+        self.shared.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tables_mut(&self) -> RwLockWriteGuard<'_, memtable::Tables> {
+        self.shared.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn partitions(&self) -> &Partitions {
@@ -214,6 +259,10 @@ pub struct StoreWriter {
 
 impl Drop for StoreWriter {
     fn drop(&mut self) {
+        // What a running flush has not made durable is still in the log.
+        if let Err(error) = self.finish_flush() {
+            tracing::warn!(%error, "finishing a memtable flush failed; the log will be replayed at the next start");
+        }
         // A sealing thread holds its partition open; finish it so the store
         // can be opened again at once.
         if let Err(error) = self.wait_for_sealing() {
@@ -281,6 +330,13 @@ pub mod testing {
     /// The resolutions a read of `[from, to)` uses, in time order.
     pub fn cover(from: i64, to: i64) -> Vec<(Tier, i64, i64)> {
         super::read::cover(from, to)
+    }
+
+    /// Starts a flush of the memtable in the background (after the running
+    /// one, if any, has finished) and returns at once.
+    pub fn start_flush(writer: &mut StoreWriter) -> Result<(), StoreError> {
+        writer.finish_flush()?;
+        writer.start_flush()
     }
 
     /// Waits until background sealing has finished; returns how many

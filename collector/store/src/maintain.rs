@@ -19,7 +19,7 @@ use super::{StoreError, StoreWriter};
 /// compaction folds them in.
 pub(crate) const COMPACTION_GRACE_MS: i64 = 10 * 60_000;
 
-/// A checkpoint is taken at least this often while data arrives.
+/// Databases that compaction wrote to are flushed at least this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 /// A partition is sealed once its span ended this long ago (after the
@@ -60,22 +60,33 @@ impl StoreWriter {
     pub fn maintain(&mut self, budget: Duration) -> Result<MaintenanceReport, StoreError> {
         let now_ms = self.store.now_ms();
         let started = Instant::now();
-        let mut report = MaintenanceReport {
-            partitions_dropped: self.expire(now_ms)?,
-            ..Default::default()
-        };
-        self.compact(now_ms, started + budget, &mut report)?;
-        report.partitions_sealed = self.seal(now_ms)?;
-        if self.state.applied_since_checkpoint.is_some() && self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            self.checkpoint()?;
-            report.checkpointed = true;
+        self.poll_flush()?;
+        let mut report = MaintenanceReport::default();
+        // Compaction, sealing and retention rewrite partitions: they wait
+        // while a flush writes to them.
+        if !self.flush_running() {
+            report.partitions_dropped = self.expire(now_ms)?;
+            self.compact(now_ms, started + budget, &mut report)?;
+            report.partitions_sealed = self.seal(now_ms)?;
+            if self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                self.sync()?;
+                report.checkpointed = true;
+            }
         }
+        self.flush_if_due()?;
         Ok(report)
     }
 
-    /// Flushes every database written since the last checkpoint, then drops
-    /// the log entries they now hold on disk.
+    /// Writes everything the memtable holds to the partitions, flushes every
+    /// database written since the last checkpoint, then drops the log
+    /// entries they now hold on disk.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.flush_now()?;
+        self.sync()
+    }
+
+    /// Flushes the databases that compaction or a replay wrote to.
+    fn sync(&mut self) -> Result<(), StoreError> {
         let partitions = self.store.partitions();
         for (tier, start) in std::mem::take(&mut self.state.dirty) {
             if let Some(partition) = partitions.get(tier, start) {
@@ -273,6 +284,12 @@ impl StoreWriter {
     /// result unless the partition was written meanwhile (it is then sealed
     /// again later). Returns how many partitions were installed (0 or 1).
     pub(crate) fn wait_for_sealing(&mut self) -> Result<usize, StoreError> {
+        if self.state.sealing.is_none() {
+            return Ok(0);
+        }
+        // Installing replaces the partition: a flush must not be writing to
+        // the one it replaces.
+        self.finish_flush()?;
         let Some(job) = self.state.sealing.take() else {
             return Ok(0);
         };

@@ -8,6 +8,7 @@ use querypulse_domain::{DenseHistogram, Fingerprint, HealthCheckStats, PoolStats
 use super::codec::{
     In, InstanceQueries, InstanceQuery, TimedPool, WindowValue, decode_chunk, decode_slow, key, read_query_counters,
 };
+use super::memtable::Buffer;
 use super::partition::{Tier, ceil, floor};
 use super::registry::{InstanceRecord, SeriesKey};
 use super::{Store, StoreError};
@@ -122,7 +123,7 @@ pub fn tier_for_step(step_ms: i64) -> Tier {
 
 impl Store {
     /// Windows of `series` in `tier` starting in `[from, to)`, by time.
-    pub(crate) fn windows<V: WindowValue>(
+    pub(crate) fn windows<V: Buffer>(
         &self,
         tier: Tier,
         series: u32,
@@ -137,6 +138,7 @@ impl Store {
             }
         };
         let scan_from = floor(from, tier.chunk_ms());
+        let tables = self.tables();
         for partition in self.partitions().overlapping(tier, scan_from, to) {
             let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
             let end = key::window(series, to.min(partition.end_ms()), key::SINGLE);
@@ -163,11 +165,13 @@ impl Store {
                 add(at, V::decode(&v)?);
             }
         }
+        // Open windows, not yet flushed.
+        tables.visit::<V>(tier, series, from, to, &mut add);
         Ok(found.into_iter().collect())
     }
 
     /// `series` folded over `[from, to)`, or `None` without data.
-    pub(crate) fn merged<V: WindowValue>(
+    pub(crate) fn merged<V: Buffer>(
         &self,
         series: u32,
         from: i64,
@@ -193,7 +197,7 @@ impl Store {
 
     /// `series` folded into steps of `step_ms` from `from` (aligned down to
     /// the resolution used), keyed by step start.
-    pub(crate) fn steps<V: WindowValue>(
+    pub(crate) fn steps<V: Buffer>(
         &self,
         series: u32,
         from: i64,
@@ -247,6 +251,7 @@ impl Store {
     /// Folds every window of query series `series` covering `[from, to)`
     /// into `fold`, decoding histograms straight into its dense accumulator.
     fn fold_query(&self, series: u32, from: i64, to: i64, fold: &mut QueryFold) -> Result<(), StoreError> {
+        let tables = self.tables();
         for (tier, a, b) in cover(from, to) {
             let scan_from = floor(a, tier.chunk_ms());
             for partition in self.partitions().overlapping(tier, scan_from, b) {
@@ -268,6 +273,7 @@ impl Store {
                     }
                 }
             }
+            tables.visit::<QueryStats>(tier, series, a, b, &mut |_, stats| fold.add_stats(&stats));
         }
         Ok(())
     }
@@ -431,7 +437,7 @@ impl Store {
     }
 
     /// The windows covering `[from, to)` exactly, in time order.
-    fn windows_covered<V: WindowValue>(&self, series: u32, from: i64, to: i64) -> Result<Vec<(i64, V)>, StoreError> {
+    fn windows_covered<V: Buffer>(&self, series: u32, from: i64, to: i64) -> Result<Vec<(i64, V)>, StoreError> {
         let mut out = Vec::new();
         for (tier, a, b) in cover(from, to) {
             out.extend(self.windows::<V>(tier, series, a, b)?);
@@ -482,14 +488,35 @@ impl Store {
     ) -> Result<Vec<SlowSample>, StoreError> {
         let registry = self.registry();
         let mut out = Vec::new();
-        let mut partitions = self.partitions().overlapping(Tier::Raw, from, to);
-        partitions.reverse();
         let (start, end) = (
             [&[b'q'][..], &key::time(from)[..]].concat(),
             [&[b'q'][..], &key::time(to)[..]].concat(),
         );
-        for partition in partitions {
-            for (k, v) in partition.range(&start, &end)?.into_iter().rev() {
+        let tables = self.tables();
+        // Raw partitions newest first, each with the samples the memtable
+        // still holds for it (a partition may exist only there so far).
+        let mut partitions: BTreeMap<i64, Option<_>> = self
+            .partitions()
+            .overlapping(Tier::Raw, from, to)
+            .into_iter()
+            .map(|p| (p.start_ms, Some(p)))
+            .collect();
+        for part_start in tables.raw_parts(from, to) {
+            partitions.entry(part_start).or_insert(None);
+        }
+        let part_ms = Tier::Raw.partition_ms();
+        for (part_start, partition) in partitions.into_iter().rev() {
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = match partition {
+                Some(partition) => partition
+                    .range(&start, &end)?
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            entries.extend(tables.slow(&start, &end, part_start, part_start + part_ms));
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in entries.into_iter().rev() {
                 if out.len() >= limit {
                     return Ok(out);
                 }

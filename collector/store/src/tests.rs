@@ -71,6 +71,13 @@ fn write(writer: &mut StoreWriter, requests: Vec<BatchRequest>) -> Vec<ApplyOutc
     writer.write(requests).unwrap()
 }
 
+/// Flushes the memtable, then runs a maintenance pass over what the
+/// partitions hold.
+fn maintain(writer: &mut StoreWriter, budget: Duration) -> crate::MaintenanceReport {
+    writer.checkpoint().unwrap();
+    writer.maintain(budget).unwrap()
+}
+
 fn service(store: &Store) -> u32 {
     store.service_id("orders").unwrap()
 }
@@ -181,7 +188,7 @@ fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction
         ],
     );
     // Much later: the hour's raw windows are compacted into one chunk.
-    let report = writer.maintain(Duration::from_secs(10)).unwrap();
+    let report = maintain(&mut writer, Duration::from_secs(10));
     assert!(report.chunks_compacted >= 1, "{report:?}");
     let series = store
         .registry()
@@ -244,7 +251,7 @@ fn compaction_keeps_every_window_and_shrinks_the_bytes() {
             .sum()
     };
     let single_bytes = value_bytes(&partition);
-    writer.maintain(Duration::from_secs(30)).unwrap();
+    maintain(&mut writer, Duration::from_secs(30));
     let after = store
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
@@ -272,7 +279,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
     writer.checkpoint().unwrap();
     let before = store.disk_bytes();
     let raw_before = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
-    let report = writer.maintain(Duration::from_secs(1)).unwrap();
+    let report = maintain(&mut writer, Duration::from_secs(1));
     assert!(report.partitions_dropped >= 1);
     let raw_after = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
     assert_eq!(
@@ -294,7 +301,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
         raw_seconds: 3_600,
         ..Retention::default()
     });
-    writer.maintain(Duration::from_secs(1)).unwrap();
+    maintain(&mut writer, Duration::from_secs(1));
     assert!(
         store
             .partitions()
@@ -326,7 +333,7 @@ fn instances_silent_past_every_retention_are_forgotten() {
         .unwrap();
     store.clock().set(NOW);
     write(&mut writer, vec![request("live", batch(1, NOW - MINUTE, &[100]))]);
-    writer.maintain(Duration::from_secs(1)).unwrap();
+    maintain(&mut writer, Duration::from_secs(1));
     let mut left: Vec<String> = store.instances().into_iter().map(|i| i.instance_id).collect();
     left.sort();
     assert_eq!(left, ["live", "quiet"]);
@@ -512,6 +519,7 @@ fn fill_hour(writer: &mut StoreWriter, hour: i64) {
             vec![request("a", batch(i as u64 + 1, hour + i * 10_000, &latencies))],
         );
     }
+    writer.checkpoint().unwrap();
 }
 
 fn query_series(store: &Store) -> u32 {
@@ -532,7 +540,7 @@ fn closed_hour() -> (tempfile::TempDir, Store, StoreWriter, i64, u32) {
     let hour = floor(NOW, HOUR) - 5 * HOUR;
     fill_hour(&mut writer, hour);
     let series = query_series(&store);
-    writer.maintain(Duration::from_secs(30)).unwrap();
+    maintain(&mut writer, Duration::from_secs(30));
     (dir, store, writer, hour, series)
 }
 
@@ -574,7 +582,7 @@ fn closed_partitions_are_sealed_into_fewer_bytes_and_read_the_same() {
         summary
     );
     // Nothing is left to seal.
-    assert_eq!(writer.maintain(Duration::from_secs(30)).unwrap().partitions_sealed, 0);
+    assert_eq!(maintain(&mut writer, Duration::from_secs(30)).partitions_sealed, 0);
     assert_eq!(writer.wait_for_sealing().unwrap(), 0);
 
     drop((store, writer));
@@ -597,10 +605,11 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
         let (store, mut writer) = open(dir.path());
         fill_hour(&mut writer, hour);
         series = query_series(&store);
-        writer.maintain(Duration::from_secs(30)).unwrap();
+        maintain(&mut writer, Duration::from_secs(30));
         assert_eq!(writer.wait_for_sealing().unwrap(), 1);
         // An agent cut off for hours delivers its window now.
         write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
+        writer.checkpoint().unwrap();
         let partition = store.partitions().get(Tier::Raw, hour).unwrap();
         assert!(partition.is_sealed() && partition.has_overlay());
         let raw = store
@@ -626,10 +635,10 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
     assert_eq!(expect.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
-    writer.maintain(Duration::from_secs(30)).unwrap();
+    maintain(&mut writer, Duration::from_secs(30));
     assert_eq!(writer.wait_for_sealing().unwrap(), 0, "the overlay is not quiet yet");
     store.clock().advance(6 * MINUTE);
-    writer.maintain(Duration::from_secs(30)).unwrap();
+    maintain(&mut writer, Duration::from_secs(30));
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
     assert!(partition.is_sealed() && !partition.has_overlay());
@@ -650,6 +659,7 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
 fn a_write_during_sealing_keeps_the_partition_live() {
     let (_dir, store, mut writer, hour, series) = closed_hour();
     write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
+    writer.checkpoint().unwrap();
     assert_eq!(
         writer.wait_for_sealing().unwrap(),
         0,
@@ -661,7 +671,7 @@ fn a_write_during_sealing_keeps_the_partition_live() {
         .unwrap();
     assert_eq!(raw.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
     // The next pass seals it with the late window in.
-    writer.maintain(Duration::from_secs(30)).unwrap();
+    maintain(&mut writer, Duration::from_secs(30));
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     assert_eq!(
         store
@@ -678,6 +688,7 @@ fn verify_names_the_series_and_span_where_resolutions_disagree() {
     let t = floor(NOW, HOUR) - 2 * HOUR;
     write(&mut writer, vec![request("a", batch(1, t, &[100, 200]))]);
     write(&mut writer, vec![request("b", batch(1, t + 10_000, &[300]))]);
+    writer.checkpoint().unwrap();
     let clean = super::verify(&store);
     assert!(clean.is_clean(), "{clean}");
     assert!(clean.series >= 1 && clean.windows > 0, "{clean:?}");
@@ -768,7 +779,7 @@ fn reads_during_compaction_and_sealing_count_every_window_once() {
             reads
         })
     };
-    let report = writer.maintain(Duration::from_secs(30)).unwrap();
+    let report = maintain(&mut writer, Duration::from_secs(30));
     assert!(report.windows_compacted >= 360, "{report:?}");
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -404,7 +404,7 @@ struct Span<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rollup<V: WindowValue>(
+fn rollup<V: super::memtable::Buffer>(
     store: &Store,
     series: u32,
     fine: Tier,

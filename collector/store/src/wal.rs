@@ -77,6 +77,8 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(|e| io("opening", &path, e))?;
+        // An empty segment left by the last run may already have that name.
+        segments.retain(|s| s.first_seq != next_seq);
         segments.push(Segment {
             first_seq: next_seq,
             path,
@@ -143,7 +145,10 @@ impl Wal {
         }
         while self.segments.len() > 1 && self.segments[1].first_seq <= seq + 1 {
             let old = self.segments.remove(0);
-            std::fs::remove_file(&old.path).map_err(|e| io("removing", &old.path, e))?;
+            match std::fs::remove_file(&old.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &old.path, e)),
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -8,9 +8,10 @@ use std::time::Instant;
 use querypulse_domain::{Batch, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats};
 
 use super::codec::{InstanceQueries, InstanceQuery, TimedPool, WalEntry, WindowValue, encode_slow, key};
+use super::memtable::PackedInstances;
 use super::partition::{Partition, Tier, floor};
 use super::registry::{SeriesKey, applied_key};
-use super::{StoreError, StoreWriter};
+use super::{Store, StoreError, StoreWriter};
 
 /// What happened to a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub(crate) struct WriterState {
     /// Sealed partitions with an overlay: the overlay's generation and when
     /// it was first seen unchanged.
     pub overlays_seen: HashMap<(Tier, i64), (u64, i64)>,
+    /// The memtable flush running in the background, if any.
+    pub flushing: Option<super::flush::FlushJob>,
 }
 
 impl Default for WriterState {
@@ -65,6 +68,7 @@ impl Default for WriterState {
             dirty: HashSet::new(),
             sealing: None,
             overlays_seen: HashMap::new(),
+            flushing: None,
         }
     }
 }
@@ -92,13 +96,13 @@ fn decode_applied(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
 
 /// Writes accumulated for one partition.
 #[derive(Default)]
-struct PartitionWrites {
-    queries: BTreeMap<(u32, i64), QueryStats>,
-    instances: BTreeMap<(u32, i64), InstanceQueries>,
-    pools: BTreeMap<(u32, i64), TimedPool>,
-    health: BTreeMap<(u32, i64), HealthCheckStats>,
-    slow: Vec<([u8; 21], Vec<u8>)>,
-    last_entry: u64,
+pub(crate) struct PartitionWrites {
+    pub queries: BTreeMap<(u32, i64), QueryStats>,
+    pub instances: BTreeMap<(u32, i64), InstanceQueries>,
+    pub pools: BTreeMap<(u32, i64), TimedPool>,
+    pub health: BTreeMap<(u32, i64), HealthCheckStats>,
+    pub slow: Vec<([u8; 21], Vec<u8>)>,
+    pub last_entry: u64,
 }
 
 fn merge_entry<V: WindowValue>(map: &mut BTreeMap<(u32, i64), V>, key: (u32, i64), value: &V) {
@@ -113,7 +117,7 @@ fn merge_entry<V: WindowValue>(map: &mut BTreeMap<(u32, i64), V>, key: (u32, i64
 /// Adds the 1-minute and 1-hour writes implied by the raw writes. Every
 /// partition written by the group records `last` as applied: any entry of the
 /// group that concerns it is in these writes.
-fn derive_rollups(writes: &mut BTreeMap<(Tier, i64), PartitionWrites>, last: u64) {
+pub(crate) fn derive_rollups(writes: &mut BTreeMap<(Tier, i64), PartitionWrites>, last: u64) {
     let raw: Vec<((Tier, i64), PartitionWrites)> = std::mem::take(writes).into_iter().collect();
     for (_, w) in &raw {
         for tier in [Tier::Minute, Tier::Hour] {
@@ -230,7 +234,8 @@ impl StoreWriter {
             return Ok(outcomes);
         }
         self.wal.append(&mut entries)?;
-        self.apply(&entries, false)?;
+        self.apply(&entries)?;
+        self.flush_if_due()?;
         Ok(outcomes)
     }
 
@@ -246,7 +251,7 @@ impl StoreWriter {
             .filter(|e| e.batch.window.end_ms() >= oldest)
             .collect();
         for chunk in entries.chunks(256) {
-            self.apply(chunk, true)?;
+            self.apply_replayed(chunk)?;
         }
         Ok(())
     }
@@ -332,16 +337,94 @@ impl StoreWriter {
         Ok((resolved, created))
     }
 
-    fn apply(&mut self, entries: &[WalEntry], replay: bool) -> Result<(), StoreError> {
+    /// Applies freshly logged entries: resolves their series and merges
+    /// their windows into the memtable (raw resolution; rollups are derived
+    /// when it is flushed). No partition is touched on the way to the
+    /// acknowledgement.
+    fn apply(&mut self, entries: &[WalEntry]) -> Result<(), StoreError> {
         let registry = self.store.registry().clone();
-        let meta_applied = if replay { applied_log(registry.meta())? } else { 0 };
+        let mut meta_batch = sled::Batch::default();
+        let mut resolved = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // Ids and texts reach the disk before any partition refers to
+            // them: the flush syncs the meta database first.
+            let (r, _) = self.resolve(entry, true, &mut meta_batch)?;
+            resolved.push(r);
+        }
+        let max_slow = self.store.limits().max_slow_samples;
+        {
+            let mut tables = self.store.tables_mut();
+            let table = &mut tables.active;
+            for (entry, r) in entries.iter().zip(&resolved) {
+                let batch = &entry.batch;
+                let at = batch.window.start_ms;
+                for (series, stats) in &r.queries {
+                    table.add_query(*series, at, stats);
+                }
+                let counters = InstanceQueries(
+                    r.queries
+                        .iter()
+                        .map(|(series, stats)| InstanceQuery::from_stats(*series, stats))
+                        .collect(),
+                );
+                table.add_instances(r.instance, at, &PackedInstances::pack(&counters));
+                for (series, pool) in &r.pools {
+                    let timed = TimedPool {
+                        stats: (*pool).clone(),
+                        latest_ms: at,
+                    };
+                    table.add_pool(*series, at, &timed);
+                }
+                for (series, check) in &r.health {
+                    table.add_health(*series, at, check);
+                }
+                let part_start = floor(at, Tier::Raw.partition_ms());
+                for sample in &batch.slow_queries {
+                    if let Some(unique) = self.state.slow_slot(part_start, r.service, entry.wal_seq, max_slow) {
+                        table.add_slow(
+                            at,
+                            key::slow(sample.at_ms, r.service, unique),
+                            encode_slow(&entry.instance_id, sample),
+                        );
+                    }
+                }
+                table.last_seq = entry.wal_seq;
+            }
+        }
+        for entry in entries {
+            let batch = &entry.batch;
+            meta_batch.insert(
+                applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
+                &[][..],
+            );
+            registry.touch_instance(
+                &entry.service,
+                &entry.instance_id,
+                batch.seq,
+                &batch.counters,
+                entry.received_ms,
+                &mut meta_batch,
+            );
+        }
+        if let Some(last) = entries.last() {
+            meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
+        }
+        registry.meta().apply_batch(meta_batch)?;
+        Ok(())
+    }
+
+    /// Applies log entries found at startup straight to every partition
+    /// that has not applied them yet (each records the last entry it has).
+    fn apply_replayed(&mut self, entries: &[WalEntry]) -> Result<(), StoreError> {
+        let registry = self.store.registry().clone();
+        let meta_applied = applied_log(registry.meta())?;
         let mut meta_batch = sled::Batch::default();
         let mut created = false;
         let mut resolved = Vec::with_capacity(entries.len());
         for entry in entries {
             // The overflow count lives in the meta database: an entry it has
             // already applied is not counted again when replayed.
-            let count_overflow = !replay || meta_applied < entry.wal_seq;
+            let count_overflow = meta_applied < entry.wal_seq;
             let (r, new) = self.resolve(entry, count_overflow, &mut meta_batch)?;
             created |= new;
             resolved.push(r);
@@ -353,31 +436,27 @@ impl StoreWriter {
 
         let mut writes: BTreeMap<(Tier, i64), PartitionWrites> = BTreeMap::new();
         let mut applied_by: HashMap<(Tier, i64), u64> = HashMap::new();
-        // Live writes merge the group at raw resolution first and derive the
-        // rollups from those merged windows (one merge per series instead of
-        // one per instance); a replay must skip each tier its databases
-        // already hold, so it goes entry by entry and tier by tier.
-        let tiers: &[Tier] = if replay { &Tier::ALL } else { &[Tier::Raw] };
+        let max_slow = self.store.limits().max_slow_samples;
+        // A replay must skip each tier its partitions already hold, so it
+        // goes entry by entry and tier by tier.
         for (entry, r) in entries.iter().zip(&resolved) {
             let batch = &entry.batch;
-            for &tier in tiers {
+            for tier in Tier::ALL {
                 let at = tier.align(batch.window.start_ms);
                 let part_start = floor(at, tier.partition_ms());
-                if replay {
-                    let applied = match applied_by.get(&(tier, part_start)) {
-                        Some(applied) => *applied,
-                        None => {
-                            let applied = match self.store.partitions().get(tier, at) {
-                                Some(partition) => partition_applied_log(&partition)?,
-                                None => 0,
-                            };
-                            applied_by.insert((tier, part_start), applied);
-                            applied
-                        }
-                    };
-                    if applied >= entry.wal_seq {
-                        continue;
+                let applied = match applied_by.get(&(tier, part_start)) {
+                    Some(applied) => *applied,
+                    None => {
+                        let applied = match self.store.partitions().get(tier, at) {
+                            Some(partition) => partition_applied_log(&partition)?,
+                            None => 0,
+                        };
+                        applied_by.insert((tier, part_start), applied);
+                        applied
                     }
+                };
+                if applied >= entry.wal_seq {
+                    continue;
                 }
                 let w = writes.entry((tier, part_start)).or_default();
                 w.last_entry = w.last_entry.max(entry.wal_seq);
@@ -409,21 +488,16 @@ impl StoreWriter {
                 }
                 if tier == Tier::Raw {
                     for sample in &batch.slow_queries {
-                        let count = self.state.slow_counts.entry((part_start, r.service)).or_default();
-                        if *count >= self.store.limits().max_slow_samples {
-                            continue;
+                        if let Some(unique) = self.state.slow_slot(part_start, r.service, entry.wal_seq, max_slow) {
+                            w.slow.push((
+                                key::slow(sample.at_ms, r.service, unique),
+                                encode_slow(&entry.instance_id, sample),
+                            ));
                         }
-                        *count += 1;
-                        self.state.slow_unique += 1;
-                        let unique = (entry.wal_seq << 16) | (self.state.slow_unique & 0xffff);
-                        w.slow.push((
-                            key::slow(sample.at_ms, r.service, unique),
-                            encode_slow(&entry.instance_id, sample),
-                        ));
                     }
                 }
             }
-            if !replay || meta_applied < entry.wal_seq {
+            if meta_applied < entry.wal_seq {
                 meta_batch.insert(
                     applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
                     &[][..],
@@ -438,32 +512,10 @@ impl StoreWriter {
                 );
             }
         }
-
-        if !replay {
-            let last = entries.last().map_or(0, |e| e.wal_seq);
-            derive_rollups(&mut writes, last);
-        }
-        for ((tier, part_start), w) in writes {
-            let partition = self.store.partitions().get_or_create(tier, part_start)?;
-            let mut batch = sled::Batch::default();
-            for ((series, at), value) in &w.queries {
-                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
-            }
-            for ((series, at), value) in &w.instances {
-                self.merge_window(&partition, *series, *at, value, false, &mut batch)?;
-            }
-            for ((series, at), value) in &w.pools {
-                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
-            }
-            for ((series, at), value) in &w.health {
-                self.merge_window(&partition, *series, *at, value, true, &mut batch)?;
-            }
-            for (k, v) in w.slow {
-                batch.insert(&k[..], v);
-            }
-            batch.insert(key::APPLIED_LOG, &w.last_entry.to_be_bytes()[..]);
+        for (key, batch) in encode_writes(&self.store, writes, &mut self.state.pending_chunks)? {
+            let partition = self.store.partitions().get_or_create(key.0, key.1)?;
             partition.apply(batch)?;
-            self.state.dirty.insert((tier, part_start));
+            self.state.dirty.insert(key);
         }
         if let Some(last) = entries.last() {
             meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
@@ -472,37 +524,100 @@ impl StoreWriter {
         registry.meta().apply_batch(meta_batch)?;
         Ok(())
     }
+}
 
-    /// Merges `value` into the single-window record (series, at) of
-    /// `partition` and, for compactable series, marks its chunk for
-    /// compaction. A write never touches a compacted chunk: a late window
-    /// stays a single beside it until compaction folds it in, and readers
-    /// add the two. (Rewriting chunks here once lost every window but the
-    /// last when a group held several windows of one chunk.)
-    fn merge_window<V: WindowValue>(
-        &mut self,
-        partition: &Partition,
-        series: u32,
-        at: i64,
-        value: &V,
-        compactable: bool,
-        batch: &mut sled::Batch,
-    ) -> Result<(), StoreError> {
-        let tier = partition.tier;
-        let single = key::window(series, at, key::SINGLE);
-        let merged = match partition.get(&single)? {
-            Some(bytes) => {
-                let mut existing = V::decode(&bytes)?;
-                existing.merge(value);
-                existing
-            }
-            None => value.clone(),
-        };
-        batch.insert(&single[..], merged.encode());
-        let chunk_start = floor(at, tier.chunk_ms());
-        if compactable && self.state.pending_chunks.insert((tier, series, chunk_start)) {
-            batch.insert(&key::pending_chunk(chunk_start, series)[..], &[][..]);
-        }
-        Ok(())
+/// Encodes `writes` as one sled batch per partition: every window merged
+/// into what the partition holds (read, merge, write) and the partition's
+/// last applied log entry. Nothing is applied: the caller applies each batch
+/// atomically, so a partition has all of these windows or none.
+pub(crate) fn encode_writes(
+    store: &Store,
+    writes: BTreeMap<(Tier, i64), PartitionWrites>,
+    pending_chunks: &mut HashSet<(Tier, u32, i64)>,
+) -> Result<Vec<((Tier, i64), sled::Batch)>, StoreError> {
+    let mut out = Vec::with_capacity(writes.len());
+    for ((tier, part_start), w) in writes {
+        let partition = store.partitions().get_or_create(tier, part_start)?;
+        let mut batch = sled::Batch::default();
+        let last_entry = w.last_entry;
+        encode_into(&partition, w, pending_chunks, &mut batch)?;
+        batch.insert(key::APPLIED_LOG, &last_entry.to_be_bytes()[..]);
+        out.push(((tier, part_start), batch));
     }
+    Ok(out)
+}
+
+/// Adds the windows of `w` to `batch`, each merged into what `partition`
+/// holds (the caller adds the partition's last applied log entry).
+pub(crate) fn encode_into(
+    partition: &Partition,
+    w: PartitionWrites,
+    pending_chunks: &mut HashSet<(Tier, u32, i64)>,
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    for ((series, at), value) in &w.queries {
+        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
+    }
+    for ((series, at), value) in &w.instances {
+        merge_window(partition, *series, *at, value, None, batch)?;
+    }
+    for ((series, at), value) in &w.pools {
+        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
+    }
+    for ((series, at), value) in &w.health {
+        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
+    }
+    for (k, v) in w.slow {
+        batch.insert(&k[..], v);
+    }
+    Ok(())
+}
+
+impl WriterState {
+    /// The unique part of the key of the next slow sample of `service` in
+    /// the raw partition starting at `part_start`, or `None` once the
+    /// partition holds as many as it keeps.
+    fn slow_slot(&mut self, part_start: i64, service: u32, wal_seq: u64, max: u64) -> Option<u64> {
+        let count = self.slow_counts.entry((part_start, service)).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        self.slow_unique += 1;
+        Some((wal_seq << 16) | (self.slow_unique & 0xffff))
+    }
+}
+
+/// Merges `value` into the single-window record (series, at) of `partition`
+/// and, for compactable series (`pending_chunks` given), marks its chunk for
+/// compaction. A write never touches a compacted chunk: a late window stays a
+/// single beside it until compaction folds it in, and readers add the two.
+/// (Rewriting chunks here once lost every window but the last when a group
+/// held several windows of one chunk.)
+fn merge_window<V: WindowValue>(
+    partition: &Partition,
+    series: u32,
+    at: i64,
+    value: &V,
+    pending_chunks: Option<&mut HashSet<(Tier, u32, i64)>>,
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    let tier = partition.tier;
+    let single = key::window(series, at, key::SINGLE);
+    let merged = match partition.get(&single)? {
+        Some(bytes) => {
+            let mut existing = V::decode(&bytes)?;
+            existing.merge(value);
+            existing
+        }
+        None => value.clone(),
+    };
+    batch.insert(&single[..], merged.encode());
+    let chunk_start = floor(at, tier.chunk_ms());
+    if let Some(pending) = pending_chunks
+        && pending.insert((tier, series, chunk_start))
+    {
+        batch.insert(&key::pending_chunk(chunk_start, series)[..], &[][..]);
+    }
+    Ok(())
 }

@@ -1,0 +1,460 @@
+//! Open windows, in memory.
+//!
+//! A live batch is logged (fsynced) and then merged here, at raw resolution
+//! only; it never touches a partition on the way to its acknowledgement. The
+//! 1-minute and 1-hour windows are sums of raw windows, so they are derived
+//! when the memtable is flushed (and, for reads, on the fly), which keeps one
+//! merge per series and batch instead of three.
+//!
+//! The memtable holds deltas: what arrived since the last flush. A flush
+//! freezes the active table (writes go on into a fresh one), derives the
+//! rollups of the frozen one and merges every window into its partition
+//! once, on the flushing thread. A late window is simply a delta for an old
+//! time: it merges into its own raw, 1-minute and 1-hour windows like any
+//! other.
+//!
+//! Readers add the memtable to what the partitions hold. A flush commits one
+//! partition at a time under the tables' write lock and marks it done, so a
+//! reader sees every window exactly once: in the frozen table or in the
+//! partition, never both.
+//!
+//! Memory is bounded by [`Limits::memtable_bytes`](super::Limits): the writer
+//! freezes the table when it reaches half of it (or after
+//! [`FLUSH_EVERY`]), and waits for the running flush when it reaches all of it,
+//! which slows acknowledgements (back-pressure) instead of growing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use querypulse_domain::{Fingerprint, HealthCheckStats, QueryStats};
+
+use super::StoreError;
+use super::codec::{In, InstanceQueries, InstanceQuery, Out, TimedPool, WindowValue};
+use super::partition::{Tier, ceil, floor};
+
+/// The active table is frozen and flushed at least this often while it
+/// holds anything.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Per-instance counters of one window, packed as varints: a fleet of
+/// thousands of instances reporting a thousand statements each keeps
+/// millions of these open, at about 12 bytes each instead of 56.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackedInstances(Vec<u8>);
+
+impl PackedInstances {
+    pub(crate) fn pack(queries: &InstanceQueries) -> PackedInstances {
+        let mut out = Out::default();
+        out.u(queries.0.len() as u64);
+        let mut previous = 0u32;
+        for q in &queries.0 {
+            out.u(u64::from(q.series - previous));
+            previous = q.series;
+            out.u(q.calls);
+            out.u(q.errors);
+            out.u(q.rows);
+            out.u(q.sum_us);
+            out.u(q.min_us);
+            out.u(q.max_us);
+        }
+        out.0.shrink_to_fit();
+        PackedInstances(out.0)
+    }
+
+    pub(crate) fn unpack(&self) -> InstanceQueries {
+        self.try_unpack().expect("the memtable decodes what it packed itself")
+    }
+
+    fn try_unpack(&self) -> Result<InstanceQueries, StoreError> {
+        let mut input = In(&self.0);
+        let len = input.u()? as usize;
+        let mut entries = Vec::with_capacity(len.min(1 << 20));
+        let mut series = 0u32;
+        for _ in 0..len {
+            series = series
+                .checked_add(input.u32()?)
+                .ok_or_else(|| StoreError::Corrupt("series id overflow".into()))?;
+            entries.push(InstanceQuery {
+                series,
+                calls: input.u()?,
+                errors: input.u()?,
+                rows: input.u()?,
+                sum_us: input.u()?,
+                min_us: input.u()?,
+                max_us: input.u()?,
+            });
+        }
+        Ok(InstanceQueries(entries))
+    }
+
+    fn merge(&mut self, other: &PackedInstances) {
+        let mut merged = self.unpack();
+        merged.merge(&other.unpack());
+        *self = PackedInstances::pack(&merged);
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.len() + 48
+    }
+}
+
+/// Approximate heap bytes of a buffered window, for the memtable bound.
+fn query_bytes(stats: &QueryStats) -> usize {
+    200 + 16 * stats.latency.indexed_buckets().len() + 32 * stats.error_classes.len()
+}
+
+/// Raw windows (deltas) of one raw partition, keyed by (series, window start).
+#[derive(Debug, Default)]
+pub(crate) struct Buffered {
+    pub queries: BTreeMap<(u32, i64), QueryStats>,
+    pub instances: BTreeMap<(u32, i64), PackedInstances>,
+    pub pools: BTreeMap<(u32, i64), TimedPool>,
+    pub health: BTreeMap<(u32, i64), HealthCheckStats>,
+    /// Slow-query samples: (key, value) as the partition stores them.
+    pub slow: Vec<([u8; 21], Vec<u8>)>,
+}
+
+/// One memtable: raw deltas by raw partition start.
+#[derive(Debug, Default)]
+pub(crate) struct Memtable {
+    pub parts: BTreeMap<i64, Buffered>,
+    /// Approximate heap bytes.
+    pub bytes: usize,
+    /// Windows buffered (distinct series and window start).
+    pub windows: usize,
+    /// The last log entry merged in: every entry up to it is in this table
+    /// or an older one.
+    pub last_seq: u64,
+    /// When the first window was merged in.
+    pub opened: Option<Instant>,
+}
+
+fn merge_into<V: Clone>(
+    map: &mut BTreeMap<(u32, i64), V>,
+    key: (u32, i64),
+    value: &V,
+    merge: impl FnOnce(&mut V, &V),
+) -> bool {
+    match map.get_mut(&key) {
+        Some(existing) => {
+            merge(existing, value);
+            false
+        }
+        None => {
+            map.insert(key, value.clone());
+            true
+        }
+    }
+}
+
+impl Memtable {
+    fn part(&mut self, at: i64) -> &mut Buffered {
+        if self.opened.is_none() {
+            self.opened = Some(Instant::now());
+        }
+        self.parts.entry(floor(at, Tier::Raw.partition_ms())).or_default()
+    }
+
+    pub(crate) fn add_query(&mut self, series: u32, at: i64, stats: &QueryStats) {
+        let map = &mut self.part(at).queries;
+        let added = match map.get_mut(&(series, at)) {
+            Some(existing) => {
+                existing.merge(stats);
+                0
+            }
+            None => {
+                // Stored windows carry no fingerprint: readers set it from
+                // the series.
+                let mut stats = stats.clone();
+                stats.fingerprint = Fingerprint::OTHER;
+                let bytes = query_bytes(&stats);
+                map.insert((series, at), stats);
+                bytes
+            }
+        };
+        if added > 0 {
+            self.bytes += added;
+            self.windows += 1;
+        }
+    }
+
+    pub(crate) fn add_instances(&mut self, series: u32, at: i64, packed: &PackedInstances) {
+        let map = &mut self.part(at).instances;
+        let (added, removed, new) = match map.get_mut(&(series, at)) {
+            Some(existing) => {
+                let before = existing.bytes();
+                existing.merge(packed);
+                (existing.bytes(), before, false)
+            }
+            None => {
+                map.insert((series, at), packed.clone());
+                (packed.bytes(), 0, true)
+            }
+        };
+        self.bytes = (self.bytes + added).saturating_sub(removed);
+        self.windows += usize::from(new);
+    }
+
+    pub(crate) fn add_pool(&mut self, series: u32, at: i64, pool: &TimedPool) {
+        if merge_into(&mut self.part(at).pools, (series, at), pool, |a, b| a.merge(b)) {
+            self.windows += 1;
+            self.bytes += 400;
+        }
+    }
+
+    pub(crate) fn add_health(&mut self, series: u32, at: i64, check: &HealthCheckStats) {
+        if merge_into(&mut self.part(at).health, (series, at), check, |a, b| a.merge(b)) {
+            self.windows += 1;
+            self.bytes += 200;
+        }
+    }
+
+    pub(crate) fn add_slow(&mut self, at: i64, key: [u8; 21], value: Vec<u8>) {
+        self.bytes += 64 + value.len();
+        self.part(at).slow.push((key, value));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    pub(crate) fn age(&self) -> Duration {
+        self.opened.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// The tables readers add to the partitions.
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub active: Memtable,
+    /// The table being flushed, if any.
+    pub frozen: Option<Arc<Memtable>>,
+    /// Partitions (tier, start) the frozen table's windows have been
+    /// committed to: readers skip its contributions there.
+    pub committed: HashSet<(Tier, i64)>,
+    /// Raw partitions whose frozen slow samples are committed.
+    pub slow_committed: HashSet<i64>,
+}
+
+/// How the memtable has fared since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemtableStats {
+    /// Approximate bytes of the active and the frozen table.
+    pub bytes: u64,
+    /// Windows buffered in the active and the frozen table.
+    pub windows: u64,
+    /// Flushes that wrote the tables to the partitions.
+    pub flushes: u64,
+    /// Flushes started early because the active table reached half of its
+    /// bound (a flood of distinct series or windows).
+    pub early_flushes: u64,
+    /// Times the writer waited for a flush because the active table was
+    /// full: ingest slowed down instead of growing.
+    pub stalls: u64,
+}
+
+/// Raw windows of a value type in a memtable, for readers.
+pub(crate) trait Buffer: WindowValue {
+    /// Calls `add` with every raw window of `series` starting in `[from,
+    /// to)` buffered in `part`.
+    fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self));
+}
+
+fn range<V>(map: &BTreeMap<(u32, i64), V>, series: u32, from: i64, to: i64) -> impl Iterator<Item = (i64, &V)> {
+    map.range((series, from)..(series, to)).map(|((_, at), v)| (*at, v))
+}
+
+impl Buffer for QueryStats {
+    fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self)) {
+        for (at, v) in range(&part.queries, series, from, to) {
+            add(at, v.clone());
+        }
+    }
+}
+
+impl Buffer for InstanceQueries {
+    fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self)) {
+        for (at, v) in range(&part.instances, series, from, to) {
+            add(at, v.unpack());
+        }
+    }
+}
+
+impl Buffer for TimedPool {
+    fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self)) {
+        for (at, v) in range(&part.pools, series, from, to) {
+            add(at, v.clone());
+        }
+    }
+}
+
+impl Buffer for HealthCheckStats {
+    fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self)) {
+        for (at, v) in range(&part.health, series, from, to) {
+            add(at, v.clone());
+        }
+    }
+}
+
+impl Tables {
+    /// Calls `add(window start in tier, value)` for every buffered raw window
+    /// of `series` whose `tier` window starts in `[from, to)`: the frozen
+    /// table's (unless committed to that partition), then the active one's.
+    pub(crate) fn visit<V: Buffer>(&self, tier: Tier, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, V)) {
+        // A raw window at `t` belongs to the tier window starting at
+        // align(t), which lies in [from, to) exactly when t does in
+        // [ceil(from), ceil(to)) (window-aligned).
+        let (lo, hi) = match tier.window_ms() {
+            Some(len) => (ceil(from, len), ceil(to, len)),
+            None => (from, to),
+        };
+        let tables = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .map(|t| (t, true))
+            .chain([(&self.active, false)]);
+        for (table, frozen) in tables {
+            let first = floor(lo, Tier::Raw.partition_ms());
+            for (_, part) in table.parts.range(first..hi) {
+                V::buffered(part, series, lo, hi, &mut |at, value| {
+                    let aligned = tier.align(at);
+                    if frozen && self.committed.contains(&(tier, floor(aligned, tier.partition_ms()))) {
+                        return;
+                    }
+                    add(aligned, value);
+                });
+            }
+        }
+    }
+
+    /// Starts of the raw partitions the tables hold windows of, overlapping
+    /// `[from, to)`.
+    pub(crate) fn raw_parts(&self, from: i64, to: i64) -> Vec<i64> {
+        let first = floor(from, Tier::Raw.partition_ms());
+        let mut out: Vec<i64> = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .chain([&self.active])
+            .flat_map(|t| t.parts.range(first..to).map(|(start, _)| *start))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Buffered slow samples with keys in `[start, end)` of the raw
+    /// partitions starting in `[from, to)`.
+    pub(crate) fn slow(&self, start: &[u8], end: &[u8], from: i64, to: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let tables = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .map(|t| (t, true))
+            .chain([(&self.active, false)]);
+        for (table, frozen) in tables {
+            let first = floor(from, Tier::Raw.partition_ms());
+            for (part_start, part) in table.parts.range(first..to) {
+                if frozen && self.slow_committed.contains(part_start) {
+                    continue;
+                }
+                for (k, v) in &part.slow {
+                    if (start..end).contains(&&k[..]) {
+                        out.push((k.to_vec(), v.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.active.bytes + self.frozen.as_ref().map_or(0, |f| f.bytes)
+    }
+
+    pub(crate) fn windows(&self) -> usize {
+        self.active.windows + self.frozen.as_ref().map_or(0, |f| f.windows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_instances_round_trip_and_merge_by_series() {
+        let a = InstanceQueries(vec![
+            InstanceQuery {
+                series: 3,
+                calls: 2,
+                errors: 1,
+                rows: 5,
+                sum_us: 300,
+                min_us: 100,
+                max_us: 200,
+            },
+            InstanceQuery {
+                series: 9,
+                calls: 1,
+                sum_us: 7,
+                min_us: 7,
+                max_us: 7,
+                ..Default::default()
+            },
+        ]);
+        let b = InstanceQueries(vec![InstanceQuery {
+            series: 9,
+            calls: 1,
+            sum_us: 3,
+            min_us: 3,
+            max_us: 3,
+            ..Default::default()
+        }]);
+        let mut packed = PackedInstances::pack(&a);
+        assert_eq!(packed.unpack(), a);
+        packed.merge(&PackedInstances::pack(&b));
+        let mut expected = a.clone();
+        expected.merge(&b);
+        assert_eq!(packed.unpack(), expected);
+        assert!(packed.0.len() < 2 * 56, "packed is compact: {} bytes", packed.0.len());
+    }
+
+    #[test]
+    fn reads_align_raw_windows_to_the_tier_and_skip_committed_frozen_windows() {
+        let mut stats = QueryStats::new(Fingerprint::new(1));
+        stats.record(1_000, 1, None);
+        let mut frozen = Memtable::default();
+        frozen.add_query(7, 60_000, &stats);
+        frozen.add_query(7, 70_000, &stats);
+        let mut tables = Tables {
+            frozen: Some(Arc::new(frozen)),
+            ..Default::default()
+        };
+        tables.active.add_query(7, 110_000, &stats);
+        tables.active.add_query(8, 110_000, &stats);
+        let calls = |tables: &Tables, tier: Tier, from: i64, to: i64| {
+            let mut seen = Vec::new();
+            tables.visit::<QueryStats>(tier, 7, from, to, &mut |at, v| seen.push((at, v.calls)));
+            seen
+        };
+        assert_eq!(
+            calls(&tables, Tier::Raw, 60_000, 110_000),
+            vec![(60_000, 1), (70_000, 1)]
+        );
+        assert_eq!(
+            calls(&tables, Tier::Minute, 60_000, 120_000),
+            vec![(60_000, 1), (60_000, 1), (60_000, 1)]
+        );
+        assert_eq!(calls(&tables, Tier::Minute, 0, 60_000), vec![]);
+        tables.committed.insert((Tier::Minute, 0));
+        assert_eq!(calls(&tables, Tier::Minute, 60_000, 120_000), vec![(60_000, 1)]);
+        assert_eq!(
+            calls(&tables, Tier::Raw, 60_000, 120_000).len(),
+            3,
+            "raw not committed yet"
+        );
+    }
+}
