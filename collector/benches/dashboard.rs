@@ -145,12 +145,7 @@ fn fill(store_dir: &std::path::Path, now: i64) -> (Store, i64) {
         writer.write(requests).expect("the write");
     }
     clock.set(now);
-    while writer
-        .maintain(Duration::from_secs(5))
-        .expect("maintenance")
-        .chunks_compacted
-        > 0
-    {}
+    writer.settle().expect("settling the store");
     eprintln!(
         "filled {} windows x {INSTANCES} instances x {FINGERPRINTS} fingerprints in {:.1} s",
         (now - from) / EVERY_MS,

@@ -25,13 +25,9 @@ use querypulse_store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWrite
 
 /// Batches applied together before one fsync.
 const MAX_GROUP: usize = 512;
-/// How often the writer runs a maintenance pass, and for how long at most.
+/// How often the writer runs a maintenance pass (retention, sealing, and a
+/// memtable flush when one is due even without new batches).
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
-const MAINTENANCE_BUDGET: Duration = Duration::from_millis(50);
-/// The budget of a pass while no batch waits for the writer: compaction
-/// catches up after a burst (agents resending an outage's windows) without
-/// delaying anyone.
-const IDLE_MAINTENANCE_BUDGET: Duration = Duration::from_millis(400);
 /// Requests queued for the writer before stream tasks wait.
 const WRITER_QUEUE: usize = 1_024;
 /// Unacknowledged batches per stream before the stream stops reading.
@@ -162,12 +158,7 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
                 }
             }
         }
-        let budget = if rx.is_empty() {
-            IDLE_MAINTENANCE_BUDGET
-        } else {
-            MAINTENANCE_BUDGET
-        };
-        if maintain && let Err(error) = writer.maintain(budget) {
+        if maintain && let Err(error) = writer.maintain() {
             tracing::error!(%error, "store maintenance failed");
         }
     }
@@ -362,13 +353,23 @@ impl StreamTask {
                 Ok(AgentMessage::Batch(batch)) => match self.check_time(&batch) {
                     Err(reason) => reject(&hello, seq, reason),
                     Ok(()) => {
+                        // A text is kept until the store has it: then the
+                        // stream needs it no more (thousands of streams would
+                        // otherwise each hold every text of their service).
+                        texts.retain(|fp, _| !self.store.has_text(*fp));
                         for text in &batch.texts {
+                            if self.store.has_text(text.fingerprint) {
+                                continue;
+                            }
                             if texts.len() < MAX_STREAM_TEXTS || texts.contains_key(&text.fingerprint) {
                                 texts.insert(text.fingerprint, text.text.clone());
                             }
                         }
+                        // Only the texts the store lacks travel on: after
+                        // the first windows that is none.
                         let mut offered: Vec<FingerprintText> = batch
                             .referenced_fingerprints()
+                            .filter(|fp| !self.store.has_text(*fp))
                             .filter_map(|fp| {
                                 texts.get(&fp).map(|text| FingerprintText {
                                     fingerprint: fp,

@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use querypulse_domain::source::{QueryFilter, Source, TimeRange};
@@ -404,7 +403,7 @@ fn run(
             }
             Op::Advance { minutes } => subject.clock.advance(minutes * MINUTE),
             Op::Maintain { wait } => {
-                subject.writer().maintain(Duration::from_secs(60)).unwrap();
+                subject.writer().maintain().unwrap();
                 if wait {
                     testing::wait_for_sealing(subject.writer()).unwrap();
                 }
@@ -420,7 +419,7 @@ fn run(
     subject.clock.advance(2 * DAY);
     subject.writer().checkpoint().unwrap();
     for _ in 0..4 {
-        subject.writer().maintain(Duration::from_secs(60)).unwrap();
+        subject.writer().maintain().unwrap();
         testing::wait_for_sealing(subject.writer()).unwrap();
     }
     check(subject.store(), &model, &seed_ranges)?;

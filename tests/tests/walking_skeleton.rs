@@ -314,12 +314,15 @@ async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_sharing_a_one_batch_ingest_budget_lose_nothing() {
+async fn agents_facing_a_saturated_collector_wait_and_lose_nothing() {
     // With the ingest budget at one byte, the collector decodes and writes
-    // one batch at a time across all streams; the rest wait, then pass.
+    // one batch at a time across all streams; with a memtable of a few
+    // kilobytes, nearly every batch makes the writer wait for a flush. The
+    // agents' batches wait (acknowledgements slow down), then pass.
     let data = tempfile::tempdir().unwrap();
     let mut config = querypulse_collector::Config::ephemeral(data.path());
     config.limits.pending_bytes = 1;
+    config.store_limits.memtable_bytes = 8 << 10;
     let collector = TestCollector::start_with(config).await;
     let agents: Vec<Agent> = (0..8)
         .map(|_| {

@@ -75,7 +75,7 @@ fn ingest(c: &mut Criterion) {
                 clock.set(window + WINDOW_MS);
                 let started = Instant::now();
                 writer.write(requests).unwrap();
-                writer.maintain(Duration::from_millis(5)).unwrap();
+                writer.maintain().unwrap();
                 total += started.elapsed();
             }
             total
@@ -105,7 +105,7 @@ fn read(c: &mut Criterion) {
         };
         writer.write(vec![request]).unwrap();
     }
-    while writer.maintain(Duration::from_secs(5)).unwrap().chunks_compacted > 0 {}
+    writer.settle().unwrap();
     let service = store.service_id("bench").unwrap();
     let mut group = c.benchmark_group("store");
     group.sample_size(20);

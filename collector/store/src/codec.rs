@@ -506,45 +506,58 @@ impl WindowValue for PoolStats {
 /// A pool window as stored: its statistics and the start of the newest agent
 /// window folded into it. "Last" gauges and the configuration come from the
 /// newest window whatever order windows arrive in: a late window merged
-/// into a rollup after a newer one must not replace its last values.
+/// into a rollup after a newer one must not replace its last values. Two
+/// windows of the same start are told apart by the log entry that brought
+/// them, so the result does not depend on the order the store folds its
+/// sources in either.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct TimedPool {
     pub stats: PoolStats,
     /// Start of the newest window folded in; `i64::MIN` for records
     /// written before this was kept (they count as oldest).
     pub latest_ms: i64,
+    /// Log entry of the newest window folded in (0 when not kept).
+    pub latest_seq: u64,
 }
 
-/// First byte of a [`TimedPool`]: never the first byte of a bare
-/// [`PoolStats`] (a database system code below 128), so records written
-/// before the time was kept still read.
+/// First byte of a [`TimedPool`] with its time only, and with its time and
+/// log entry: never the first byte of a bare [`PoolStats`] (a database
+/// system code below 128), so older records still read.
 const TIMED_POOL: u8 = 0xff;
+const TIMED_POOL_SEQ: u8 = 0xfe;
 
 impl WindowValue for TimedPool {
     fn write(&self, out: &mut Out) {
-        out.0.push(TIMED_POOL);
+        out.0.push(TIMED_POOL_SEQ);
         out.i(self.latest_ms);
+        out.u(self.latest_seq);
         self.stats.write(out);
     }
 
     fn read(input: &mut In<'_>) -> Result<Self> {
-        let latest_ms = match input.0.split_first() {
+        let (latest_ms, latest_seq) = match input.0.split_first() {
             Some((&TIMED_POOL, rest)) => {
                 input.0 = rest;
-                input.i()?
+                (input.i()?, 0)
             }
-            _ => i64::MIN,
+            Some((&TIMED_POOL_SEQ, rest)) => {
+                input.0 = rest;
+                (input.i()?, input.u()?)
+            }
+            _ => (i64::MIN, 0),
         };
         Ok(TimedPool {
             stats: PoolStats::read(input)?,
             latest_ms,
+            latest_seq,
         })
     }
 
     fn merge(&mut self, other: &Self) {
-        if other.latest_ms >= self.latest_ms {
+        if (other.latest_ms, other.latest_seq) >= (self.latest_ms, self.latest_seq) {
             self.stats.merge_later(&other.stats);
             self.latest_ms = other.latest_ms;
+            self.latest_seq = other.latest_seq;
         } else {
             let mut merged = other.stats.clone();
             merged.merge_later(&self.stats);
@@ -792,21 +805,6 @@ pub(crate) mod key {
         }
         let series = u32::from_be_bytes(key[1..5].try_into().ok()?);
         Some((series, time_from(&key[5..13])?, key[13]))
-    }
-
-    pub(crate) fn pending_chunk(chunk_start_ms: i64, series: u32) -> [u8; 13] {
-        let mut key = [0u8; 13];
-        key[0] = b'c';
-        key[1..9].copy_from_slice(&time(chunk_start_ms));
-        key[9..13].copy_from_slice(&series.to_be_bytes());
-        key
-    }
-
-    pub(crate) fn parse_pending_chunk(key: &[u8]) -> Option<(i64, u32)> {
-        if key.len() != 13 || key[0] != b'c' {
-            return None;
-        }
-        Some((time_from(&key[1..9])?, u32::from_be_bytes(key[9..13].try_into().ok()?)))
     }
 
     pub(crate) fn slow(at_ms: i64, service: u32, unique: u64) -> [u8; 21] {

@@ -4,29 +4,32 @@
 //! into a fresh table meanwhile, so the flush uses the second core instead of
 //! delaying acknowledgements. A flush derives the 1-minute and 1-hour
 //! windows from the frozen raw windows, a block of series at a time (so the
-//! decoded rollups of only one block are in memory at once), merges every
-//! window into what its partition holds, and builds one sled batch per
-//! partition. It then commits the batches, each atomically with the
-//! partition's last applied log entry, and syncs them. Only then does the
-//! writer drop the log entries the flush covered.
+//! decoded rollups of only one block are in memory at once), and writes
+//! each partition's windows, as deltas, to a new run: an immutable,
+//! compressed file, written once, synced, then renamed into place. Nothing
+//! is read back and no database is touched, which is what makes a window
+//! cost the same however many series exist. Only once every run is in place
+//! does the writer drop the log entries the flush covered.
 //!
-//! After a crash, a partition has either every window of a flush or none of
-//! it, and its last applied entry says which: the log replay applies exactly
-//! what is missing, partition by partition.
+//! After a crash, a partition has either a flush's run or not, and the run's
+//! name carries the last log entry it holds: the log replay applies exactly
+//! what is missing, partition by partition. Runs are merged (smallest first)
+//! as they accumulate, and folded into chunks when the partition is sealed.
 //!
 //! While a flush runs, maintenance that rewrites partitions (compaction,
 //! sealing, retention) waits for the next pass.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
-use super::codec::key;
+use super::codec::{WindowValue, key};
+use super::fold::Fold;
 use super::memtable::{FLUSH_EVERY, Memtable};
-use super::partition::{Partition, Tier};
-use super::write::{PartitionWrites, derive_rollups, encode_into};
+use super::partition::{Entry, Partition, Tier};
+use super::write::{PartitionWrites, derive_rollups};
 use super::{Store, StoreError, StoreWriter};
 
 /// Series whose rollups are derived and encoded together.
@@ -38,13 +41,8 @@ pub(crate) struct FlushJob {
     thread: JoinHandle<FlushResult>,
 }
 
-#[derive(Debug)]
-struct FlushResult {
-    /// The writer's record of chunks marked for compaction, handed back.
-    pending_chunks: HashSet<(Tier, u32, i64)>,
-    /// The last log entry the flush made durable in the partitions.
-    outcome: Result<u64, StoreError>,
-}
+/// The last log entry the flush made durable in the partitions.
+type FlushResult = Result<u64, StoreError>;
 
 fn series_range<V>(map: &BTreeMap<(u32, i64), V>, from: u64, to: u64) -> impl Iterator<Item = (&(u32, i64), &V)> {
     let lo = Bound::Included((from as u32, i64::MIN));
@@ -91,71 +89,130 @@ fn max_series(table: &Memtable) -> Option<u32> {
         .max()
 }
 
-/// Writes the frozen `table` into the partitions and syncs them; on success
-/// the store no longer shows the table (its windows are in the partitions).
-/// Partitions committed by an earlier, failed attempt are skipped.
-fn flush(store: &Store, table: &Memtable, pending: &mut HashSet<(Tier, u32, i64)>) -> Result<u64, StoreError> {
+/// Runs a partition keeps before the smallest are merged.
+pub(crate) const MAX_RUNS: usize = 12;
+/// Runs merged at once.
+const MERGE_RUNS: usize = 8;
+
+/// Writes the frozen `table` into the partitions, one new run per
+/// partition; on success the store no longer shows the table (its windows
+/// are in the runs). Partitions committed by an earlier, failed attempt are
+/// skipped.
+fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
+    let started = std::time::Instant::now();
     // Series ids and texts first: no partition may refer to an id that a
     // crash could lose.
     store.registry().meta().flush()?;
     let last = table.last_seq;
-    let mut batches: BTreeMap<(Tier, i64), (Arc<Partition>, sled::Batch)> = BTreeMap::new();
+    let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
     let blocks = max_series(table).map_or(1, |max| u64::from(max) / SERIES_PER_STEP + 1);
     for block in 0..blocks {
         let from = block * SERIES_PER_STEP;
         let mut writes = block_writes(table, from, from + SERIES_PER_STEP);
         derive_rollups(&mut writes, last);
-        for ((tier, start), w) in writes {
-            let (partition, batch) = match batches.entry((tier, start)) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let partition = store.partitions().get_or_create(tier, start)?;
-                    e.insert((partition, sled::Batch::default()))
-                }
-            };
-            encode_into(partition, w, pending, batch)?;
+        for (partition, w) in writes {
+            encode_deltas(w, entries.entry(partition).or_default());
         }
     }
-    let built = std::time::Instant::now();
-    let mut written = Vec::with_capacity(batches.len());
-    {
-        let mut tables = store.tables_mut();
-        for ((tier, start), (partition, mut batch)) in batches {
-            if tables.committed.contains(&(tier, start)) {
-                continue;
-            }
-            batch.insert(key::APPLIED_LOG, &last.to_be_bytes()[..]);
-            partition.apply(batch)?;
-            tables.committed.insert((tier, start));
-            if tier == Tier::Raw {
-                tables.slow_committed.insert(start);
-            }
-            written.push(partition);
+    let encoded = std::time::Instant::now();
+    let committed = store.tables().committed.clone();
+    let mut runs = Vec::with_capacity(entries.len());
+    for ((tier, start), mut entries) in entries {
+        if entries.is_empty() || committed.contains(&(tier, start)) {
+            continue;
         }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let partition = store.partitions().get_or_create(tier, start)?;
+        let run = partition.write_run(last, entries.into_iter().map(Ok))?;
+        runs.push((partition, run));
     }
-    let committed = std::time::Instant::now();
-    for partition in &written {
-        partition.flush()?;
-    }
-    tracing::debug!(
-        commit_ms = (committed - built).as_millis() as u64,
-        sync_ms = committed.elapsed().as_millis() as u64,
-        "flush committed and synced"
-    );
     // The meta database holds the instances' records and the markers of
     // applied batches up to `last`: durable before the log drops them.
     store.registry().meta().flush()?;
-    let mut tables = store.tables_mut();
-    tables.frozen = None;
-    tables.committed.clear();
-    tables.slow_committed.clear();
+    let mut written = Vec::with_capacity(runs.len());
+    {
+        let mut tables = store.tables_mut();
+        for (partition, run) in runs {
+            let at = (partition.tier, partition.start_ms);
+            partition.install_run(run);
+            tables.committed.insert(at);
+            if at.0 == Tier::Raw {
+                tables.slow_committed.insert(at.1);
+            }
+            written.push(partition);
+        }
+        tables.frozen = None;
+        tables.committed.clear();
+        tables.slow_committed.clear();
+    }
+    let installed = std::time::Instant::now();
+    for partition in written {
+        merge_runs(store, &partition)?;
+    }
+    tracing::debug!(
+        encode_ms = (encoded - started).as_millis() as u64,
+        write_ms = (installed - encoded).as_millis() as u64,
+        merge_ms = installed.elapsed().as_millis() as u64,
+        "flush phases"
+    );
     Ok(last)
+}
+
+/// Every window of `w` as a single-window delta, and its slow samples.
+pub(crate) fn encode_deltas(w: PartitionWrites, out: &mut Vec<Entry>) {
+    fn single<V: WindowValue>(out: &mut Vec<Entry>, series: u32, at: i64, value: &V) {
+        out.push((key::window(series, at, key::SINGLE)[..].into(), value.encode().into()));
+    }
+    for ((series, at), v) in &w.queries {
+        single(out, *series, *at, v);
+    }
+    for ((series, at), v) in &w.instances {
+        single(out, *series, *at, v);
+    }
+    for ((series, at), v) in &w.pools {
+        single(out, *series, *at, v);
+    }
+    for ((series, at), v) in &w.health {
+        single(out, *series, *at, v);
+    }
+    for (k, v) in w.slow {
+        out.push((k[..].into(), v.into()));
+    }
+}
+
+/// Merges runs of `partition` while it has more than [`MAX_RUNS`]: the
+/// [`MERGE_RUNS`] consecutive runs (by log entry) with the fewest bytes, so
+/// reads stay a few files per partition and each window is rewritten a few
+/// times at most (size-tiered, as log-structured stores do). Only
+/// consecutive runs merge: values of one key then still fold in the order
+/// the log has them, which the "last" values of pools and health checks
+/// depend on.
+pub(crate) fn merge_runs(store: &Store, partition: &Partition) -> Result<(), StoreError> {
+    loop {
+        let runs = partition.runs();
+        if runs.len() <= MAX_RUNS {
+            return Ok(());
+        }
+        let start = (0..=runs.len() - MERGE_RUNS)
+            .min_by_key(|&i| runs[i..i + MERGE_RUNS].iter().map(|r| r.bytes).sum::<u64>())
+            .unwrap_or(0);
+        let runs = &runs[start..start + MERGE_RUNS];
+        let seq = runs.iter().map(|r| r.seq).max().unwrap_or(0);
+        let kind_of = |series: u32| store.series_kind(series);
+        let sources = runs
+            .iter()
+            .map(|r| Box::new(r.iter()) as Box<dyn Iterator<Item = _>>)
+            .collect();
+        let merged = partition.write_run(seq, Fold::singles(partition.tier, sources, &kind_of))?;
+        partition.replace_runs(runs, Some(merged));
+    }
 }
 
 impl StoreWriter {
     /// Starts a flush when the active table is due (old enough, or half of
-    /// its bound); when it is full while a flush runs, waits for that flush
-    /// first, so ingest slows down instead of growing.
+    /// the bound); when it is at half of the bound while the previous flush
+    /// still runs, waits for that flush first, so ingest slows down instead
+    /// of growing.
     pub(crate) fn flush_if_due(&mut self) -> Result<(), StoreError> {
         self.poll_flush()?;
         let limit = self.store.limits().memtable_bytes;
@@ -171,7 +228,10 @@ impl StoreWriter {
             return Ok(());
         }
         if self.state.flushing.is_some() {
-            if bytes < limit {
+            // Two halves: the active table fills while the frozen one is
+            // flushed; a full half waits for the other, so both together stay
+            // within the bound (give or take the batch just merged into each).
+            if !early {
                 return Ok(());
             }
             self.store.shared.memtable.stalls.fetch_add(1, Ordering::Relaxed);
@@ -203,12 +263,10 @@ impl StoreWriter {
         let Some(job) = self.state.flushing.take() else {
             return Ok(());
         };
-        let result = job
+        let last = job
             .thread
             .join()
-            .map_err(|_| StoreError::Io("the memtable flush thread panicked".into()))?;
-        self.state.pending_chunks = result.pending_chunks;
-        let last = result.outcome?;
+            .map_err(|_| StoreError::Io("the memtable flush thread panicked".into()))??;
         self.store.shared.memtable.flushes.fetch_add(1, Ordering::Relaxed);
         self.wal.truncate_through(last)
     }
@@ -230,12 +288,11 @@ impl StoreWriter {
             }
         };
         let store = self.store.clone();
-        let mut pending_chunks = std::mem::take(&mut self.state.pending_chunks);
         let thread = std::thread::Builder::new()
             .name("querypulse-flush".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let outcome = flush(&store, &frozen, &mut pending_chunks);
+                let outcome = flush(&store, &frozen);
                 tracing::debug!(
                     windows = frozen.windows,
                     bytes = frozen.bytes,
@@ -243,10 +300,7 @@ impl StoreWriter {
                     ok = outcome.is_ok(),
                     "flushed the memtable"
                 );
-                FlushResult {
-                    pending_chunks,
-                    outcome,
-                }
+                outcome
             })
             .map_err(|e| StoreError::Io(format!("starting the memtable flush thread: {e}")))?;
         self.state.flushing = Some(FlushJob { thread });

@@ -2,38 +2,50 @@
 //!
 //! # Design
 //!
-//!
 //! - **Durability**: every accepted batch is appended to a write-ahead log
 //!   and fsynced (one fsync per group of batches) before it is acknowledged.
-//! - **Partitions**: windows live in sled databases, one per resolution and
-//!   time span ([`Tier`]); expiry deletes whole partition directories.
+//!   Nothing else is on the acknowledgement's path.
+//! - **Memtable**: an acknowledged batch is merged into an in-memory table
+//!   of open raw windows (deltas since the last flush); the 1-minute and
+//!   1-hour windows are sums of raw windows, derived when the table is
+//!   flushed and, for reads, on the fly. Its size is bounded
+//!   ([`Limits::memtable_bytes`]): half fills while the other half is
+//!   flushed, and a full half makes ingest wait.
+//! - **Runs**: a flush, on a thread of its own, writes each partition's
+//!   windows once, as an immutable compressed file of deltas, named after
+//!   the last log entry it holds; readers add a window's deltas up. Runs
+//!   are merged as they accumulate (size-tiered). No read-modify-write,
+//!   so a window costs the same however many series exist.
+//! - **Partitions**: windows live in directories per resolution and time
+//!   span ([`Tier`]); expiry deletes whole directories.
 //! - **Series**: keys are series id then window start, big-endian, so a range
 //!   scan of one series is a time range. Query series are per service, every
 //!   instance merged (histograms added, never averaged); per-instance
-//!   counters, pools and health checks have their own series.
-//! - **Rollups**: a batch is merged into its raw window and, in the same
-//!   write, into its 1-minute and 1-hour windows, so rollups are exact and
-//!   late windows land in their own time at every resolution.
-//! - **Chunks**: once a chunk span has passed, the windows of a series in it
-//!   are re-encoded together and compressed. A window that arrives later is
-//!   written as a single window beside the chunk, never into it; readers add
-//!   the two, and the next compaction folds it in. Merges do not depend on
-//!   the order windows arrive in (a pool's "last" values go by window time).
-//! - **Time**: every decision by the time (replay, compaction, sealing,
-//!   retention) reads the [`Clock`] given to [`Store::open`]. Checks that the
-//!   store agrees with itself: [`verify`].
-//! - **Sealing**: once a partition's span has passed and its chunks are
-//!   final, a background thread rewrites it as one immutable file of zstd
-//!   blocks (`sealed.seg`) and the sled database is deleted: sled needs more
-//!   than twice the bytes it holds and never returns space. A window that
-//!   arrives later still goes to a small sled overlay beside the sealed file,
-//!   folded into a new sealed file once it has been quiet for 5 minutes.
+//!   counters (all statements of one instance and window in one packed
+//!   record), pools and health checks have their own series.
+//! - **Late windows** are deltas for an old time: they merge into their own
+//!   raw, 1-minute and 1-hour windows like any other. Merges do not depend
+//!   on the order windows arrive in (a pool's "last" values go by window
+//!   time, then by log order).
+//! - **Sealing**: once a partition's span has passed, a background thread
+//!   folds everything it holds into one immutable file of zstd blocks
+//!   (`sealed.seg`), each series' windows as compressed chunks, and deletes
+//!   the runs it folded. A window that arrives later still goes to a new run
+//!   beside the sealed file, folded into a new sealed file once the
+//!   partition has been quiet for 5 minutes.
+//! - **Time**: every decision by the time (replay, sealing, retention)
+//!   reads the [`Clock`] given to [`Store::open`]. Checks that the store
+//!   agrees with itself: [`verify`].
+//! - **Older stores**: windows that versions before the runs wrote to a
+//!   sled database per partition are still read, and folded in when the
+//!   partition is sealed.
 //!
 //! One writer ([`StoreWriter`]) owns every change; readers ([`Store`]) run
 //! concurrently.
 
 mod codec;
 mod flush;
+mod fold;
 mod maintain;
 mod memtable;
 mod partition;
@@ -94,8 +106,9 @@ pub struct Limits {
     pub max_instances_per_service: usize,
     /// Slow-query samples kept per service and raw partition (6 h).
     pub max_slow_samples: u64,
-    /// Bytes the memtable of open windows may take (approximately): it is
-    /// flushed at half of this, and ingest waits for the flush at all of it.
+    /// Bytes the memtable of open windows may take (approximately): half
+    /// fills while the other half is flushed; a full half waits for the
+    /// flush of the other (ingest slows down instead of growing).
     pub memtable_bytes: usize,
 }
 
@@ -173,7 +186,7 @@ impl Store {
         };
         let mut applied = write::applied_log(store.shared.registry.meta())?;
         for partition in store.shared.partitions.all() {
-            applied = applied.max(write::partition_applied_log(&partition)?);
+            applied = applied.max(partition.applied_log()?);
         }
         let (wal, entries) = Wal::open(&dir.join("wal"), applied + 1)?;
         let mut writer = StoreWriter::new(store.clone(), wal);
@@ -232,6 +245,17 @@ impl Store {
 
     fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// What series `id` holds, for folding its windows.
+    fn series_kind(&self, id: u32) -> Option<partition::SeriesKind> {
+        use partition::SeriesKind;
+        Some(match self.registry().series(id)? {
+            SeriesKey::Query { .. } => SeriesKind::Query,
+            SeriesKey::InstanceQueries { .. } => SeriesKind::Instances,
+            SeriesKey::Pool { .. } => SeriesKind::Pool,
+            SeriesKey::Health { .. } => SeriesKind::Health,
+        })
     }
 
     /// The memtable, for a read: held while the partitions are read too, so

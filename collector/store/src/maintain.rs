@@ -1,5 +1,6 @@
-//! Background work of the writer: checkpoints, compaction, retention and
-//! the size cap. Each pass is bounded in time so ingest never waits long.
+//! Background work of the writer: retention and the size cap, sealing
+//! closed partitions, checkpoints. Each pass is bounded in time so ingest
+//! never waits long.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,24 +8,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use querypulse_domain::{HealthCheckStats, QueryStats};
-
-use super::codec::{TimedPool, WindowValue, decode_chunk, encode_chunk, key};
-use super::partition::{Partition, Partitions, Tier};
-use super::registry::SeriesKey;
+use super::codec::key;
+use super::partition::{Partition, Partitions, Run, Tier};
 use super::{StoreError, StoreWriter};
 
-/// After a chunk span has ended, this long passes before it is compacted.
-/// Windows arriving later are single windows beside the chunk until the next
-/// compaction folds them in.
-pub(crate) const COMPACTION_GRACE_MS: i64 = 10 * 60_000;
-
-/// Databases that compaction wrote to are flushed at least this often.
+/// Databases a replay wrote to are flushed at least this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
-/// A partition is sealed once its span ended this long ago (after the
-/// compaction grace, so its chunks are final) and nothing awaits compaction.
-const SEAL_AFTER_MS: i64 = COMPACTION_GRACE_MS + 5 * 60_000;
+/// A partition is sealed once its span ended this long ago: windows that
+/// agents send a little late still go to its runs first, and the sealed file
+/// is written once.
+const SEAL_AFTER_MS: i64 = 15 * 60_000;
 
 /// A sealed partition's overlay of late writes is folded into a new sealed
 /// file once it has not changed for this long.
@@ -35,16 +29,15 @@ const OVERLAY_IDLE_MS: i64 = 5 * 60_000;
 pub(crate) struct SealJob {
     partition: Arc<Partition>,
     generation: u64,
-    thread: JoinHandle<Result<PathBuf, StoreError>>,
+    thread: JoinHandle<Result<Sealed, StoreError>>,
 }
+
+/// A sealed file written beside its partition and the runs folded into it.
+type Sealed = (PathBuf, Vec<Arc<Run>>);
 
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {
-    /// Chunks written by compaction.
-    pub chunks_compacted: usize,
-    /// Single windows folded into chunks.
-    pub windows_compacted: usize,
     /// Partitions deleted by retention or the size cap.
     pub partitions_dropped: usize,
     /// Partitions replaced by their sealed form.
@@ -55,18 +48,16 @@ pub struct MaintenanceReport {
 
 impl StoreWriter {
     /// Runs one maintenance pass at the store clock's time: retention and
-    /// size cap, compaction (for at most `budget`), sealing, and a checkpoint
-    /// when one is due.
-    pub fn maintain(&mut self, budget: Duration) -> Result<MaintenanceReport, StoreError> {
+    /// size cap, sealing (on a background thread), a checkpoint when one is
+    /// due, and a memtable flush when one is due.
+    pub fn maintain(&mut self) -> Result<MaintenanceReport, StoreError> {
         let now_ms = self.store.now_ms();
-        let started = Instant::now();
         self.poll_flush()?;
         let mut report = MaintenanceReport::default();
-        // Compaction, sealing and retention rewrite partitions: they wait
-        // while a flush writes to them.
+        // Sealing and retention replace partitions: they wait while a flush
+        // writes to them.
         if !self.flush_running() {
             report.partitions_dropped = self.expire(now_ms)?;
-            self.compact(now_ms, started + budget, &mut report)?;
             report.partitions_sealed = self.seal(now_ms)?;
             if self.state.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 self.sync()?;
@@ -85,14 +76,21 @@ impl StoreWriter {
         self.sync()
     }
 
-    /// Flushes the databases that compaction or a replay wrote to.
-    fn sync(&mut self) -> Result<(), StoreError> {
-        let partitions = self.store.partitions();
-        for (tier, start) in std::mem::take(&mut self.state.dirty) {
-            if let Some(partition) = partitions.get(tier, start) {
-                partition.flush()?;
+    /// Brings the store to rest: flushes the memtable, then seals every
+    /// partition whose time has come, waiting for each (benchmarks and tests
+    /// measure the steady state this way).
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        self.checkpoint()?;
+        loop {
+            let report = self.maintain()?;
+            if self.wait_for_sealing()? == 0 && report.partitions_sealed == 0 {
+                return Ok(());
             }
         }
+    }
+
+    /// Flushes the databases that compaction or a replay wrote to.
+    fn sync(&mut self) -> Result<(), StoreError> {
         self.store.registry().meta().flush()?;
         if let Some(applied) = self.state.applied_since_checkpoint.take() {
             self.wal.truncate_through(applied)?;
@@ -187,10 +185,6 @@ impl StoreWriter {
         }
         self.state.overlays_seen.remove(&(tier, start));
         tracing::info!(tier = tier.name(), start_ms = start, "dropping an expired partition");
-        self.state.dirty.remove(&(tier, start));
-        self.state
-            .pending_chunks
-            .retain(|(t, _, chunk)| *t != tier || *chunk < start || *chunk >= partition.end_ms());
         self.state
             .slow_counts
             .retain(|(part, _), _| tier != Tier::Raw || *part != start);
@@ -234,13 +228,13 @@ impl StoreWriter {
         let all = partitions.all();
         self.state
             .overlays_seen
-            .retain(|at, _| all.iter().any(|p| (p.tier, p.start_ms) == *at && p.has_overlay()));
+            .retain(|at, _| all.iter().any(|p| (p.tier, p.start_ms) == *at && late_writes(p)));
         for partition in all {
             if partition.end_ms() + SEAL_AFTER_MS > now_ms {
                 continue;
             }
             if partition.is_sealed() {
-                if !partition.has_overlay() {
+                if !late_writes(&partition) {
                     continue;
                 }
                 let generation = partition.generation();
@@ -256,14 +250,14 @@ impl StoreWriter {
                     continue;
                 }
             }
-            if !partition.range(b"c", b"d")?.is_empty() {
-                continue;
-            }
+            // Sealing folds everything into chunks, whatever compaction
+            // has or has not done yet.
             let generation = partition.generation();
             let job_partition = partition.clone();
+            let store = self.store.clone();
             let thread = std::thread::Builder::new()
                 .name("querypulse-seal".into())
-                .spawn(move || Partitions::write_sealed(&job_partition))
+                .spawn(move || Partitions::write_sealed(&job_partition, &|series| store.series_kind(series)))
                 .map_err(|e| StoreError::Io(format!("starting the sealing thread: {e}")))?;
             tracing::debug!(
                 tier = partition.tier.name(),
@@ -297,8 +291,8 @@ impl StoreWriter {
             .thread
             .join()
             .map_err(|_| StoreError::Io("the sealing thread panicked".into()))?;
-        let path = match written {
-            Ok(path) => path,
+        let (path, folded) = match written {
+            Ok(written) => written,
             Err(error) => {
                 tracing::warn!(%error, start_ms = job.partition.start_ms, "sealing a partition failed; it stays as it is");
                 return Ok(0);
@@ -313,109 +307,16 @@ impl StoreWriter {
             return Ok(0);
         }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        partitions.install_sealed(&job.partition, &path)?;
+        partitions.install_sealed(&job.partition, &path, &folded)?;
         let key = (job.partition.tier, job.partition.start_ms);
-        self.state.dirty.remove(&key);
         self.state.overlays_seen.remove(&key);
         tracing::info!(tier = key.0.name(), start_ms = key.1, bytes, "sealed a partition");
         Ok(1)
     }
-
-    /// Compacts chunks whose span (plus a grace period for late windows) has
-    /// passed, oldest first, until `deadline`.
-    fn compact(&mut self, now_ms: i64, deadline: Instant, report: &mut MaintenanceReport) -> Result<(), StoreError> {
-        for partition in self.store.partitions().all() {
-            let tier = partition.tier;
-            let ready_before = now_ms - tier.chunk_ms() - COMPACTION_GRACE_MS;
-            let end = {
-                let mut k = vec![b'c'];
-                k.extend_from_slice(&key::time(ready_before + 1));
-                k
-            };
-            if partition.is_sealed() && !partition.has_overlay() {
-                continue;
-            }
-            let pending: Vec<(i64, u32)> = partition
-                .range(b"c", &end)?
-                .into_iter()
-                .filter_map(|(k, _)| key::parse_pending_chunk(&k))
-                .collect();
-            for (chunk_start, series) in pending {
-                if Instant::now() >= deadline {
-                    return Ok(());
-                }
-                let folded = match self.store.registry().series(series) {
-                    Some(SeriesKey::Query { .. }) => compact_one::<QueryStats>(&partition, series, chunk_start)?,
-                    Some(SeriesKey::Pool { .. }) => compact_one::<TimedPool>(&partition, series, chunk_start)?,
-                    Some(SeriesKey::Health { .. }) => compact_one::<HealthCheckStats>(&partition, series, chunk_start)?,
-                    Some(SeriesKey::InstanceQueries { .. }) | None => {
-                        let mut batch = sled::Batch::default();
-                        batch.remove(&key::pending_chunk(chunk_start, series)[..]);
-                        partition.apply(batch)?;
-                        0
-                    }
-                };
-                self.state.pending_chunks.remove(&(tier, series, chunk_start));
-                self.state.dirty.insert((tier, partition.start_ms));
-                if folded > 0 {
-                    report.chunks_compacted += 1;
-                    report.windows_compacted += folded;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Re-encodes every window of `series` in the chunk starting at
-/// `chunk_start` as one compressed chunk; returns how many single windows
-/// were folded in.
-fn compact_one<V: WindowValue>(partition: &Partition, series: u32, chunk_start: i64) -> Result<usize, StoreError> {
-    let tier = partition.tier;
-    let from = key::window(series, chunk_start, key::SINGLE);
-    let to = key::window(series, chunk_start + tier.chunk_ms(), key::SINGLE);
-    let mut windows: BTreeMap<i64, V> = BTreeMap::new();
-    let mut batch = sled::Batch::default();
-    let mut singles = 0;
-    // A single and the chunk may both hold a window of the same time (a late
-    // window written after an earlier compaction): they add up, the chunk
-    // first, as it was written first (the single of the chunk's first window
-    // sorts before the chunk itself).
-    let mut late = Vec::new();
-    for (k, v) in partition.range(&from, &to)? {
-        let Some((_, at, kind)) = key::parse_window(&k) else {
-            continue;
-        };
-        if kind == key::CHUNK {
-            for (t, value) in decode_chunk::<V>(&v)? {
-                fold_window(&mut windows, t, value);
-            }
-        } else {
-            late.push((at, V::decode(&v)?));
-            batch.remove(k);
-            singles += 1;
-        }
-    }
-    for (at, value) in late {
-        fold_window(&mut windows, at, value);
-    }
-    if singles > 0 {
-        let windows: Vec<(i64, V)> = windows.into_iter().collect();
-        batch.insert(
-            &key::window(series, chunk_start, key::CHUNK)[..],
-            encode_chunk(&windows),
-        );
-    }
-    batch.remove(&key::pending_chunk(chunk_start, series)[..]);
-    partition.apply(batch)?;
-    Ok(singles)
-}
-
-fn fold_window<V: WindowValue>(windows: &mut BTreeMap<i64, V>, at: i64, value: V) {
-    match windows.get_mut(&at) {
-        Some(existing) => existing.merge(&value),
-        None => {
-            windows.insert(at, value);
-        }
-    }
+/// Whether a sealed partition took writes since it was sealed (a replay's
+/// overlay, or runs of late windows).
+fn late_writes(partition: &Partition) -> bool {
+    partition.has_overlay() || !partition.runs().is_empty()
 }

@@ -19,9 +19,10 @@
 //! partition, never both.
 //!
 //! Memory is bounded by [`Limits::memtable_bytes`](super::Limits): the writer
-//! freezes the table when it reaches half of it (or after
-//! [`FLUSH_EVERY`]), and waits for the running flush when it reaches all of it,
-//! which slows acknowledgements (back-pressure) instead of growing.
+//! freezes the table when it reaches half of it (or after [`FLUSH_EVERY`]),
+//! and when the fresh table reaches half of it while the frozen one is still
+//! being flushed, waits for that flush, which slows acknowledgements
+//! (back-pressure) instead of growing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -1,6 +1,13 @@
-//! Time partitions: one sled database per (resolution, time span), in its own
-//! directory. Expiring data deletes whole directories, so the disk space is
-//! returned at once and expiry never scans what it keeps.
+//! Time partitions: one directory per (resolution, time span). Expiring data
+//! deletes whole directories, so the disk space is returned at once and
+//! expiry never scans what it keeps.
+//!
+//! A partition holds up to three kinds of sources. Runs (`run-*.seg`) are
+//! immutable files of window deltas, one per memtable flush (merged with each
+//! other as they accumulate); a key may be in several runs, and readers add
+//! them up. The sled database (`live`, or `overlay` once sealed) holds what a
+//! log replay wrote, as complete values. A sealed segment (`sealed.seg`) is
+//! the whole partition folded into compressed chunks once its span is over.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::StoreError;
+use super::fold;
 use super::segment::{self, Segment};
+
+/// What a series holds, for folding its windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeriesKind {
+    Query,
+    Instances,
+    Pool,
+    Health,
+}
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -109,6 +126,52 @@ pub(crate) struct Partition {
     /// see half of one (the singles a compaction removes and the chunk it
     /// writes, counted twice).
     applying: RwLock<()>,
+    /// Flushed memtables, oldest first (changed under `applying`).
+    runs: RwLock<Vec<Arc<Run>>>,
+    /// Numbers run file names apart.
+    run_names: AtomicU64,
+}
+
+/// One run: window deltas of the memtable flushes up to log entry `seq`.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// The last log entry whose windows the run holds.
+    pub seq: u64,
+    /// Tells runs of the same entry apart (a merge names its run after the
+    /// newest run it consumed); never reused within a partition.
+    number: u64,
+    pub bytes: u64,
+    path: PathBuf,
+    segment: Segment,
+}
+
+impl Run {
+    fn open(path: PathBuf) -> Result<Run, StoreError> {
+        let (seq, number) =
+            run_name(&path).ok_or_else(|| StoreError::Corrupt(format!("{}: not a run name", path.display())))?;
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| StoreError::Io(format!("inspecting {}: {e}", path.display())))?
+            .len();
+        Ok(Run {
+            seq,
+            number,
+            bytes,
+            segment: Segment::open(&path)?,
+            path,
+        })
+    }
+
+    /// Every entry of the run, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        self.segment.iter()
+    }
+}
+
+/// The log entry and the number in a run's file name, `run-<seq>-<n>.seg`.
+fn run_name(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?.strip_prefix("run-")?.strip_suffix(".seg")?;
+    let (seq, n) = name.split_once('-')?;
+    Some((seq.parse().ok()?, n.parse().ok()?))
 }
 
 pub(crate) use super::segment::Entry;
@@ -133,19 +196,6 @@ impl Partition {
         self.overlay.get().is_some()
     }
 
-    /// The database writes go to: the live one, or the overlay of a sealed
-    /// partition (created on first use).
-    fn writable(&self) -> Result<&sled::Db, StoreError> {
-        if let Some(live) = &self.live {
-            return Ok(live);
-        }
-        if let Some(overlay) = self.overlay.get() {
-            return Ok(overlay);
-        }
-        let db = open_db(&self.dir.join(OVERLAY), self.tier)?;
-        Ok(self.overlay.get_or_init(|| db))
-    }
-
     fn mutable(&self) -> Option<&sled::Db> {
         self.live.as_ref().or(self.overlay.get())
     }
@@ -164,10 +214,25 @@ impl Partition {
         }
     }
 
-    /// Entries with keys in `[start, end)`, in key order; overlay entries
-    /// replace sealed ones of the same key.
+    /// Entries with keys in `[start, end)`, in key order, runs included: a
+    /// key may come several times (a window's deltas), and the caller adds
+    /// the values up.
     pub(crate) fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let _reading = self.applying.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = self.range_stored(start, end)?;
+        let runs = self.runs.read().unwrap_or_else(|p| p.into_inner());
+        if runs.is_empty() {
+            return Ok(out);
+        }
+        for run in runs.iter() {
+            out.extend(run.segment.range(start..end)?);
+        }
+        // Stable: equal keys keep their order (stored value first).
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn range_stored(&self, start: &[u8], end: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let mutable = self
             .mutable()
             .into_iter()
@@ -179,13 +244,71 @@ impl Partition {
         }
     }
 
-    /// Applies a batch atomically (to the live database or the overlay).
-    pub(crate) fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
-        let db = self.writable()?;
-        let _applying = self.applying.write().unwrap_or_else(|p| p.into_inner());
-        db.apply_batch(batch)?;
-        self.generation.fetch_add(1, Ordering::Release);
-        Ok(())
+    /// The last log entry the partition holds every window of (database and
+    /// runs).
+    pub(crate) fn applied_log(&self) -> Result<u64, StoreError> {
+        let stored = match self.get(super::codec::key::APPLIED_LOG)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("applied log position".into()))?,
+            ),
+            None => 0,
+        };
+        Ok(stored.max(self.runs_applied()))
+    }
+
+    fn runs_applied(&self) -> u64 {
+        let runs = self.runs.read().unwrap_or_else(|p| p.into_inner());
+        runs.iter().map(|r| r.seq).max().unwrap_or(0)
+    }
+
+    /// The runs, oldest first.
+    pub(crate) fn runs(&self) -> Vec<Arc<Run>> {
+        self.runs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes `entries` (strictly increasing keys) as a new run holding the
+    /// windows of log entries up to `seq`, durably, without showing it to
+    /// readers yet ([`Partition::install_run`] does).
+    pub(crate) fn write_run(
+        &self,
+        seq: u64,
+        entries: impl Iterator<Item = Result<Entry, StoreError>>,
+    ) -> Result<Run, StoreError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", self.dir.display())))?;
+        let n = self.run_names.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("run-{seq:020}-{n:06}.seg"));
+        segment::write(&path, entries, segment::RUN_LEVEL)?;
+        sync_dir(&self.dir)?;
+        Run::open(path)
+    }
+
+    /// Shows a run to readers (and to the log replay).
+    pub(crate) fn install_run(&self, run: Run) {
+        self.replace_runs(&[], Some(run));
+    }
+
+    /// Replaces `consumed` runs by `merged` (which holds their sum) at once,
+    /// then deletes the consumed files.
+    pub(crate) fn replace_runs(&self, consumed: &[Arc<Run>], merged: Option<Run>) {
+        {
+            let _applying = self.applying.write().unwrap_or_else(|p| p.into_inner());
+            let mut runs = self.runs.write().unwrap_or_else(|p| p.into_inner());
+            runs.retain(|r| !consumed.iter().any(|c| Arc::ptr_eq(r, c)));
+            if let Some(run) = merged {
+                runs.push(Arc::new(run));
+                runs.sort_by_key(|r| r.seq);
+            }
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        for run in consumed {
+            if let Err(error) = std::fs::remove_file(&run.path) {
+                tracing::warn!(%error, path = %run.path.display(), "removing a merged run failed");
+            }
+        }
     }
 
     /// Changes every time a batch is applied: sealing checks that nothing
@@ -194,22 +317,15 @@ impl Partition {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Makes every applied write durable.
-    pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        if let Some(db) = self.mutable() {
-            db.flush()?;
-        }
-        Ok(())
-    }
-
     /// Every entry of the sealed segment (not the overlay), read lazily;
     /// empty for a live partition.
     pub(crate) fn sealed_entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         self.sealed.iter().flat_map(|segment| segment.iter())
     }
 
-    /// Every entry of the partition, in key order, read lazily.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+    /// Every entry of the sealed segment and the database (not the runs),
+    /// in key order, read lazily.
+    pub(crate) fn entries_base(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         let mutable = self.mutable().into_iter().flat_map(|db| db.iter()).map(sled_entry);
         merge(self.sealed.iter().flat_map(|segment| segment.iter()), mutable)
     }
@@ -291,6 +407,7 @@ pub(crate) fn open_sled(config: sled::Config) -> Result<sled::Db, StoreError> {
 }
 
 fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, StoreError> {
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
     // A sealing that did not finish before a stop leaves its file behind.
     for leftover in [SEALING, "sealing.tmp"] {
         match std::fs::remove_file(dir.join(leftover)) {
@@ -303,9 +420,11 @@ fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, 
             _ => {}
         }
     }
+    let runs = open_runs(&dir)?;
+    let run_names = AtomicU64::new(runs.iter().map(|r| r.number + 1).max().unwrap_or(1));
     let sealed_path = dir.join(SEALED);
     if sealed_path.exists() {
-        let partition = Partition {
+        let mut partition = Partition {
             tier,
             start_ms,
             sealed: Some(Segment::open(&sealed_path)?),
@@ -313,27 +432,76 @@ fn open_partition(tier: Tier, start_ms: i64, dir: PathBuf) -> Result<Partition, 
             overlay: OnceLock::new(),
             generation: AtomicU64::new(0),
             applying: RwLock::new(()),
+            runs: RwLock::new(Vec::new()),
+            run_names,
             dir,
         };
-        // Left over when a crash came between sealing and cleaning up.
+        // Left over when a crash came between sealing and cleaning up: the
+        // database and the runs the sealed segment holds.
         partition.remove_dir(LIVE)?;
+        let sealed_through = partition.applied_log()?;
+        let (folded, kept): (Vec<_>, Vec<_>) = runs.into_iter().partition(|r| r.seq <= sealed_through);
+        for run in folded {
+            std::fs::remove_file(&run.path)
+                .map_err(|e| StoreError::Io(format!("removing {}: {e}", run.path.display())))?;
+        }
+        partition.runs = RwLock::new(kept);
         if partition.dir.join(OVERLAY).exists() {
             let overlay = open_db(&partition.dir.join(OVERLAY), tier)?;
             let _ = partition.overlay.set(overlay);
         }
         return Ok(partition);
     }
-    let live = open_db(&dir.join(LIVE), tier)?;
+    // Stores written before runs existed keep windows in a database.
+    let live = match dir.join(LIVE).exists() {
+        true => Some(open_db(&dir.join(LIVE), tier)?),
+        false => None,
+    };
     Ok(Partition {
         tier,
         start_ms,
         dir,
-        live: Some(live),
+        live,
         sealed: None,
         overlay: OnceLock::new(),
         generation: AtomicU64::new(0),
         applying: RwLock::new(()),
+        runs: RwLock::new(runs),
+        run_names,
     })
+}
+
+/// The runs in a partition directory, oldest first; a run left half
+/// written by a crash (under its temporary name) is deleted.
+fn open_runs(dir: &Path) -> Result<Vec<Arc<Run>>, StoreError> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::Io(format!("listing {}: {e}", dir.display()))),
+    };
+    let mut runs = Vec::new();
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.starts_with("run-") {
+            continue;
+        }
+        if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).map_err(|e| StoreError::Io(format!("removing {}: {e}", path.display())))?;
+        } else if name.ends_with(".seg") {
+            runs.push(Arc::new(Run::open(path)?));
+        }
+    }
+    runs.sort_by_key(|r| r.seq);
+    Ok(runs)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io(format!("syncing {}: {e}", dir.display())))
 }
 
 impl Partitions {
@@ -416,21 +584,47 @@ impl Partitions {
         std::fs::remove_dir_all(&path).map_err(|e| StoreError::Io(format!("removing {}: {e}", path.display())))
     }
 
-    /// Writes `partition`'s whole content (live database, or sealed segment
-    /// plus overlay) as a new sealed segment next to it, under a temporary
-    /// name. Runs beside the writer: [`Partitions::install_sealed`] checks
-    /// that nothing was written meanwhile.
-    pub(crate) fn write_sealed(partition: &Partition) -> Result<PathBuf, StoreError> {
+    /// Writes `partition`'s whole content (sealed segment, database and
+    /// runs) folded into chunks as a new sealed segment next to it, under a
+    /// temporary name, and returns it with the runs it folded in. Runs
+    /// beside the writer: [`Partitions::install_sealed`] checks that nothing
+    /// was written meanwhile.
+    pub(crate) fn write_sealed(
+        partition: &Partition,
+        kind_of: &dyn Fn(u32) -> Option<SeriesKind>,
+    ) -> Result<(PathBuf, Vec<Arc<Run>>), StoreError> {
         let path = partition.dir.join(SEALING);
-        segment::write(&path, partition.entries())?;
-        Ok(path)
+        let runs = partition.runs();
+        let applied = partition.applied_log()?;
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_>> =
+            vec![Box::new(partition.entries_base())];
+        for run in &runs {
+            sources.push(Box::new(run.iter()));
+        }
+        segment::write(
+            &path,
+            fold::Fold::new(partition.tier, sources, kind_of, applied),
+            segment::SEALED_LEVEL,
+        )?;
+        Ok((path, runs))
     }
 
     /// Replaces `partition` with its sealed form written to `sealed`, then
     /// deletes the live database or overlay it came from.
-    pub(crate) fn install_sealed(&self, partition: &Arc<Partition>, sealed: &Path) -> Result<(), StoreError> {
+    pub(crate) fn install_sealed(
+        &self,
+        partition: &Arc<Partition>,
+        sealed: &Path,
+        folded: &[Arc<Run>],
+    ) -> Result<(), StoreError> {
         let target = partition.dir.join(SEALED);
         std::fs::rename(sealed, &target).map_err(|e| StoreError::Io(format!("renaming {}: {e}", sealed.display())))?;
+        sync_dir(&partition.dir)?;
+        let kept: Vec<Arc<Run>> = partition
+            .runs()
+            .into_iter()
+            .filter(|r| !folded.iter().any(|f| Arc::ptr_eq(r, f)))
+            .collect();
         let replacement = Partition {
             tier: partition.tier,
             start_ms: partition.start_ms,
@@ -440,11 +634,18 @@ impl Partitions {
             overlay: OnceLock::new(),
             generation: AtomicU64::new(0),
             applying: RwLock::new(()),
+            runs: RwLock::new(kept),
+            run_names: AtomicU64::new(partition.run_names.load(Ordering::Relaxed)),
         };
         self.write_map()
             .insert((partition.tier, partition.start_ms), Arc::new(replacement));
         partition.remove_dir(LIVE)?;
-        partition.remove_dir(OVERLAY)
+        partition.remove_dir(OVERLAY)?;
+        for run in folded {
+            std::fs::remove_file(&run.path)
+                .map_err(|e| StoreError::Io(format!("removing {}: {e}", run.path.display())))?;
+        }
+        Ok(())
     }
 }
 
@@ -484,10 +685,20 @@ mod tests {
         let partitions = Partitions::open(dir.path()).unwrap();
         let p = partitions.get_or_create(Tier::Raw, 7 * HOUR_MS).unwrap();
         assert_eq!(p.start_ms, 6 * HOUR_MS);
-        let mut batch = sled::Batch::default();
-        batch.insert(&b"k"[..], vec![0u8; 100_000]);
-        p.apply(batch).unwrap();
-        p.flush().unwrap();
+        // Bytes zstd cannot shrink.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect();
+        let run = p
+            .write_run(1, std::iter::once(Ok((b"k"[..].into(), noise.into()))))
+            .unwrap();
+        p.install_run(run);
         let before = disk_bytes(dir.path());
         drop(p);
         assert_eq!(partitions.overlapping(Tier::Raw, 0, 24 * HOUR_MS).len(), 1);

@@ -243,6 +243,12 @@ impl Store {
         self.registry().instances()
     }
 
+    /// Whether the store holds the text of `fingerprint` (answered from
+    /// memory: ingest asks it for every statement of every batch).
+    pub fn has_text(&self, fingerprint: Fingerprint) -> bool {
+        self.registry().has_text(fingerprint)
+    }
+
     /// The normalized text of a fingerprint.
     pub fn text(&self, fingerprint: Fingerprint) -> Result<Option<String>, StoreError> {
         self.registry().text(fingerprint)

@@ -5,7 +5,7 @@
 //! thousand to a few hundred thousand small entries), so the write path never
 //! reads the meta database for ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use querypulse_domain::{AgentCounters, Fingerprint, Hello};
@@ -196,6 +196,8 @@ struct Maps {
     fingerprints: HashMap<u32, usize>,
     instances: BTreeMap<String, InstanceRecord>,
     overflow: HashMap<u32, u64>,
+    /// Fingerprints whose text is stored (the texts stay on disk).
+    texts: HashSet<Fingerprint>,
     next_series: u32,
     next_service: u32,
 }
@@ -268,6 +270,13 @@ impl Registry {
             }
             maps.by_id.insert(id, series.clone());
             maps.series.insert(series, id);
+        }
+        for key in meta.scan_prefix(b"T").keys() {
+            let key = key?;
+            let bytes: [u8; 8] = key[1..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("text key".into()))?;
+            maps.texts.insert(Fingerprint::new(u64::from_be_bytes(bytes)));
         }
         for entry in meta.scan_prefix(b"I") {
             let (_, v) = entry?;
@@ -535,15 +544,17 @@ impl Registry {
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
-    pub(crate) fn has_text(&self, fingerprint: Fingerprint) -> Result<bool, StoreError> {
-        Ok(fingerprint == Fingerprint::OTHER || self.meta.contains_key(text_key(fingerprint))?)
+    /// Whether the text of `fingerprint` is stored (a lookup in memory).
+    pub(crate) fn has_text(&self, fingerprint: Fingerprint) -> bool {
+        fingerprint == Fingerprint::OTHER || self.read().texts.contains(&fingerprint)
     }
 
     pub(crate) fn insert_text(&self, fingerprint: Fingerprint, text: &str) -> Result<bool, StoreError> {
-        if self.has_text(fingerprint)? {
+        if self.has_text(fingerprint) {
             return Ok(false);
         }
         self.meta.insert(text_key(fingerprint), text.as_bytes())?;
+        self.write().texts.insert(fingerprint);
         Ok(true)
     }
 }

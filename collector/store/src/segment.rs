@@ -28,7 +28,11 @@ const BLOCK_BYTES: usize = 64 * 1024;
 /// Decompressed blocks kept per segment.
 const CACHED_BLOCKS: usize = 8;
 const FOOTER_LEN: usize = 8 + 8 + 4 + 8;
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of sealed segments, written once per partition: worth the
+/// time for the bytes.
+pub(crate) const SEALED_LEVEL: i32 = 3;
+/// zstd level of runs, written by every memtable flush: fast.
+pub(crate) const RUN_LEVEL: i32 = 1;
 
 fn io(what: &str, path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {error}", path.display()))
@@ -43,8 +47,13 @@ fn corrupt(path: &Path, what: &str) -> StoreError {
 pub(crate) type Entry = (sled::IVec, sled::IVec);
 
 /// Writes `entries` (strictly increasing keys) as a segment at `path`,
-/// durably: written to a temporary file, synced, renamed into place.
-pub(crate) fn write(path: &Path, entries: impl Iterator<Item = Result<Entry, StoreError>>) -> Result<(), StoreError> {
+/// durably: written to a temporary file, synced, renamed into place. Blocks
+/// are compressed at zstd `level`.
+pub(crate) fn write(
+    path: &Path,
+    entries: impl Iterator<Item = Result<Entry, StoreError>>,
+    level: i32,
+) -> Result<(), StoreError> {
     let temp = path.with_extension("tmp");
     let file = File::create(&temp).map_err(|e| io("creating", &temp, e))?;
     let mut out = BufWriter::new(file);
@@ -60,7 +69,7 @@ pub(crate) fn write(path: &Path, entries: impl Iterator<Item = Result<Entry, Sto
             return Ok(());
         };
         let compressed =
-            zstd::bulk::compress(&block.0, ZSTD_LEVEL).map_err(|e| StoreError::Io(format!("compressing: {e}")))?;
+            zstd::bulk::compress(&block.0, level).map_err(|e| StoreError::Io(format!("compressing: {e}")))?;
         out.write_all(&compressed).map_err(|e| io("writing", &temp, e))?;
         index.bytes(&first);
         index.u(offset);
@@ -278,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.seg");
         let all = entries(20_000);
-        write(&path, all.iter().cloned().map(Ok)).unwrap();
+        write(&path, all.iter().cloned().map(Ok), SEALED_LEVEL).unwrap();
         let segment = Segment::open(&path).unwrap();
         assert!(segment.blocks.len() > 10, "{} blocks", segment.blocks.len());
         assert_eq!(
@@ -301,13 +310,13 @@ mod tests {
     fn empty_segments_and_damaged_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.seg");
-        write(&path, std::iter::empty()).unwrap();
+        write(&path, std::iter::empty(), RUN_LEVEL).unwrap();
         let segment = Segment::open(&path).unwrap();
         assert!(segment.range(b"a".as_slice()..b"z".as_slice()).unwrap().is_empty());
         assert_eq!(segment.get(b"a").unwrap(), None);
 
         let path = dir.path().join("p.seg");
-        write(&path, entries(500).into_iter().map(Ok)).unwrap();
+        write(&path, entries(500).into_iter().map(Ok), SEALED_LEVEL).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() - FOOTER_LEN - 3;
         bytes[at] ^= 0xff;
@@ -318,7 +327,8 @@ mod tests {
         assert!(
             write(
                 &path,
-                vec![Ok((b"b".into(), b"".into())), Ok((b"a".into(), b"".into()))].into_iter()
+                vec![Ok((b"b".into(), b"".into())), Ok((b"a".into(), b"".into()))].into_iter(),
+                RUN_LEVEL
             )
             .is_err()
         );
@@ -332,7 +342,7 @@ mod tests {
             .map(|i| (i.to_be_bytes().as_slice().into(), b"window 1 2 3 4 5".repeat(4).into()))
             .collect();
         let logical: usize = alike.iter().map(|(k, v)| k.len() + v.len()).sum();
-        write(&path, alike.into_iter().map(Ok)).unwrap();
+        write(&path, alike.into_iter().map(Ok), SEALED_LEVEL).unwrap();
         let on_disk = std::fs::metadata(&path).unwrap().len() as usize;
         assert!(on_disk * 10 < logical, "{on_disk} B on disk for {logical} B");
     }

@@ -2,14 +2,13 @@
 //! resends, late windows, compaction, retention, crash recovery.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use querypulse_domain::{
     Batch, Fingerprint, FingerprintText, Gauge, Hello, PoolStats, QueryStats, SlowQuerySample, Window,
 };
 
 use super::codec::key;
-use super::partition::{self, Partition, floor};
+use super::partition::{self, floor};
 use super::*;
 use querypulse_domain::Clock;
 
@@ -71,11 +70,17 @@ fn write(writer: &mut StoreWriter, requests: Vec<BatchRequest>) -> Vec<ApplyOutc
     writer.write(requests).unwrap()
 }
 
+/// Starts a flush in the background and returns at once.
+fn testing_flush(writer: &mut StoreWriter) {
+    writer.finish_flush().unwrap();
+    writer.start_flush().unwrap();
+}
+
 /// Flushes the memtable, then runs a maintenance pass over what the
 /// partitions hold.
-fn maintain(writer: &mut StoreWriter, budget: Duration) -> crate::MaintenanceReport {
+fn maintain(writer: &mut StoreWriter) -> crate::MaintenanceReport {
     writer.checkpoint().unwrap();
-    writer.maintain(budget).unwrap()
+    writer.maintain().unwrap()
 }
 
 fn service(store: &Store) -> u32 {
@@ -175,11 +180,10 @@ fn rollups_equal_the_exact_merge_of_their_windows() {
 }
 
 #[test]
-fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction() {
+fn late_windows_merge_into_closed_windows_and_their_rollups() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = open(dir.path());
     let hour = floor(NOW, HOUR) - 3 * HOUR;
-    let svc = |store: &Store| service(store);
     write(
         &mut writer,
         vec![
@@ -187,80 +191,101 @@ fn late_windows_land_in_their_own_time_at_every_resolution_even_after_compaction
             request("a", batch(2, hour + 20_000, &[200])),
         ],
     );
-    // Much later: the hour's raw windows are compacted into one chunk.
-    let report = maintain(&mut writer, Duration::from_secs(10));
-    assert!(report.chunks_compacted >= 1, "{report:?}");
-    let series = store
-        .registry()
-        .series_id(&SeriesKey::Query {
-            service: svc(&store),
-            fingerprint: fingerprint(),
-        })
-        .unwrap();
-    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-    assert!(
-        partition
-            .get(&key::window(series, hour + 10_000, key::SINGLE))
-            .unwrap()
-            .is_none()
-    );
-    assert!(partition.get(&key::window(series, hour, key::CHUNK)).unwrap().is_some());
+    // The windows closed long ago and are in the partitions' runs.
+    writer.checkpoint().unwrap();
+    let series = query_series(&store);
+    assert!(!store.partitions().get(Tier::Raw, hour).unwrap().runs().is_empty());
 
-    // An agent that was cut off sends its window of that hour now.
+    // An agent that was cut off sends its window of that hour now: it is
+    // exact at every resolution while in the memtable, once flushed, and
+    // after a restart.
     write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[400]))]);
-    let raw = store
-        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
-        .unwrap();
-    assert_eq!(
-        raw.iter().map(|(t, s)| (*t - hour, s.calls)).collect::<Vec<_>>(),
-        vec![(10_000, 2), (20_000, 1)]
-    );
-    let minute = store
-        .windows::<QueryStats>(Tier::Minute, series, hour, hour + MINUTE)
-        .unwrap();
-    assert_eq!(minute[0].1.calls, 3);
-    let hourly = store
-        .windows::<QueryStats>(Tier::Hour, series, hour, hour + HOUR)
-        .unwrap();
-    assert_eq!((hourly[0].1.calls, hourly[0].1.max_us), (3, 400));
-    let summary = store
-        .query(svc(&store), fingerprint(), hour, hour + HOUR)
-        .unwrap()
-        .unwrap();
-    assert_eq!(summary.calls, 3);
+    let check = |store: &Store| {
+        let raw = store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap();
+        assert_eq!(
+            raw.iter().map(|(t, s)| (*t - hour, s.calls)).collect::<Vec<_>>(),
+            vec![(10_000, 2), (20_000, 1)]
+        );
+        assert_eq!(raw[0].1.max_us, 400);
+        let minute = store
+            .windows::<QueryStats>(Tier::Minute, series, hour, hour + MINUTE)
+            .unwrap();
+        assert_eq!(minute.len(), 1);
+        assert_eq!(minute[0].1.calls, 3);
+        let hourly = store
+            .windows::<QueryStats>(Tier::Hour, series, hour, hour + HOUR)
+            .unwrap();
+        assert_eq!((hourly[0].1.calls, hourly[0].1.max_us), (3, 400));
+        let summary = store
+            .query(service(store), fingerprint(), hour, hour + HOUR)
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.calls, 3);
+        let mut by_instance: Vec<(String, u64)> = store
+            .instance_breakdown("orders", fingerprint(), hour, hour + HOUR)
+            .unwrap()
+            .into_iter()
+            .map(|(i, q)| (i.instance_id, q.calls))
+            .collect();
+        by_instance.sort();
+        assert_eq!(by_instance, vec![("a".into(), 2), ("b".into(), 1)]);
+    };
+    check(&store);
+    writer.checkpoint().unwrap();
+    check(&store);
+    drop((store, writer));
+    let (store, _writer) = open(dir.path());
+    check(&store);
 }
 
 #[test]
-fn compaction_keeps_every_window_and_shrinks_the_bytes() {
+fn flushes_merge_their_runs_and_keep_every_window() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = open(dir.path());
-    let hour = floor(NOW, HOUR) - 5 * HOUR;
-    fill_hour(&mut writer, hour);
+    let hour = floor(NOW, HOUR) - 2 * HOUR;
+    // Forty flushes of one window each: the raw, 1-minute and 1-hour
+    // partitions would hold forty runs each; merging keeps a few.
+    for i in 0..40i64 {
+        write(
+            &mut writer,
+            vec![request("a", batch(i as u64 + 1, hour + i * 10_000, &[100 + i as u64]))],
+        );
+        writer.checkpoint().unwrap();
+    }
+    for tier in Tier::ALL {
+        let runs = store.partitions().get(tier, hour).unwrap().runs().len();
+        assert!((1..=super::flush::MAX_RUNS).contains(&runs), "{tier:?}: {runs} runs");
+    }
     let series = query_series(&store);
-    let before = store
-        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
-        .unwrap();
-    let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-    let value_bytes = |partition: &Partition| -> usize {
-        partition
-            .range(b"w", b"x")
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| k[1..5] == series.to_be_bytes())
-            .map(|(_, v)| v.len())
-            .sum()
+    let check = |store: &Store| {
+        let raw = store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap();
+        assert_eq!(raw.len(), 40);
+        assert!(raw.iter().all(|(_, s)| s.calls == 1));
+        let minutes = store
+            .windows::<QueryStats>(Tier::Minute, series, hour, hour + HOUR)
+            .unwrap();
+        assert_eq!(
+            minutes.iter().map(|(_, s)| s.calls).collect::<Vec<_>>(),
+            vec![6, 6, 6, 6, 6, 6, 4]
+        );
+        let hourly = store
+            .windows::<QueryStats>(Tier::Hour, series, hour, hour + HOUR)
+            .unwrap();
+        assert_eq!(
+            (hourly[0].1.calls, hourly[0].1.min_us, hourly[0].1.max_us),
+            (40, 100, 139)
+        );
     };
-    let single_bytes = value_bytes(&partition);
-    maintain(&mut writer, Duration::from_secs(30));
-    let after = store
-        .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
-        .unwrap();
-    assert_eq!(after, before);
-    let chunk_bytes = value_bytes(&partition);
-    assert!(
-        chunk_bytes * 3 < single_bytes,
-        "chunk {chunk_bytes} B vs {single_bytes} B as single windows"
-    );
+    check(&store);
+    drop((store, writer));
+    let (store, _writer) = open(dir.path());
+    check(&store);
+    let report = super::verify(&store);
+    assert!(report.is_clean(), "{report}");
 }
 
 #[test]
@@ -279,7 +304,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
     writer.checkpoint().unwrap();
     let before = store.disk_bytes();
     let raw_before = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
-    let report = maintain(&mut writer, Duration::from_secs(1));
+    let report = maintain(&mut writer);
     assert!(report.partitions_dropped >= 1);
     let raw_after = store.partitions().all().iter().filter(|p| p.tier == Tier::Raw).count();
     assert_eq!(
@@ -301,7 +326,7 @@ fn retention_drops_whole_partitions_and_the_disk_shrinks() {
         raw_seconds: 3_600,
         ..Retention::default()
     });
-    maintain(&mut writer, Duration::from_secs(1));
+    maintain(&mut writer);
     assert!(
         store
             .partitions()
@@ -333,7 +358,7 @@ fn instances_silent_past_every_retention_are_forgotten() {
         .unwrap();
     store.clock().set(NOW);
     write(&mut writer, vec![request("live", batch(1, NOW - MINUTE, &[100]))]);
-    maintain(&mut writer, Duration::from_secs(1));
+    maintain(&mut writer);
     let mut left: Vec<String> = store.instances().into_iter().map(|i| i.instance_id).collect();
     left.sort();
     assert_eq!(left, ["live", "quiet"]);
@@ -540,7 +565,7 @@ fn closed_hour() -> (tempfile::TempDir, Store, StoreWriter, i64, u32) {
     let hour = floor(NOW, HOUR) - 5 * HOUR;
     fill_hour(&mut writer, hour);
     let series = query_series(&store);
-    maintain(&mut writer, Duration::from_secs(30));
+    maintain(&mut writer);
     (dir, store, writer, hour, series)
 }
 
@@ -568,7 +593,7 @@ fn closed_partitions_are_sealed_into_fewer_bytes_and_read_the_same() {
     );
     let sealed_bytes = partition::disk_bytes(&raw_dir);
     assert!(
-        sealed_bytes * 4 < live_bytes,
+        sealed_bytes < live_bytes,
         "sealed {sealed_bytes} B vs {live_bytes} B live"
     );
     assert_eq!(
@@ -582,7 +607,7 @@ fn closed_partitions_are_sealed_into_fewer_bytes_and_read_the_same() {
         summary
     );
     // Nothing is left to seal.
-    assert_eq!(maintain(&mut writer, Duration::from_secs(30)).partitions_sealed, 0);
+    assert_eq!(maintain(&mut writer).partitions_sealed, 0);
     assert_eq!(writer.wait_for_sealing().unwrap(), 0);
 
     drop((store, writer));
@@ -605,13 +630,13 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
         let (store, mut writer) = open(dir.path());
         fill_hour(&mut writer, hour);
         series = query_series(&store);
-        maintain(&mut writer, Duration::from_secs(30));
+        maintain(&mut writer);
         assert_eq!(writer.wait_for_sealing().unwrap(), 1);
         // An agent cut off for hours delivers its window now.
         write(&mut writer, vec![request("b", batch(1, hour + 10_000, &[90_000]))]);
         writer.checkpoint().unwrap();
         let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-        assert!(partition.is_sealed() && partition.has_overlay());
+        assert!(partition.is_sealed() && !partition.runs().is_empty());
         let raw = store
             .windows::<QueryStats>(Tier::Raw, series, hour, hour + MINUTE)
             .unwrap();
@@ -630,18 +655,18 @@ fn late_windows_reach_a_sealed_partition_and_are_sealed_in_later() {
     // file once the overlay has been quiet for a while.
     let (store, mut writer) = open(dir.path());
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-    assert!(partition.has_overlay());
+    assert!(!partition.runs().is_empty());
     let expect = store
         .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
         .unwrap();
     assert_eq!(expect.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
-    maintain(&mut writer, Duration::from_secs(30));
+    maintain(&mut writer);
     assert_eq!(writer.wait_for_sealing().unwrap(), 0, "the overlay is not quiet yet");
     store.clock().advance(6 * MINUTE);
-    maintain(&mut writer, Duration::from_secs(30));
+    maintain(&mut writer);
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     let partition = store.partitions().get(Tier::Raw, hour).unwrap();
-    assert!(partition.is_sealed() && !partition.has_overlay());
+    assert!(partition.is_sealed() && !partition.has_overlay() && partition.runs().is_empty());
     assert_eq!(
         store
             .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
@@ -671,7 +696,7 @@ fn a_write_during_sealing_keeps_the_partition_live() {
         .unwrap();
     assert_eq!(raw.iter().map(|(_, s)| s.calls).sum::<u64>(), 360 * 40 + 1);
     // The next pass seals it with the late window in.
-    maintain(&mut writer, Duration::from_secs(30));
+    maintain(&mut writer);
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     assert_eq!(
         store
@@ -693,16 +718,16 @@ fn verify_names_the_series_and_span_where_resolutions_disagree() {
     assert!(clean.is_clean(), "{clean}");
     assert!(clean.series >= 1 && clean.windows > 0, "{clean:?}");
 
-    // The raw window of "a" loses a call behind the rollups' back: what the
-    // late-window bug did.
+    // The raw window of "a" gains a call behind the rollups' back (a value
+    // beside the run's delta adds up with it).
     let series = query_series(&store);
     let partition = store.partitions().get(Tier::Raw, t).unwrap();
-    let mut damaged = sled::Batch::default();
-    damaged.insert(
-        &key::window(series, t, key::SINGLE)[..],
-        super::codec::WindowValue::encode(&stats(&[100])),
+    let damaged = (
+        sled::IVec::from(&key::window(series, t, key::SINGLE)[..]),
+        sled::IVec::from(super::codec::WindowValue::encode(&stats(&[100]))),
     );
-    partition.apply(damaged).unwrap();
+    let run = partition.write_run(0, std::iter::once(Ok(damaged))).unwrap();
+    partition.install_run(run);
 
     let report = super::verify(&store);
     let checks: Vec<&str> = report.problems.iter().map(|p| p.check.as_str()).collect();
@@ -712,7 +737,7 @@ fn verify_names_the_series_and_span_where_resolutions_disagree() {
     assert_eq!((rollup.from_ms, rollup.to_ms), (t, t + MINUTE));
     assert!(rollup.subject.contains("orders") && rollup.subject.contains(&fingerprint().to_string()));
     assert!(
-        rollup.detail.contains("calls 2 ") && rollup.detail.contains("calls 3 "),
+        rollup.detail.contains("calls 4 ") && rollup.detail.contains("calls 3 "),
         "{rollup}"
     );
     assert!(report.to_string().ends_with("2 disagreements"), "{report}");
@@ -747,7 +772,7 @@ fn verify_reads_every_sealed_block_and_reports_a_damaged_one() {
 }
 
 #[test]
-fn reads_during_compaction_and_sealing_count_every_window_once() {
+fn reads_during_flushes_and_sealing_count_every_window_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = open(dir.path());
     let hour = floor(NOW, HOUR) - 5 * HOUR;
@@ -756,9 +781,9 @@ fn reads_during_compaction_and_sealing_count_every_window_once() {
     let expected = store.query(service, fingerprint(), hour, hour + HOUR).unwrap().unwrap();
     assert_eq!(expected.calls, 360 * 40);
 
-    // A reader runs against the store while compaction rewrites every
-    // single window into chunks and the partition is sealed: each read sees
-    // a partition between two applied batches, never half of a compaction.
+    // A reader runs against the store while flushes add runs and merge
+    // them, and the partition is sealed: each read sees every window once,
+    // never in a frozen memtable and its run both, never half of a merge.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (store, stop, expected) = (store.clone(), stop.clone(), expected.clone());
@@ -779,10 +804,73 @@ fn reads_during_compaction_and_sealing_count_every_window_once() {
             reads
         })
     };
-    let report = maintain(&mut writer, Duration::from_secs(30));
-    assert!(report.windows_compacted >= 360, "{report:?}");
+    // Other hours' windows flush again and again meanwhile.
+    for i in 0..20u64 {
+        let other = hour + 2 * HOUR + i as i64 * 10_000;
+        write(&mut writer, vec![request("b", batch(i + 1, other, &[100]))]);
+        testing_flush(&mut writer);
+    }
+    maintain(&mut writer);
     assert_eq!(writer.wait_for_sealing().unwrap(), 1);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader.join().expect("every read during maintenance was exact");
     assert!(reads >= 20);
+}
+
+#[test]
+fn the_memtable_stays_within_its_bound_under_a_flood_of_distinct_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        memtable_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let (store, mut writer) = Store::open(dir.path(), Retention::default(), limits, Clock::manual(NOW)).unwrap();
+    let hour = floor(NOW, HOUR) - HOUR;
+    // 300 batches of 20 statements never seen before: 6,000 series, each
+    // window several hundred bytes in the memtable.
+    let mut largest = 0;
+    for i in 0..300u64 {
+        let mut b = Batch::new(i + 1, Window::containing(hour + i as i64 * 10_000, 10_000));
+        let mut texts = Vec::new();
+        for j in 0..20u64 {
+            let fp = Fingerprint::new(1_000 + i * 20 + j);
+            let mut stats = QueryStats::new(fp);
+            for v in 0..30 {
+                stats.record(100 + v * 37 + j, 1, None);
+            }
+            b.queries.push(stats);
+            texts.push(FingerprintText {
+                fingerprint: fp,
+                text: format!("select {j} from t{i}"),
+            });
+        }
+        let outcome = writer
+            .write(vec![BatchRequest {
+                hello: hello("a"),
+                batch: b,
+                texts,
+            }])
+            .unwrap();
+        assert_eq!(outcome, vec![ApplyOutcome::Applied]);
+        largest = largest.max(store.memtable_stats().bytes);
+    }
+    let stats = store.memtable_stats();
+    assert!(
+        // The bound, plus the batch merged into each half before the writer
+        // froze it or waited.
+        largest <= (64 << 10) + 2 * (20 << 10),
+        "the active and the frozen table held {largest} B against a bound of 64 KiB"
+    );
+    assert!(stats.early_flushes > 10, "{stats:?}");
+    // Every window is there, once.
+    let service = service(&store);
+    let all = store.query_stats(service, hour, hour + 2 * HOUR).unwrap();
+    assert_eq!(all.len(), 6_000);
+    assert!(all.iter().all(|s| s.calls == 30));
+    writer.checkpoint().unwrap();
+    let stats = store.memtable_stats();
+    assert_eq!(stats.bytes, 0);
+    assert!(stats.flushes >= stats.early_flushes, "{stats:?}");
+    let all = store.query_stats(service, hour, hour + 2 * HOUR).unwrap();
+    assert_eq!(all.iter().map(|s| s.calls).sum::<u64>(), 6_000 * 30);
 }

@@ -9,9 +9,9 @@ use querypulse_domain::{Batch, Fingerprint, FingerprintText, HealthCheckStats, H
 
 use super::codec::{InstanceQueries, InstanceQuery, TimedPool, WalEntry, WindowValue, encode_slow, key};
 use super::memtable::PackedInstances;
-use super::partition::{Partition, Tier, floor};
+use super::partition::{Tier, floor};
 use super::registry::{SeriesKey, applied_key};
-use super::{Store, StoreError, StoreWriter};
+use super::{StoreError, StoreWriter};
 
 /// What happened to a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,16 +38,12 @@ pub struct BatchRequest {
 /// The writer's own bookkeeping (rebuilt after a restart).
 #[derive(Debug)]
 pub(crate) struct WriterState {
-    /// (tier, series, chunk start) whose pending-compaction key was written.
-    pub pending_chunks: HashSet<(Tier, u32, i64)>,
     /// Slow samples written per (raw partition, service).
     pub slow_counts: HashMap<(i64, u32), u64>,
     pub slow_unique: u64,
     /// Highest log entry applied since the last checkpoint.
     pub applied_since_checkpoint: Option<u64>,
     pub last_checkpoint: Instant,
-    /// Partitions written since the last checkpoint.
-    pub dirty: HashSet<(Tier, i64)>,
     /// The partition being sealed in the background, if any.
     pub sealing: Option<super::maintain::SealJob>,
     /// Sealed partitions with an overlay: the overlay's generation and when
@@ -60,12 +56,10 @@ pub(crate) struct WriterState {
 impl Default for WriterState {
     fn default() -> Self {
         WriterState {
-            pending_chunks: HashSet::new(),
             slow_counts: HashMap::new(),
             slow_unique: 0,
             applied_since_checkpoint: None,
             last_checkpoint: Instant::now(),
-            dirty: HashSet::new(),
             sealing: None,
             overlays_seen: HashMap::new(),
             flushing: None,
@@ -76,11 +70,6 @@ impl Default for WriterState {
 /// The last log entry a database has applied.
 pub(crate) fn applied_log(db: &sled::Db) -> Result<u64, StoreError> {
     decode_applied(db.get(key::APPLIED_LOG)?.as_deref())
-}
-
-/// The last log entry a partition has applied.
-pub(crate) fn partition_applied_log(partition: &Partition) -> Result<u64, StoreError> {
-    decode_applied(partition.get(key::APPLIED_LOG)?.as_deref())
 }
 
 fn decode_applied(bytes: Option<&[u8]>) -> Result<u64, StoreError> {
@@ -191,7 +180,7 @@ impl StoreWriter {
             let offered: HashSet<Fingerprint> = texts.iter().map(|t| t.fingerprint).collect();
             let mut unknown = None;
             for fingerprint in batch.referenced_fingerprints() {
-                if !offered.contains(&fingerprint) && !registry.has_text(fingerprint)? {
+                if !offered.contains(&fingerprint) && !registry.has_text(fingerprint) {
                     unknown = Some(fingerprint);
                     break;
                 }
@@ -219,7 +208,7 @@ impl StoreWriter {
             let mut batch = batch;
             batch.texts = texts
                 .into_iter()
-                .filter(|t| !registry.has_text(t.fingerprint).unwrap_or(false))
+                .filter(|t| !registry.has_text(t.fingerprint))
                 .collect();
             entries.push(WalEntry {
                 wal_seq: 0,
@@ -372,6 +361,7 @@ impl StoreWriter {
                     let timed = TimedPool {
                         stats: (*pool).clone(),
                         latest_ms: at,
+                        latest_seq: entry.wal_seq,
                     };
                     table.add_pool(*series, at, &timed);
                 }
@@ -448,7 +438,7 @@ impl StoreWriter {
                     Some(applied) => *applied,
                     None => {
                         let applied = match self.store.partitions().get(tier, at) {
-                            Some(partition) => partition_applied_log(&partition)?,
+                            Some(partition) => partition.applied_log()?,
                             None => 0,
                         };
                         applied_by.insert((tier, part_start), applied);
@@ -480,6 +470,7 @@ impl StoreWriter {
                     let timed = TimedPool {
                         stats: (*pool).clone(),
                         latest_ms: batch.window.start_ms,
+                        latest_seq: entry.wal_seq,
                     };
                     merge_entry(&mut w.pools, (*series, at), &timed);
                 }
@@ -512,10 +503,20 @@ impl StoreWriter {
                 );
             }
         }
-        for (key, batch) in encode_writes(&self.store, writes, &mut self.state.pending_chunks)? {
-            let partition = self.store.partitions().get_or_create(key.0, key.1)?;
-            partition.apply(batch)?;
-            self.state.dirty.insert(key);
+        // Each partition's share goes to a run of its own, like a flush: a
+        // partition's sources then add up in the order the log has them.
+        for ((tier, start), w) in writes {
+            let last_entry = w.last_entry;
+            let mut entries = Vec::new();
+            super::flush::encode_deltas(w, &mut entries);
+            if entries.is_empty() {
+                continue;
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let partition = self.store.partitions().get_or_create(tier, start)?;
+            let run = partition.write_run(last_entry, entries.into_iter().map(Ok))?;
+            partition.install_run(run);
+            super::flush::merge_runs(&self.store, &partition)?;
         }
         if let Some(last) = entries.last() {
             meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
@@ -524,53 +525,6 @@ impl StoreWriter {
         registry.meta().apply_batch(meta_batch)?;
         Ok(())
     }
-}
-
-/// Encodes `writes` as one sled batch per partition: every window merged
-/// into what the partition holds (read, merge, write) and the partition's
-/// last applied log entry. Nothing is applied: the caller applies each batch
-/// atomically, so a partition has all of these windows or none.
-pub(crate) fn encode_writes(
-    store: &Store,
-    writes: BTreeMap<(Tier, i64), PartitionWrites>,
-    pending_chunks: &mut HashSet<(Tier, u32, i64)>,
-) -> Result<Vec<((Tier, i64), sled::Batch)>, StoreError> {
-    let mut out = Vec::with_capacity(writes.len());
-    for ((tier, part_start), w) in writes {
-        let partition = store.partitions().get_or_create(tier, part_start)?;
-        let mut batch = sled::Batch::default();
-        let last_entry = w.last_entry;
-        encode_into(&partition, w, pending_chunks, &mut batch)?;
-        batch.insert(key::APPLIED_LOG, &last_entry.to_be_bytes()[..]);
-        out.push(((tier, part_start), batch));
-    }
-    Ok(out)
-}
-
-/// Adds the windows of `w` to `batch`, each merged into what `partition`
-/// holds (the caller adds the partition's last applied log entry).
-pub(crate) fn encode_into(
-    partition: &Partition,
-    w: PartitionWrites,
-    pending_chunks: &mut HashSet<(Tier, u32, i64)>,
-    batch: &mut sled::Batch,
-) -> Result<(), StoreError> {
-    for ((series, at), value) in &w.queries {
-        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
-    }
-    for ((series, at), value) in &w.instances {
-        merge_window(partition, *series, *at, value, None, batch)?;
-    }
-    for ((series, at), value) in &w.pools {
-        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
-    }
-    for ((series, at), value) in &w.health {
-        merge_window(partition, *series, *at, value, Some(&mut *pending_chunks), batch)?;
-    }
-    for (k, v) in w.slow {
-        batch.insert(&k[..], v);
-    }
-    Ok(())
 }
 
 impl WriterState {
@@ -586,38 +540,4 @@ impl WriterState {
         self.slow_unique += 1;
         Some((wal_seq << 16) | (self.slow_unique & 0xffff))
     }
-}
-
-/// Merges `value` into the single-window record (series, at) of `partition`
-/// and, for compactable series (`pending_chunks` given), marks its chunk for
-/// compaction. A write never touches a compacted chunk: a late window stays a
-/// single beside it until compaction folds it in, and readers add the two.
-/// (Rewriting chunks here once lost every window but the last when a group
-/// held several windows of one chunk.)
-fn merge_window<V: WindowValue>(
-    partition: &Partition,
-    series: u32,
-    at: i64,
-    value: &V,
-    pending_chunks: Option<&mut HashSet<(Tier, u32, i64)>>,
-    batch: &mut sled::Batch,
-) -> Result<(), StoreError> {
-    let tier = partition.tier;
-    let single = key::window(series, at, key::SINGLE);
-    let merged = match partition.get(&single)? {
-        Some(bytes) => {
-            let mut existing = V::decode(&bytes)?;
-            existing.merge(value);
-            existing
-        }
-        None => value.clone(),
-    };
-    batch.insert(&single[..], merged.encode());
-    let chunk_start = floor(at, tier.chunk_ms());
-    if let Some(pending) = pending_chunks
-        && pending.insert((tier, series, chunk_start))
-    {
-        batch.insert(&key::pending_chunk(chunk_start, series)[..], &[][..]);
-    }
-    Ok(())
 }

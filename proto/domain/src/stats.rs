@@ -399,12 +399,15 @@ pub struct HealthCheckStats {
 }
 
 impl HealthCheckStats {
-    /// Folds a later window of the same pool's checks into `self`.
+    /// Folds a later window of the same pool's checks into `self`. The last
+    /// check is the one with the newest time, whichever window is folded
+    /// first (a window that arrives late does not replace it); of two checks
+    /// at the same time, the one folded in last.
     pub fn merge_later(&mut self, later: &HealthCheckStats) {
         self.checks = self.checks.saturating_add(later.checks);
         self.failures = self.failures.saturating_add(later.failures);
         self.latency.add(&later.latency);
-        if later.checks > 0 || later.last_check_ms > self.last_check_ms {
+        if later.last_check_ms > self.last_check_ms || (later.last_check_ms == self.last_check_ms && later.checks > 0) {
             self.last_check_ms = later.last_check_ms;
             self.last_ok = later.last_ok;
             self.last_error.clone_from(&later.last_error);
