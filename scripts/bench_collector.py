@@ -9,9 +9,10 @@ Phases (all by default; pick with --phases):
   ingest   live load, N instances x M fingerprints: durable windows/s, ack
            latency, collector RSS and CPU, disk per window
   compare  the same backfilled hour (100 instances merged in one service) into
-           querypulse and into Prometheus by remote write: windows/s vs
-           histograms/s, bytes on disk, p50/p95/p99 error against the exact
-           quantiles of the generated data
+           querypulse, into Prometheus and (when installed) into
+           VictoriaMetrics by remote write: windows/s vs histograms/s, bytes
+           on disk, p50/p95/p99 error against the exact quantiles of the
+           generated data
   reads    /api/v1/queries (and .../series when it exists) latency with 1,000
            fingerprints over 24 h and over 7 days
 """
@@ -259,6 +260,51 @@ class Prometheus:
         self.log.close()
 
 
+class VictoriaMetrics:
+    """Debian's victoria-metrics, single node, as a remote-write receiver.
+    It acknowledges a write before the data is durable (it buffers in memory
+    and flushes every few seconds), so its rate is a generous anchor."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "victoria-metrics")
+        self.data = os.path.join(self.dir, "data")
+        os.makedirs(self.data)
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(self.dir, "victoria-metrics.log"), "w")
+        self.proc = subprocess.Popen(
+            [
+                "victoria-metrics",
+                f"-storageDataPath={self.data}",
+                f"-httpListenAddr={self.addr}",
+                "-retentionPeriod=100y",
+                "-loggerLevel=WARN",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        STARTED.append(self.proc)
+        wait_http(f"http://{self.addr}/health", "VictoriaMetrics")
+
+    def rows(self):
+        """Samples stored (vm_rows summed over its storage parts)."""
+        _, body, _ = http_get(f"http://{self.addr}/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith("vm_rows{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def flushed_bytes(self):
+        """Bytes on disk once everything buffered is written and merged."""
+        http_get(f"http://{self.addr}/internal/force_flush")
+        http_get(f"http://{self.addr}/internal/force_merge")
+        return settle(self.data, quiet_s=10, limit_s=300)
+
+    def stop(self):
+        stop_process(self.proc, 120)
+        self.log.close()
+
+
 def loadgen(binary, workdir, name, args):
     summary = os.path.join(workdir, f"{name}.json")
     command = [binary, "loadgen", *args, "--summary-json", summary]
@@ -410,6 +456,34 @@ def phase_compare(ctx, scale):
     discard(ctx, prometheus.data)
     prom_histograms = theirs["totals"]["fingerprint_windows_acked"]
     prom_rate = prom_histograms / max(theirs["active_s"], 1e-9)
+
+    victoria = None
+    if shutil.which("victoria-metrics"):
+        vm = VictoriaMetrics(ctx.workdir)
+        watch = ProcWatch(vm.proc.pid)
+        vm_report = loadgen(
+            ctx.binary,
+            ctx.workdir,
+            "compare-victoria-metrics",
+            [*common, "--prometheus-remote-write", f"http://{vm.addr}/api/v1/write"],
+        )
+        vm_proc = watch.finish()
+        vm_bytes = vm.flushed_bytes()
+        vm_rows = vm.rows()
+        vm.stop()
+        discard(ctx, vm.data)
+        vm_histograms = vm_report["totals"]["fingerprint_windows_acked"]
+        victoria = {
+            "histograms": vm_histograms,
+            "histograms_per_s": vm_histograms / max(vm_report["active_s"], 1e-9),
+            "rows": vm_rows,
+            "loadgen_cpu_cores": vm_report["loadgen_cpu_cores"],
+            "process": vm_proc,
+            "disk_bytes": vm_bytes,
+            "bytes_per_histogram": vm_bytes / vm_histograms if vm_histograms else None,
+        }
+    else:
+        log("  victoria-metrics is not installed (apt-get install victoria-metrics): skipped")
     return {
         "instances": instances,
         "fingerprints": fingerprints,
@@ -427,6 +501,7 @@ def phase_compare(ctx, scale):
             "api_calls_match_sent": calls_ok,
             "errors": errors_against_exact(ours["series"], estimates),
         },
+        "victoria_metrics": victoria,
         "prometheus": {
             "histograms": prom_histograms,
             "histograms_per_s": prom_rate,
@@ -573,6 +648,13 @@ def markdown(results):
                   f"| server RSS peak | {rss_text(q['collector'])} | {rss_text(p['process'])} | |",
                   f"| loadgen CPU (same machine) | {q.get('loadgen_cpu_cores', 0):.2f} cores | {p.get('loadgen_cpu_cores', 0):.2f} cores | |",
                   f"| bytes on disk per distribution | {q['disk_per_window']:.1f} B per fingerprint-window (sealed; {q['disk_bytes_before_sealing'] / q['windows']:.1f} B before) | {p['bytes_per_histogram']:.1f} B per histogram ({p['bytes_per_sample']:.2f} B/sample, block snapshot) | {q['disk_per_window'] / p['bytes_per_histogram']:.2f}x |"]
+        v = r.get("victoria_metrics")
+        if v:
+            lines.append(f"| VictoriaMetrics 1.79, same data, separate run: histograms/s (acked before durable) | "
+                         f"{q['windows_per_s']:.0f} | {v['histograms_per_s']:.0f} | {q['windows_per_s'] / v['histograms_per_s']:.2f}x |")
+            lines.append(f"| VictoriaMetrics: CPU / RSS peak / bytes per histogram after a flush and merge | "
+                         f"{q['disk_per_window']:.1f} B | {cores(v['process'])} / {rss_text(v['process'])} / {v['bytes_per_histogram']:.1f} B | "
+                         f"{q['disk_per_window'] / v['bytes_per_histogram']:.2f}x |")
         for name in ("p50", "p95", "p99"):
             qe, pe = q["errors"].get(name), p["errors"].get(name)
             if qe and pe:

@@ -346,6 +346,20 @@ impl Tables {
         out
     }
 
+    /// Starts of every raw partition the tables hold windows of.
+    pub(crate) fn all_raw_parts(&self) -> Vec<i64> {
+        let mut out: Vec<i64> = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .chain([&self.active])
+            .flat_map(|t| t.parts.keys().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Buffered slow samples with keys in `[start, end)` of the raw
     /// partitions starting in `[from, to)`.
     pub(crate) fn slow(&self, start: &[u8], end: &[u8], from: i64, to: i64) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -18,7 +18,7 @@
 //! reads, so [`verify_settled`] looks again at what disagrees before
 //! reporting it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use querypulse_domain::{HealthCheckStats, LatencyHistogram, PoolStats, QueryStat
 use serde::{Deserialize, Serialize};
 
 use super::codec::{InstanceQueries, TimedPool, WindowValue, decode_chunk, decode_slow, key};
-use super::partition::{Partition, Tier};
+use super::partition::{Partition, Tier, floor};
 use super::registry::SeriesKey;
 use super::{Store, StoreError};
 
@@ -217,15 +217,25 @@ fn units(store: &Store) -> Vec<Unit> {
     let partitions = store.partitions().all();
     let series = store.registry().all_series();
     let services = store.registry().services();
-    let mut units = Vec::new();
-    for partition in &partitions {
-        let (tier, from, to) = (partition.tier, partition.start_ms, partition.end_ms());
-        if partition.is_sealed() {
-            units.push(Unit::Sealed { tier, start: from });
+    // Partitions on disk, and those the memtable holds windows of so far.
+    let mut spans: BTreeSet<(Tier, i64)> = partitions.iter().map(|p| (p.tier, p.start_ms)).collect();
+    for raw in store.tables().all_raw_parts() {
+        for tier in Tier::ALL {
+            spans.insert((tier, floor(raw, tier.partition_ms())));
         }
+    }
+    let mut units = Vec::new();
+    for partition in partitions.iter().filter(|p| p.is_sealed()) {
+        units.push(Unit::Sealed {
+            tier: partition.tier,
+            start: partition.start_ms,
+        });
+    }
+    for &(tier, from) in &spans {
+        let to = from + tier.partition_ms();
         // Fine partitions nest in coarse ones: compare where both are held.
         if let Some(coarse) = next(tier)
-            && store.partitions().get(coarse, from).is_some()
+            && spans.contains(&(coarse, floor(from, coarse.partition_ms())))
         {
             for (id, key) in &series {
                 let per_instance = matches!(key, SeriesKey::InstanceQueries { .. });
