@@ -103,6 +103,7 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
     // Series ids and texts first: no partition may refer to an id that a
     // crash could lose.
     store.registry().meta().flush()?;
+    let synced = std::time::Instant::now();
     let last = table.last_seq;
     let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
     let blocks = max_series(table).map_or(1, |max| u64::from(max) / SERIES_PER_STEP + 1);
@@ -128,7 +129,9 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
     }
     // The meta database holds the instances' records and the markers of
     // applied batches up to `last`: durable before the log drops them.
+    let meta_started = std::time::Instant::now();
     store.registry().meta().flush()?;
+    let meta_ms = meta_started.elapsed().as_millis() as u64;
     let mut written = Vec::with_capacity(runs.len());
     {
         let mut tables = store.tables_mut();
@@ -150,9 +153,11 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
         merge_runs(store, &partition)?;
     }
     tracing::debug!(
-        encode_ms = (encoded - started).as_millis() as u64,
+        registry_ms = (synced - started).as_millis() as u64,
+        encode_ms = (encoded - synced).as_millis() as u64,
         write_ms = (installed - encoded).as_millis() as u64,
         merge_ms = installed.elapsed().as_millis() as u64,
+        meta_ms,
         "flush phases"
     );
     Ok(last)

@@ -330,6 +330,40 @@ impl Tables {
         }
     }
 
+    /// Like [`Tables::visit`] for statement windows, lent rather than
+    /// cloned (reads that fold thousands of series per request).
+    pub(crate) fn visit_queries(
+        &self,
+        tier: Tier,
+        series: u32,
+        from: i64,
+        to: i64,
+        add: &mut dyn FnMut(i64, &QueryStats),
+    ) {
+        let (lo, hi) = match tier.window_ms() {
+            Some(len) => (ceil(from, len), ceil(to, len)),
+            None => (from, to),
+        };
+        let tables = self
+            .frozen
+            .as_deref()
+            .into_iter()
+            .map(|t| (t, true))
+            .chain([(&self.active, false)]);
+        for (table, frozen) in tables {
+            let first = floor(lo, Tier::Raw.partition_ms());
+            for (_, part) in table.parts.range(first..hi) {
+                for (at, value) in range(&part.queries, series, lo, hi) {
+                    let aligned = tier.align(at);
+                    if frozen && self.committed.contains(&(tier, floor(aligned, tier.partition_ms()))) {
+                        continue;
+                    }
+                    add(aligned, value);
+                }
+            }
+        }
+    }
+
     /// Starts of the raw partitions the tables hold windows of, overlapping
     /// `[from, to)`.
     pub(crate) fn raw_parts(&self, from: i64, to: i64) -> Vec<i64> {

@@ -64,6 +64,23 @@ impl QueryFold {
         }
     }
 
+    /// A window held in memory: its histogram into the dense accumulator,
+    /// nothing cloned.
+    fn add_window(&mut self, stats: &QueryStats) {
+        if stats.calls == 0 {
+            return;
+        }
+        self.dense.add(&stats.latency);
+        match &mut self.head {
+            Some(head) => head.merge_counters(stats),
+            None => {
+                let mut head = QueryStats::new(stats.fingerprint);
+                head.merge_counters(stats);
+                self.head = Some(head);
+            }
+        }
+    }
+
     fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut input = In::with_format(bytes, "window")?;
         let counters = read_query_counters(&mut input)?;
@@ -279,7 +296,7 @@ impl Store {
                     }
                 }
             }
-            tables.visit::<QueryStats>(tier, series, a, b, &mut |_, stats| fold.add_stats(&stats));
+            tables.visit_queries(tier, series, a, b, &mut |_, stats| fold.add_window(stats));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
-use super::codec::{WalEntry, decode_wal, encode_wal};
+use super::codec::{Out, WalEntry, decode_wal, encode_wal_into};
 
 /// A segment is closed once it grows past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -104,15 +104,20 @@ impl Wal {
         if self.current_bytes > SEGMENT_BYTES {
             self.rotate()?;
         }
-        let mut frames = Vec::new();
+        let mut frames = Out(Vec::new());
         for entry in entries.iter_mut() {
             entry.wal_seq = self.next_seq;
             self.next_seq += 1;
-            let payload = encode_wal(entry);
-            frames.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            frames.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            frames.extend_from_slice(&payload);
+            // The header is filled in once the payload behind it is encoded.
+            let header = frames.0.len();
+            frames.0.extend_from_slice(&[0; 8]);
+            encode_wal_into(entry, &mut frames);
+            let payload = &frames.0[header + 8..];
+            let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+            frames.0[header..header + 4].copy_from_slice(&len.to_le_bytes());
+            frames.0[header + 4..header + 8].copy_from_slice(&crc.to_le_bytes());
         }
+        let frames = frames.0;
         let path = &self.segments.last().expect("a current segment").path;
         self.current
             .write_all(&frames)

@@ -221,6 +221,16 @@ impl QueryStats {
         if other.calls == 0 {
             return;
         }
+        self.merge_counters(other);
+        self.latency.add(&other.latency);
+    }
+
+    /// [`QueryStats::merge`] without the histogram: for folds that
+    /// accumulate histograms elsewhere (a dense array).
+    pub fn merge_counters(&mut self, other: &QueryStats) {
+        if other.calls == 0 {
+            return;
+        }
         self.min_us = if self.calls == 0 {
             other.min_us
         } else {
@@ -235,7 +245,6 @@ impl QueryStats {
         self.rows = self.rows.saturating_add(other.rows);
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
         self.sum_squares_us += other.sum_squares_us;
-        self.latency.add(&other.latency);
         self.outliers = self.outliers.saturating_add(other.outliers);
     }
 
