@@ -118,20 +118,27 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
     let encoded = std::time::Instant::now();
     let committed = store.tables().committed.clone();
     let mut runs = Vec::with_capacity(entries.len());
-    for ((tier, start), mut entries) in entries {
-        if entries.is_empty() || committed.contains(&(tier, start)) {
-            continue;
+    let outcome = (|| -> Result<(), StoreError> {
+        for ((tier, start), mut entries) in entries {
+            if entries.is_empty() || committed.contains(&(tier, start)) {
+                continue;
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let partition = store.partitions().get_or_create(tier, start)?;
+            let run = partition.write_run(last, entries.into_iter().map(Ok))?;
+            runs.push((partition, run));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let partition = store.partitions().get_or_create(tier, start)?;
-        let run = partition.write_run(last, entries.into_iter().map(Ok))?;
-        runs.push((partition, run));
+        // The meta database holds the instances' records and the markers of
+        // applied batches up to `last`: durable before the log drops them.
+        store.registry().meta().flush()?;
+        Ok(())
+    })();
+    if let Err(error) = outcome {
+        for (_, run) in runs {
+            run.discard();
+        }
+        return Err(error);
     }
-    // The meta database holds the instances' records and the markers of
-    // applied batches up to `last`: durable before the log drops them.
-    let meta_started = std::time::Instant::now();
-    store.registry().meta().flush()?;
-    let meta_ms = meta_started.elapsed().as_millis() as u64;
     let mut written = Vec::with_capacity(runs.len());
     {
         let mut tables = store.tables_mut();
@@ -157,7 +164,6 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
         encode_ms = (encoded - synced).as_millis() as u64,
         write_ms = (installed - encoded).as_millis() as u64,
         merge_ms = installed.elapsed().as_millis() as u64,
-        meta_ms,
         "flush phases"
     );
     Ok(last)

@@ -165,6 +165,15 @@ impl Run {
     pub(crate) fn iter(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         self.segment.iter()
     }
+
+    /// Deletes a run that was written but never installed (its flush
+    /// failed): left on disk, the next start would load it beside the run a
+    /// retry writes, and count its windows twice.
+    pub(crate) fn discard(self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "removing a run of a failed flush failed");
+        }
+    }
 }
 
 /// The log entry and the number in a run's file name, `run-<seq>-<n>.seg`.
