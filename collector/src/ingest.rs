@@ -6,9 +6,9 @@
 //! one fsync for the whole group, applies them, and only then lets the stream
 //! tasks acknowledge them. Acknowledgements go out in the order the batches
 //! came in. Between groups (at least once a second) it runs the store's
-//! maintenance: compaction, retention, checkpoints.
+//! maintenance: retention, sealing, checkpoints, a memtable flush when due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -356,20 +356,27 @@ impl StreamTask {
                         // A text is kept until the store has it: then the
                         // stream needs it no more (thousands of streams would
                         // otherwise each hold every text of their service).
-                        texts.retain(|fp, _| !self.store.has_text(*fp));
-                        for text in &batch.texts {
-                            if self.store.has_text(text.fingerprint) {
-                                continue;
-                            }
+                        if !texts.is_empty() {
+                            let lacking: HashSet<Fingerprint> =
+                                self.store.lacking_texts(texts.keys().copied()).into_iter().collect();
+                            texts.retain(|fp, _| lacking.contains(fp));
+                        }
+                        let new_texts: HashSet<Fingerprint> = self
+                            .store
+                            .lacking_texts(batch.texts.iter().map(|t| t.fingerprint))
+                            .into_iter()
+                            .collect();
+                        for text in batch.texts.iter().filter(|t| new_texts.contains(&t.fingerprint)) {
                             if texts.len() < MAX_STREAM_TEXTS || texts.contains_key(&text.fingerprint) {
                                 texts.insert(text.fingerprint, text.text.clone());
                             }
                         }
                         // Only the texts the store lacks travel on: after
                         // the first windows that is none.
-                        let mut offered: Vec<FingerprintText> = batch
-                            .referenced_fingerprints()
-                            .filter(|fp| !self.store.has_text(*fp))
+                        let mut offered: Vec<FingerprintText> = self
+                            .store
+                            .lacking_texts(batch.referenced_fingerprints())
+                            .into_iter()
                             .filter_map(|fp| {
                                 texts.get(&fp).map(|text| FingerprintText {
                                     fingerprint: fp,

@@ -307,27 +307,26 @@ pub(crate) struct InstanceQueries(pub Vec<InstanceQuery>);
 
 const COMPRESS_ABOVE: usize = 256;
 
-impl WindowValue for InstanceQueries {
-    fn write(&self, out: &mut Out) {
-        let mut plain = Out::default();
-        plain.u(self.0.len() as u64);
+impl InstanceQueries {
+    /// The varint form, uncompressed (the memtable keeps open windows so).
+    pub(crate) fn write_plain(&self, out: &mut Out) {
+        out.u(self.0.len() as u64);
         let mut previous = 0u32;
         for q in &self.0 {
-            plain.u(u64::from(q.series - previous));
+            out.u(u64::from(q.series - previous));
             previous = q.series;
-            plain.u(q.calls);
-            plain.u(q.errors);
-            plain.u(q.rows);
-            plain.u(q.sum_us);
-            plain.u(q.min_us);
-            plain.u(q.max_us);
+            out.u(q.calls);
+            out.u(q.errors);
+            out.u(q.rows);
+            out.u(q.sum_us);
+            out.u(q.min_us);
+            out.u(q.max_us);
         }
-        write_maybe_compressed(out, &plain.0);
     }
 
-    fn read(input: &mut In<'_>) -> Result<Self> {
-        let plain = read_maybe_compressed(input)?;
-        let mut input = In(&plain);
+    /// Reads what [`InstanceQueries::write_plain`] wrote.
+    pub(crate) fn read_plain(plain: &[u8]) -> Result<Self> {
+        let mut input = In(plain);
         let len = input.u()? as usize;
         let mut entries = Vec::with_capacity(len.min(1 << 20));
         let mut series = 0u32;
@@ -346,6 +345,18 @@ impl WindowValue for InstanceQueries {
             });
         }
         Ok(InstanceQueries(entries))
+    }
+}
+
+impl WindowValue for InstanceQueries {
+    fn write(&self, out: &mut Out) {
+        let mut plain = Out::default();
+        self.write_plain(&mut plain);
+        write_maybe_compressed(out, &plain.0);
+    }
+
+    fn read(input: &mut In<'_>) -> Result<Self> {
+        InstanceQueries::read_plain(&read_maybe_compressed(input)?)
     }
 
     fn merge(&mut self, later: &Self) {
@@ -779,9 +790,10 @@ pub(crate) fn decode_wal(bytes: &[u8]) -> Result<WalEntry> {
     })
 }
 
-/// Keys. Partition databases hold `w` (windows), `c` (chunks waiting for
-/// compaction), `q` (slow samples) and `W` (last applied log entry); the
-/// meta database holds the registries.
+/// Keys. Partitions hold `w` (windows), `q` (slow samples) and `W` (last
+/// applied log entry; databases written before runs also hold `c`, chunks
+/// that were waiting for compaction, dropped when sealed); the meta database
+/// holds the registries.
 pub(crate) mod key {
     /// Window starts are signed; flipping the sign bit makes their big-endian
     /// bytes sort in numeric order, negative times included.

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use querypulse_domain::{Fingerprint, HealthCheckStats, QueryStats};
 
-use super::StoreError;
-use super::codec::{In, InstanceQueries, InstanceQuery, Out, TimedPool, WindowValue};
+use super::codec::{InstanceQueries, Out, TimedPool, WindowValue};
 use super::partition::{Tier, ceil, floor};
 
 /// The active table is frozen and flushed at least this often while it
@@ -47,46 +46,13 @@ pub(crate) struct PackedInstances(Vec<u8>);
 impl PackedInstances {
     pub(crate) fn pack(queries: &InstanceQueries) -> PackedInstances {
         let mut out = Out::default();
-        out.u(queries.0.len() as u64);
-        let mut previous = 0u32;
-        for q in &queries.0 {
-            out.u(u64::from(q.series - previous));
-            previous = q.series;
-            out.u(q.calls);
-            out.u(q.errors);
-            out.u(q.rows);
-            out.u(q.sum_us);
-            out.u(q.min_us);
-            out.u(q.max_us);
-        }
+        queries.write_plain(&mut out);
         out.0.shrink_to_fit();
         PackedInstances(out.0)
     }
 
     pub(crate) fn unpack(&self) -> InstanceQueries {
-        self.try_unpack().expect("the memtable decodes what it packed itself")
-    }
-
-    fn try_unpack(&self) -> Result<InstanceQueries, StoreError> {
-        let mut input = In(&self.0);
-        let len = input.u()? as usize;
-        let mut entries = Vec::with_capacity(len.min(1 << 20));
-        let mut series = 0u32;
-        for _ in 0..len {
-            series = series
-                .checked_add(input.u32()?)
-                .ok_or_else(|| StoreError::Corrupt("series id overflow".into()))?;
-            entries.push(InstanceQuery {
-                series,
-                calls: input.u()?,
-                errors: input.u()?,
-                rows: input.u()?,
-                sum_us: input.u()?,
-                min_us: input.u()?,
-                max_us: input.u()?,
-            });
-        }
-        Ok(InstanceQueries(entries))
+        InstanceQueries::read_plain(&self.0).expect("the memtable decodes what it packed itself")
     }
 
     fn merge(&mut self, other: &PackedInstances) {
@@ -299,35 +265,52 @@ impl Buffer for HealthCheckStats {
 }
 
 impl Tables {
-    /// Calls `add(window start in tier, value)` for every buffered raw window
-    /// of `series` whose `tier` window starts in `[from, to)`: the frozen
-    /// table's (unless committed to that partition), then the active one's.
-    pub(crate) fn visit<V: Buffer>(&self, tier: Tier, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, V)) {
-        // A raw window at `t` belongs to the tier window starting at
-        // align(t), which lies in [from, to) exactly when t does in
-        // [ceil(from), ceil(to)) (window-aligned).
+    /// The frozen table (flagged `true`) if any, then the active one.
+    fn tables(&self) -> impl Iterator<Item = (&Memtable, bool)> {
+        self.frozen
+            .as_deref()
+            .map(|t| (t, true))
+            .into_iter()
+            .chain([(&self.active, false)])
+    }
+
+    /// Calls `each(part, lo, hi, frozen)` for every buffered raw partition
+    /// that may hold raw windows whose `tier` window starts in `[from, to)`:
+    /// exactly the raw windows in `[lo, hi)`. A raw window at `t` belongs to
+    /// the tier window starting at align(t), which lies in [from, to) exactly
+    /// when t does in [ceil(from), ceil(to)) (window-aligned).
+    fn each_part(&self, tier: Tier, from: i64, to: i64, each: &mut dyn FnMut(&Buffered, i64, i64, bool)) {
         let (lo, hi) = match tier.window_ms() {
             Some(len) => (ceil(from, len), ceil(to, len)),
             None => (from, to),
         };
-        let tables = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .map(|t| (t, true))
-            .chain([(&self.active, false)]);
-        for (table, frozen) in tables {
-            let first = floor(lo, Tier::Raw.partition_ms());
+        let first = floor(lo, Tier::Raw.partition_ms());
+        for (table, frozen) in self.tables() {
             for (_, part) in table.parts.range(first..hi) {
-                V::buffered(part, series, lo, hi, &mut |at, value| {
-                    let aligned = tier.align(at);
-                    if frozen && self.committed.contains(&(tier, floor(aligned, tier.partition_ms()))) {
-                        return;
-                    }
-                    add(aligned, value);
-                });
+                each(part, lo, hi, frozen);
             }
         }
+    }
+
+    /// The start of the `tier` window a buffered raw window at `at` adds to,
+    /// unless the frozen table's window is committed to that partition.
+    fn aligned(&self, tier: Tier, frozen: bool, at: i64) -> Option<i64> {
+        let aligned = tier.align(at);
+        let committed = frozen && self.committed.contains(&(tier, floor(aligned, tier.partition_ms())));
+        (!committed).then_some(aligned)
+    }
+
+    /// Calls `add(window start in tier, value)` for every buffered raw window
+    /// of `series` whose `tier` window starts in `[from, to)`: the frozen
+    /// table's (unless committed to that partition), then the active one's.
+    pub(crate) fn visit<V: Buffer>(&self, tier: Tier, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, V)) {
+        self.each_part(tier, from, to, &mut |part, lo, hi, frozen| {
+            V::buffered(part, series, lo, hi, &mut |at, value| {
+                if let Some(aligned) = self.aligned(tier, frozen, at) {
+                    add(aligned, value);
+                }
+            });
+        });
     }
 
     /// Like [`Tables::visit`] for statement windows, lent rather than
@@ -340,54 +323,30 @@ impl Tables {
         to: i64,
         add: &mut dyn FnMut(i64, &QueryStats),
     ) {
-        let (lo, hi) = match tier.window_ms() {
-            Some(len) => (ceil(from, len), ceil(to, len)),
-            None => (from, to),
-        };
-        let tables = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .map(|t| (t, true))
-            .chain([(&self.active, false)]);
-        for (table, frozen) in tables {
-            let first = floor(lo, Tier::Raw.partition_ms());
-            for (_, part) in table.parts.range(first..hi) {
-                for (at, value) in range(&part.queries, series, lo, hi) {
-                    let aligned = tier.align(at);
-                    if frozen && self.committed.contains(&(tier, floor(aligned, tier.partition_ms()))) {
-                        continue;
-                    }
+        self.each_part(tier, from, to, &mut |part, lo, hi, frozen| {
+            for (at, value) in range(&part.queries, series, lo, hi) {
+                if let Some(aligned) = self.aligned(tier, frozen, at) {
                     add(aligned, value);
                 }
             }
-        }
+        });
     }
 
     /// Starts of the raw partitions the tables hold windows of, overlapping
     /// `[from, to)`.
     pub(crate) fn raw_parts(&self, from: i64, to: i64) -> Vec<i64> {
-        let first = floor(from, Tier::Raw.partition_ms());
-        let mut out: Vec<i64> = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .chain([&self.active])
-            .flat_map(|t| t.parts.range(first..to).map(|(start, _)| *start))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        self.raw_parts_in(floor(from, Tier::Raw.partition_ms())..to)
     }
 
     /// Starts of every raw partition the tables hold windows of.
     pub(crate) fn all_raw_parts(&self) -> Vec<i64> {
+        self.raw_parts_in(..)
+    }
+
+    fn raw_parts_in(&self, starts: impl std::ops::RangeBounds<i64> + Clone) -> Vec<i64> {
         let mut out: Vec<i64> = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .chain([&self.active])
-            .flat_map(|t| t.parts.keys().copied())
+            .tables()
+            .flat_map(|(t, _)| t.parts.range(starts.clone()).map(|(start, _)| *start))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -398,13 +357,7 @@ impl Tables {
     /// partitions starting in `[from, to)`.
     pub(crate) fn slow(&self, start: &[u8], end: &[u8], from: i64, to: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        let tables = self
-            .frozen
-            .as_deref()
-            .into_iter()
-            .map(|t| (t, true))
-            .chain([(&self.active, false)]);
-        for (table, frozen) in tables {
+        for (table, frozen) in self.tables() {
             let first = floor(from, Tier::Raw.partition_ms());
             for (part_start, part) in table.parts.range(first..to) {
                 if frozen && self.slow_committed.contains(part_start) {
@@ -421,16 +374,17 @@ impl Tables {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.active.bytes + self.frozen.as_ref().map_or(0, |f| f.bytes)
+        self.tables().map(|(t, _)| t.bytes).sum()
     }
 
     pub(crate) fn windows(&self) -> usize {
-        self.active.windows + self.frozen.as_ref().map_or(0, |f| f.windows)
+        self.tables().map(|(t, _)| t.windows).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::InstanceQuery;
     use super::*;
 
     #[test]

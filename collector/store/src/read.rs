@@ -159,10 +159,9 @@ impl Store {
         for partition in self.partitions().overlapping(tier, scan_from, to) {
             let start = key::window(series, scan_from.max(partition.start_ms), key::SINGLE);
             let end = key::window(series, to.min(partition.end_ms()), key::SINGLE);
-            // One range read sees a partition between two writes: a window
-            // is in the chunk, in a single, or (written late, after the
-            // chunk was compacted) in both, and then the two add up, the
-            // chunk first: it was written first.
+            // A window is in a sealed chunk, in singles (runs, each a
+            // delta), or (written late, after sealing) in both, and then
+            // they add up, the chunk first: it was written first.
             let mut singles = Vec::new();
             for (k, v) in partition.range(&start, &end)? {
                 let Some((_, at, kind)) = key::parse_window(&k) else {
@@ -260,10 +259,10 @@ impl Store {
         self.registry().instances()
     }
 
-    /// Whether the store holds the text of `fingerprint` (answered from
-    /// memory: ingest asks it for every statement of every batch).
-    pub fn has_text(&self, fingerprint: Fingerprint) -> bool {
-        self.registry().has_text(fingerprint)
+    /// Those of `fingerprints` whose text the store lacks (answered from
+    /// memory under one lock: ingest asks it for every batch).
+    pub fn lacking_texts(&self, fingerprints: impl IntoIterator<Item = Fingerprint>) -> Vec<Fingerprint> {
+        self.registry().lacking_texts(fingerprints)
     }
 
     /// The normalized text of a fingerprint.

@@ -178,13 +178,10 @@ impl StoreWriter {
                 continue;
             }
             let offered: HashSet<Fingerprint> = texts.iter().map(|t| t.fingerprint).collect();
-            let mut unknown = None;
-            for fingerprint in batch.referenced_fingerprints() {
-                if !offered.contains(&fingerprint) && !registry.has_text(fingerprint) {
-                    unknown = Some(fingerprint);
-                    break;
-                }
-            }
+            let unknown = registry
+                .lacking_texts(batch.referenced_fingerprints())
+                .into_iter()
+                .find(|fp| !offered.contains(fp));
             if let Some(fingerprint) = unknown {
                 outcomes.push(ApplyOutcome::Rejected(format!(
                     "fingerprint {fingerprint} is unknown: its text was never sent on this stream"
@@ -350,13 +347,7 @@ impl StoreWriter {
                 for (series, stats) in &r.queries {
                     table.add_query(*series, at, stats);
                 }
-                let counters = InstanceQueries(
-                    r.queries
-                        .iter()
-                        .map(|(series, stats)| InstanceQuery::from_stats(*series, stats))
-                        .collect(),
-                );
-                table.add_instances(r.instance, at, &PackedInstances::pack(&counters));
+                table.add_instances(r.instance, at, &PackedInstances::pack(&r.instance_counters()));
                 for (series, pool) in &r.pools {
                     let timed = TimedPool {
                         stats: (*pool).clone(),
@@ -382,19 +373,7 @@ impl StoreWriter {
             }
         }
         for entry in entries {
-            let batch = &entry.batch;
-            meta_batch.insert(
-                applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
-                &[][..],
-            );
-            registry.touch_instance(
-                &entry.service,
-                &entry.instance_id,
-                batch.seq,
-                &batch.counters,
-                entry.received_ms,
-                &mut meta_batch,
-            );
+            record_applied(&registry, entry, &mut meta_batch);
         }
         if let Some(last) = entries.last() {
             meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
@@ -458,13 +437,7 @@ impl StoreWriter {
                 // year of hourly records of dead instances would outweigh
                 // everything else.
                 if tier != Tier::Hour {
-                    let counters = InstanceQueries(
-                        r.queries
-                            .iter()
-                            .map(|(series, stats)| InstanceQuery::from_stats(*series, stats))
-                            .collect(),
-                    );
-                    merge_entry(&mut w.instances, (r.instance, at), &counters);
+                    merge_entry(&mut w.instances, (r.instance, at), &r.instance_counters());
                 }
                 for (series, pool) in &r.pools {
                     let timed = TimedPool {
@@ -489,18 +462,7 @@ impl StoreWriter {
                 }
             }
             if meta_applied < entry.wal_seq {
-                meta_batch.insert(
-                    applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
-                    &[][..],
-                );
-                registry.touch_instance(
-                    &entry.service,
-                    &entry.instance_id,
-                    batch.seq,
-                    &batch.counters,
-                    entry.received_ms,
-                    &mut meta_batch,
-                );
+                record_applied(&registry, entry, &mut meta_batch);
             }
         }
         // Each partition's share goes to a run of its own, like a flush: a
@@ -525,6 +487,36 @@ impl StoreWriter {
         registry.meta().apply_batch(meta_batch)?;
         Ok(())
     }
+}
+
+impl Resolved<'_> {
+    /// The instance's counters of every statement of the entry.
+    fn instance_counters(&self) -> InstanceQueries {
+        InstanceQueries(
+            self.queries
+                .iter()
+                .map(|(series, stats)| InstanceQuery::from_stats(*series, stats))
+                .collect(),
+        )
+    }
+}
+
+/// Records in the meta database that `entry` was applied: its marker (so a
+/// resend is a duplicate) and its instance's record.
+fn record_applied(registry: &super::registry::Registry, entry: &WalEntry, meta_batch: &mut sled::Batch) {
+    let batch = &entry.batch;
+    meta_batch.insert(
+        applied_key(batch.window.start_ms, &entry.instance_id, batch.seq),
+        &[][..],
+    );
+    registry.touch_instance(
+        &entry.service,
+        &entry.instance_id,
+        batch.seq,
+        &batch.counters,
+        entry.received_ms,
+        meta_batch,
+    );
 }
 
 impl WriterState {
