@@ -5,8 +5,8 @@
 //!
 //! Fills a store directly (two instances, 1,000 fingerprints, one window
 //! every 10 minutes for 7 days, two pools per instance with health checks;
-//! raw retention raised to 8 days so nothing is refused as too old), compacts
-//! it as the collector would, serves the dashboard on 127.0.0.1 and requests
+//! raw retention raised to 8 days so nothing is refused as too old), flushes
+//! and seals it as the collector would, serves the dashboard on 127.0.0.1 and requests
 //! each page `QUERYPULSE_BENCH_REQUESTS` times (default 200), one at a time,
 //! twice: "cold", every page computed from the store (the dashboard's cache
 //! off; a tenth as many requests), and "served", as the collector runs it

@@ -3,8 +3,8 @@
 //! Random sequences of operations — groups of batches from several
 //! instances with windows spread over several partitions of every tier,
 //! resends, windows logged but not applied before a crash, restarts, clock
-//! moves, and compaction and sealing passes (waited for, or left running
-//! while more is written) — are applied to the real store. At random points
+//! moves, memtable flushes and sealing passes (waited for, or left running
+//! while more is written), a memtable of a few kilobytes — are applied to the real store. At random points
 //! and at the end, every read path is compared with what an in-memory list
 //! of the accepted batches says, bucket for bucket:
 //!
@@ -415,7 +415,7 @@ fn run(
         }
     }
     check(subject.store(), &model, &seed_ranges)?;
-    // Compaction and sealing of everything, then again.
+    // Flushing and sealing of everything, then again.
     subject.clock.advance(2 * DAY);
     subject.writer().checkpoint().unwrap();
     for _ in 0..4 {

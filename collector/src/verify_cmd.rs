@@ -3,8 +3,8 @@
 //! its series and span, and exits non-zero when there is one.
 //!
 //! - `--data-dir DIR`: a stopped collector's data. The store is opened as a
-//!   start would open it (the write-ahead log is replayed into databases
-//!   that missed it); nothing is compacted, sealed or expired.
+//!   start would open it (the write-ahead log is replayed into partitions
+//!   that missed it); nothing is sealed or expired.
 //! - `--url URL`: a running collector checks its own store, read-only,
 //!   looking again at whatever disagrees while it is being written.
 

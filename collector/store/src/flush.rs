@@ -16,8 +16,8 @@
 //! what is missing, partition by partition. Runs are merged (smallest first)
 //! as they accumulate, and folded into chunks when the partition is sealed.
 //!
-//! While a flush runs, maintenance that rewrites partitions (compaction,
-//! sealing, retention) waits for the next pass.
+//! While a flush runs, maintenance that replaces partitions (sealing,
+//! retention) waits for the next pass.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -89,7 +89,7 @@ impl StoreWriter {
         }
     }
 
-    /// Flushes the databases that compaction or a replay wrote to.
+    /// Syncs the registry and drops the log entries a replay wrote to runs.
     fn sync(&mut self) -> Result<(), StoreError> {
         self.store.registry().meta().flush()?;
         if let Some(applied) = self.state.applied_since_checkpoint.take() {
@@ -250,8 +250,8 @@ impl StoreWriter {
                     continue;
                 }
             }
-            // Sealing folds everything into chunks, whatever compaction
-            // has or has not done yet.
+            // Sealing folds everything (runs, and the database of a store
+            // written before runs) into chunks.
             let generation = partition.generation();
             let job_partition = partition.clone();
             let store = self.store.clone();

@@ -119,12 +119,10 @@ pub(crate) struct Partition {
     live: Option<sled::Db>,
     sealed: Option<Segment>,
     overlay: OnceLock<sled::Db>,
-    /// Batches applied since the partition was opened.
+    /// Changes to the runs since the partition was opened.
     generation: AtomicU64,
-    /// Held shared by a read, exclusively while a batch is applied: sled
-    /// applies a batch atomically, but a range scan is no snapshot and could
-    /// see half of one (the singles a compaction removes and the chunk it
-    /// writes, counted twice).
+    /// Held shared by a read, exclusively while the runs change: a read sees
+    /// the runs a merge consumed or the run it wrote, never both.
     applying: RwLock<()>,
     /// Flushed memtables, oldest first (changed under `applying`).
     runs: RwLock<Vec<Arc<Run>>>,
@@ -320,8 +318,8 @@ impl Partition {
         }
     }
 
-    /// Changes every time a batch is applied: sealing checks that nothing
-    /// was written while it ran.
+    /// Changes every time the runs change: sealing checks that nothing was
+    /// written while it ran.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

@@ -1,5 +1,6 @@
 //! Store behaviour a user relies on: exact merges and rollups, idempotent
-//! resends, late windows, compaction, retention, crash recovery.
+//! resends, late windows, memtable flushes and runs, sealing, retention,
+//! crash recovery.
 
 use std::sync::Arc;
 
@@ -557,7 +558,7 @@ fn query_series(store: &Store) -> u32 {
         .unwrap()
 }
 
-/// A store with a full hour 5 hours ago, compacted, its partition being
+/// A store with a full hour 5 hours ago, flushed, its partition being
 /// sealed: the directory, store, writer, hour and query series.
 fn closed_hour() -> (tempfile::TempDir, Store, StoreWriter, i64, u32) {
     let dir = tempfile::tempdir().unwrap();
