@@ -532,6 +532,26 @@ fn check(store: &Store, model: &Model, seed_ranges: &[(i64, i64)]) -> Result<(),
                 from,
                 to
             );
+            // The service's total series: every statement merged.
+            let mut expected_total: Option<QueryStats> = None;
+            for stats in &expected_all {
+                match &mut expected_total {
+                    Some(total) => total.merge(stats),
+                    None => expected_total = Some(stats.clone()),
+                }
+            }
+            if let Some(total) = &mut expected_total {
+                total.fingerprint = Fingerprint::OTHER;
+            }
+            let got_total = store.service_stats(id, from, to).unwrap();
+            prop_assert_eq!(
+                &got_total,
+                &expected_total,
+                "every statement of {} merged over [{}, {})",
+                service,
+                from,
+                to
+            );
             exported.extend(expected_all.into_iter().map(|s| (service, s)));
         }
         check_metrics(&source, &exported, from, to)?;

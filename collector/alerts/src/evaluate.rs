@@ -47,16 +47,7 @@ fn query_samples(store: &Store, rule: &Rule, from: i64, to: i64) -> Result<Vec<S
         }
         let (stats, fingerprint) = match rule.scope.fingerprint {
             Some(fp) => (store.query(id, fp, from, to)?, fp.to_string()),
-            None => {
-                let mut merged: Option<QueryStats> = None;
-                for stats in store.query_stats(id, from, to)? {
-                    match &mut merged {
-                        Some(m) => m.merge(&stats),
-                        None => merged = Some(stats),
-                    }
-                }
-                (merged, String::new())
-            }
+            None => (store.service_stats(id, from, to)?, String::new()),
         };
         let Some(stats) = stats.filter(|s| s.calls > 0) else {
             continue;

@@ -141,6 +141,9 @@ struct Shared {
     retention: RwLock<Retention>,
     limits: Limits,
     clock: Clock,
+    /// Windows from this time on are in the services' total series too
+    /// (see [`registry::SeriesKey::Service`]).
+    service_totals_since: i64,
 }
 
 /// The read side of the store. Cheap to clone.
@@ -172,6 +175,16 @@ impl Store {
         let meta = partition::open_sled(sled::Config::new().path(dir.join("meta")).cache_capacity(16 << 20))?;
         let registry = Registry::load(meta)?;
         let partitions = Partitions::open(&dir.join("partitions"))?;
+        // A store written before service totals existed has windows without
+        // them up to its newest raw partition's end at most.
+        let newest = partitions
+            .all()
+            .iter()
+            .filter(|p| p.tier == Tier::Raw)
+            .map(|p| p.end_ms())
+            .max()
+            .unwrap_or(i64::MIN);
+        let service_totals_since = registry.service_totals_since(newest.max(clock.now_ms()))?;
         let store = Store {
             shared: Arc::new(Shared {
                 dir: dir.to_owned(),
@@ -182,6 +195,7 @@ impl Store {
                 retention: RwLock::new(retention),
                 limits,
                 clock,
+                service_totals_since,
             }),
         };
         let mut applied = write::applied_log(store.shared.registry.meta())?;
@@ -251,7 +265,7 @@ impl Store {
     fn series_kind(&self, id: u32) -> Option<partition::SeriesKind> {
         use partition::SeriesKind;
         Some(match self.registry().series(id)? {
-            SeriesKey::Query { .. } => SeriesKind::Query,
+            SeriesKey::Query { .. } | SeriesKey::Service { .. } => SeriesKind::Query,
             SeriesKey::InstanceQueries { .. } => SeriesKind::Instances,
             SeriesKey::Pool { .. } => SeriesKind::Pool,
             SeriesKey::Health { .. } => SeriesKind::Health,

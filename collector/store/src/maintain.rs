@@ -91,7 +91,7 @@ impl StoreWriter {
 
     /// Syncs the registry and drops the log entries a replay wrote to runs.
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.store.registry().meta().flush()?;
+        self.store.registry().sync()?;
         if let Some(applied) = self.state.applied_since_checkpoint.take() {
             self.wal.truncate_through(applied)?;
         }

@@ -329,6 +329,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Every fingerprint of a service merged over `[from, to)`: one series
+    /// read (the service's total), whatever the number of fingerprints.
+    /// `None` when nothing was recorded. Equal to merging
+    /// [`Store::query_stats`], which it falls back to for a range that
+    /// starts before the store kept totals (an upgraded store).
+    pub fn service_stats(&self, service: u32, from: i64, to: i64) -> Result<Option<QueryStats>, StoreError> {
+        let mut fold = QueryFold::default();
+        if from >= self.shared.service_totals_since {
+            if let Some(series) = self.registry().series_id(&SeriesKey::Service { service }) {
+                self.fold_query(series, from, to, &mut fold)?;
+            }
+            return Ok(fold.finish().map(|mut stats| {
+                stats.fingerprint = Fingerprint::OTHER;
+                stats
+            }));
+        }
+        let mut merged: Option<QueryStats> = None;
+        for stats in self.query_stats(service, from, to)? {
+            match &mut merged {
+                Some(m) => m.merge(&stats),
+                None => merged = Some(stats),
+            }
+        }
+        Ok(merged.map(|mut stats| {
+            stats.fingerprint = Fingerprint::OTHER;
+            stats
+        }))
+    }
+
     /// Services that have reported `fingerprint`.
     pub fn services_of(&self, fingerprint: Fingerprint) -> Vec<(String, u32)> {
         let registry = self.registry();

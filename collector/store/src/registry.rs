@@ -6,7 +6,7 @@
 //! reads the meta database for ids.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use querypulse_domain::{AgentCounters, Fingerprint, Hello};
 
@@ -22,6 +22,13 @@ pub enum SeriesKey {
         service: u32,
         /// The statement.
         fingerprint: Fingerprint,
+    },
+    /// Every fingerprint of one service merged: what service-wide reads
+    /// (alert rules, the service's latency) fold instead of thousands of
+    /// fingerprint series.
+    Service {
+        /// Service id.
+        service: u32,
     },
     /// Every fingerprint's counters of one instance.
     InstanceQueries {
@@ -53,6 +60,10 @@ impl SeriesKey {
                 out.extend_from_slice(&service.to_be_bytes());
                 out.extend_from_slice(&fingerprint.get().to_be_bytes());
             }
+            SeriesKey::Service { service } => {
+                out.push(b'V');
+                out.extend_from_slice(&service.to_be_bytes());
+            }
             SeriesKey::InstanceQueries { instance } => {
                 out.push(b'N');
                 out.extend_from_slice(instance.as_bytes());
@@ -78,6 +89,9 @@ impl SeriesKey {
             b'Q' if rest.len() == 12 => Some(SeriesKey::Query {
                 service: u32::from_be_bytes(rest[..4].try_into().ok()?),
                 fingerprint: Fingerprint::new(u64::from_be_bytes(rest[4..].try_into().ok()?)),
+            }),
+            b'V' if rest.len() == 4 => Some(SeriesKey::Service {
+                service: u32::from_be_bytes(rest.try_into().ok()?),
             }),
             b'N' => Some(SeriesKey::InstanceQueries { instance: text(rest)? }),
             b'P' | b'H' => {
@@ -208,10 +222,18 @@ struct Maps {
 pub(crate) struct Registry {
     meta: sled::Db,
     maps: Arc<RwLock<Maps>>,
+    /// Ids and texts in the maps but not yet in the meta database: written
+    /// in one batch per group of log entries ([`Registry::write_pending`])
+    /// rather than one database write each (a fleet's first windows create
+    /// hundreds of thousands). The flush writes them before any run can
+    /// refer to them; until then the log holds what created them.
+    pending: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    writing: Arc<Mutex<()>>,
 }
 
 const NEXT_SERIES: &[u8] = b"Mnext_series";
 const NEXT_SERVICE: &[u8] = b"Mnext_service";
+pub(crate) const SERVICE_TOTALS_SINCE: &[u8] = b"Mservice_totals_since";
 
 fn u32_of(bytes: &[u8], what: &str) -> Result<u32, StoreError> {
     Ok(u32::from_be_bytes(
@@ -302,7 +324,47 @@ impl Registry {
         Ok(Registry {
             meta,
             maps: Arc::new(RwLock::new(maps)),
+            pending: Arc::default(),
+            writing: Arc::default(),
         })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the ids and texts created since the last call to the meta
+    /// database (not synced); on failure they stay pending.
+    pub(crate) fn write_pending(&self) -> Result<(), StoreError> {
+        // One writer at a time, so the next ids recorded never go back.
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // Copied, not taken: readers find a text here until it is written.
+        let written = self.pending().clone();
+        if written.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in &written {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        // Read after copying: every copied id is below these.
+        let (next_series, next_service) = {
+            let maps = self.read();
+            (maps.next_series, maps.next_service)
+        };
+        batch.insert(NEXT_SERIES, &next_series.to_be_bytes()[..]);
+        batch.insert(NEXT_SERVICE, &next_service.to_be_bytes()[..]);
+        self.meta.apply_batch(batch)?;
+        // Only appends happened meanwhile.
+        self.pending().drain(..written.len());
+        Ok(())
+    }
+
+    /// Writes what is pending and syncs the meta database.
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        self.write_pending()?;
+        self.meta.flush()?;
+        Ok(())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Maps> {
@@ -325,11 +387,11 @@ impl Registry {
         }
         let mut maps = self.write();
         let id = maps.next_service;
-        maps.next_service += 1;
-        let mut batch = sled::Batch::default();
-        batch.insert(named(b'S', service), &id.to_be_bytes()[..]);
-        batch.insert(NEXT_SERVICE, &maps.next_service.to_be_bytes()[..]);
-        self.meta.apply_batch(batch)?;
+        maps.next_service = maps
+            .next_service
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("service ids exhausted".into()))?;
+        self.pending().push((named(b'S', service), id.to_be_bytes().to_vec()));
         maps.services.insert(service.to_owned(), id);
         maps.service_names.insert(id, service.to_owned());
         Ok((id, true))
@@ -338,6 +400,28 @@ impl Registry {
     /// The id of a series, if it exists.
     pub(crate) fn series_id(&self, series: &SeriesKey) -> Option<u32> {
         self.read().series.get(series).copied()
+    }
+
+    /// From when on every window of every service also went to its
+    /// [`SeriesKey::Service`] series: from the start for a store created
+    /// with them, else from `upgraded_at` (decided, and recorded, the first
+    /// time a version that writes them opens the store).
+    pub(crate) fn service_totals_since(&self, upgraded_at: i64) -> Result<i64, StoreError> {
+        if let Some(v) = self.meta.get(SERVICE_TOTALS_SINCE)? {
+            let bytes: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("service totals start".into()))?;
+            return Ok(i64::from_be_bytes(bytes));
+        }
+        let since = if self.read().series.is_empty() {
+            i64::MIN
+        } else {
+            upgraded_at
+        };
+        self.meta.insert(SERVICE_TOTALS_SINCE, &since.to_be_bytes()[..])?;
+        self.meta.flush()?;
+        Ok(since)
     }
 
     /// The id of a series, allocated (and written) on first sight. Returns
@@ -352,13 +436,9 @@ impl Registry {
             .next_series
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("series ids exhausted".into()))?;
-        let encoded = series.encode();
-        let mut batch = sled::Batch::default();
         let mut k = vec![b'k'];
-        k.extend_from_slice(&encoded);
-        batch.insert(k, &id.to_be_bytes()[..]);
-        batch.insert(NEXT_SERIES, &maps.next_series.to_be_bytes()[..]);
-        self.meta.apply_batch(batch)?;
+        k.extend_from_slice(&series.encode());
+        self.pending().push((k, id.to_be_bytes().to_vec()));
         if let SeriesKey::Query { service, .. } = series {
             *maps.fingerprints.entry(*service).or_default() += 1;
         }
@@ -538,10 +618,11 @@ impl Registry {
         if fingerprint == Fingerprint::OTHER {
             return Ok(Some(Fingerprint::OTHER_TEXT.to_owned()));
         }
-        Ok(self
-            .meta
-            .get(text_key(fingerprint))?
-            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        let key = text_key(fingerprint);
+        if let Some((_, text)) = self.pending().iter().find(|(k, _)| k.as_slice() == key.as_slice()) {
+            return Ok(Some(String::from_utf8_lossy(text).into_owned()));
+        }
+        Ok(self.meta.get(key)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// Whether the text of `fingerprint` is stored (a lookup in memory).
@@ -563,7 +644,8 @@ impl Registry {
         if self.has_text(fingerprint) {
             return Ok(false);
         }
-        self.meta.insert(text_key(fingerprint), text.as_bytes())?;
+        self.pending()
+            .push((text_key(fingerprint).to_vec(), text.as_bytes().to_vec()));
         self.write().texts.insert(fingerprint);
         Ok(true)
     }
@@ -580,6 +662,7 @@ mod tests {
                 service: 3,
                 fingerprint: Fingerprint::new(u64::MAX),
             },
+            SeriesKey::Service { service: u32::MAX },
             SeriesKey::InstanceQueries { instance: "abc".into() },
             SeriesKey::Pool {
                 instance: "abc".into(),
@@ -615,6 +698,8 @@ mod tests {
             ..Hello::default()
         };
         registry.register(&hello, 5).unwrap();
+        // Ids are written in one batch, by the group that created them.
+        registry.write_pending().unwrap();
         drop(registry);
         let reloaded = Registry::load(meta).unwrap();
         assert_eq!(reloaded.service_id("orders").unwrap(), (service, false));

@@ -457,6 +457,79 @@ fn fingerprints_beyond_the_service_limit_fold_into_other() {
     assert_eq!(stats.iter().map(|s| s.calls).sum::<u64>(), 4, "nothing is lost");
 }
 
+/// Every statement of `service` merged, the slow way.
+fn merged_statements(store: &Store, service: u32, from: i64, to: i64) -> Option<QueryStats> {
+    let mut merged: Option<QueryStats> = None;
+    for stats in store.query_stats(service, from, to).unwrap() {
+        match &mut merged {
+            Some(m) => m.merge(&stats),
+            None => merged = Some(stats),
+        }
+    }
+    merged.map(|mut m| {
+        m.fingerprint = Fingerprint::OTHER;
+        m
+    })
+}
+
+#[test]
+fn a_service_total_equals_its_statements_merged_and_an_upgraded_store_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let other_text = "update orders set state = ? where id = ?";
+    let other = Fingerprint::of_normalized(other_text);
+    for (i, at) in (0..12).map(|i| (i, NOW - 2 * HOUR + i * 10_000)) {
+        let mut b = batch(i as u64 + 1, at, &[100 + i as u64, 2_000, 35_000]);
+        let mut s = QueryStats::new(other);
+        s.record(700 * (i as u64 + 1), 3, None);
+        b.queries.push(s);
+        let mut r = request("a", b);
+        r.texts.push(FingerprintText {
+            fingerprint: other,
+            text: other_text.into(),
+        });
+        assert_eq!(write(&mut writer, vec![r]), vec![ApplyOutcome::Applied]);
+    }
+    let svc = service(&store);
+    let ranges = [
+        (NOW - 3 * HOUR, NOW),
+        (NOW - 2 * HOUR + 30_000, NOW - 2 * HOUR + 70_000),
+    ];
+    let check = |store: &Store| {
+        for (from, to) in ranges {
+            let total = store.service_stats(svc, from, to).unwrap();
+            assert!(total.as_ref().is_some_and(|t| t.calls > 0));
+            assert_eq!(total, merged_statements(store, svc, from, to), "[{from}, {to})");
+        }
+    };
+    // In the memtable, then in runs.
+    check(&store);
+    writer.checkpoint().unwrap();
+    check(&store);
+
+    // A store written by a version without totals: its registry knows no
+    // total series. Totals start after its newest window, so older ranges
+    // are read statement by statement.
+    drop((store, writer));
+    {
+        let meta = sled::open(dir.path().join("meta")).unwrap();
+        meta.remove(super::registry::SERVICE_TOTALS_SINCE).unwrap();
+        let mut total_key = b"kV".to_vec();
+        total_key.extend_from_slice(&svc.to_be_bytes());
+        assert!(
+            meta.remove(total_key).unwrap().is_some(),
+            "the total series was registered"
+        );
+        meta.flush().unwrap();
+    }
+    let (store, writer) = open(dir.path());
+    check(&store);
+    // The start of totals is decided once.
+    drop((store, writer));
+    let (store, _writer) = open(dir.path());
+    check(&store);
+}
+
 #[test]
 fn pools_health_and_slow_samples_are_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -283,7 +283,7 @@ fn check(store: &Store, unit: &Unit, report: &mut VerifyReport) -> Result<Vec<Pr
                 subject: &subject,
             };
             match key {
-                SeriesKey::Query { .. } => {
+                SeriesKey::Query { .. } | SeriesKey::Service { .. } => {
                     rollup::<QueryStats>(store, *series, *fine, coarse, *from, *to, &span, report, query_digest)
                 }
                 SeriesKey::InstanceQueries { .. } => {
@@ -580,7 +580,7 @@ fn decode_window(series: Option<SeriesKey>, kind: u8, bytes: &[u8]) -> Result<()
         }
     }
     match series {
-        Some(SeriesKey::Query { .. }) => one::<QueryStats>(kind, bytes),
+        Some(SeriesKey::Query { .. } | SeriesKey::Service { .. }) => one::<QueryStats>(kind, bytes),
         Some(SeriesKey::InstanceQueries { .. }) => one::<InstanceQueries>(kind, bytes),
         Some(SeriesKey::Pool { .. }) => one::<TimedPool>(kind, bytes),
         Some(SeriesKey::Health { .. }) => one::<HealthCheckStats>(kind, bytes),
@@ -592,6 +592,13 @@ fn describe(store: &Store, key: &SeriesKey) -> String {
     match key {
         SeriesKey::Query { service, fingerprint } => format!(
             "{} {fingerprint}",
+            store
+                .registry()
+                .service_name(*service)
+                .unwrap_or_else(|| format!("service {service}"))
+        ),
+        SeriesKey::Service { service } => format!(
+            "{} (every statement)",
             store
                 .registry()
                 .service_name(*service)

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use querypulse_domain::{Batch, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats};
+use querypulse_domain::{
+    Batch, DenseHistogram, Fingerprint, FingerprintText, HealthCheckStats, Hello, PoolStats, QueryStats,
+};
 
 use super::codec::{InstanceQueries, InstanceQuery, TimedPool, WalEntry, WindowValue, encode_slow, key};
 use super::memtable::PackedInstances;
@@ -148,6 +150,8 @@ struct Resolved<'a> {
     /// Borrowed from the entry, owned only where the cap folded several
     /// fingerprints into one series.
     queries: Vec<(u32, Cow<'a, QueryStats>)>,
+    /// The service's series of every statement merged, with their sum.
+    total: Option<(u32, QueryStats)>,
     instance: u32,
     pools: Vec<(u32, &'a PoolStats)>,
     health: Vec<(u32, &'a HealthCheckStats)>,
@@ -289,6 +293,20 @@ impl StoreWriter {
         if overflow > 0 && count_overflow {
             registry.add_overflow(service, overflow, batch);
         }
+        let total = if entry.batch.queries.is_empty() {
+            None
+        } else {
+            let (id, new) = registry.series_id_or_create(&SeriesKey::Service { service })?;
+            created |= new;
+            let mut sum = QueryStats::new(Fingerprint::OTHER);
+            let mut latency = DenseHistogram::new();
+            for stats in queries.values().filter(|s| s.calls > 0) {
+                sum.merge_counters(stats);
+                latency.add(&stats.latency);
+            }
+            sum.latency = latency.take();
+            Some((id, sum))
+        };
         let (instance, new) = registry.series_id_or_create(&SeriesKey::InstanceQueries {
             instance: entry.instance_id.clone(),
         })?;
@@ -316,6 +334,7 @@ impl StoreWriter {
         let resolved = Resolved {
             service,
             queries: queries.into_iter().collect(),
+            total,
             instance,
             pools,
             health,
@@ -333,7 +352,7 @@ impl StoreWriter {
         let mut resolved = Vec::with_capacity(entries.len());
         for entry in entries {
             // Ids and texts reach the disk before any partition refers to
-            // them: the flush syncs the meta database first.
+            // them: the flush writes and syncs them first.
             let (r, _) = self.resolve(entry, true, &mut meta_batch)?;
             resolved.push(r);
         }
@@ -344,8 +363,8 @@ impl StoreWriter {
             for (entry, r) in entries.iter().zip(&resolved) {
                 let batch = &entry.batch;
                 let at = batch.window.start_ms;
-                for (series, stats) in &r.queries {
-                    table.add_query(*series, at, stats);
+                for (series, stats) in r.all_queries() {
+                    table.add_query(series, at, stats);
                 }
                 table.add_instances(r.instance, at, &PackedInstances::pack(&r.instance_counters()));
                 for (series, pool) in &r.pools {
@@ -378,6 +397,8 @@ impl StoreWriter {
         if let Some(last) = entries.last() {
             meta_batch.insert(key::APPLIED_LOG, &last.wal_seq.to_be_bytes()[..]);
         }
+        // New ids and texts in one write for the group.
+        registry.write_pending()?;
         registry.meta().apply_batch(meta_batch)?;
         Ok(())
     }
@@ -400,7 +421,7 @@ impl StoreWriter {
         }
         // Ids and texts must be on disk before any partition refers to them.
         if created {
-            registry.meta().flush()?;
+            registry.sync()?;
         }
 
         let mut writes: BTreeMap<(Tier, i64), PartitionWrites> = BTreeMap::new();
@@ -429,8 +450,8 @@ impl StoreWriter {
                 }
                 let w = writes.entry((tier, part_start)).or_default();
                 w.last_entry = w.last_entry.max(entry.wal_seq);
-                for (series, stats) in &r.queries {
-                    merge_entry(&mut w.queries, (*series, at), stats);
+                for (series, stats) in r.all_queries() {
+                    merge_entry(&mut w.queries, (series, at), stats);
                 }
                 // Per-instance breakdowns are kept at raw and 1-minute
                 // resolution: instances come and go with every deploy, and a
@@ -490,6 +511,13 @@ impl StoreWriter {
 }
 
 impl Resolved<'_> {
+    /// Every query window of the entry: its statements' and the service's
+    /// total.
+    fn all_queries(&self) -> impl Iterator<Item = (u32, &QueryStats)> {
+        let statements = self.queries.iter().map(|(series, stats)| (*series, stats.as_ref()));
+        statements.chain(self.total.iter().map(|(series, stats)| (*series, stats)))
+    }
+
     /// The instance's counters of every statement of the entry.
     fn instance_counters(&self) -> InstanceQueries {
         InstanceQueries(
