@@ -22,6 +22,11 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 /// Largest gRPC message accepted from an agent.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Bounds of `memtable_mb`: below 16 MiB every batch would wait for a
+/// flush; above 64 GiB is a typo.
+const MIN_MEMTABLE_MB: u64 = 16;
+const MAX_MEMTABLE_MB: u64 = 64 << 10;
+
 /// Everything the collector needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,6 +107,9 @@ pub struct FileConfig {
     pub retention: Option<Retention>,
     /// Seconds between alert rule evaluations.
     pub alert_evaluation_secs: Option<u64>,
+    /// Memory for open windows (the memtable), MiB; see
+    /// [`Limits::memtable_bytes`].
+    pub memtable_mb: Option<u64>,
 }
 
 /// Why a config file was refused.
@@ -174,6 +182,10 @@ impl FileConfig {
         if let Some(v) = self.alert_evaluation_secs {
             config.alerts.evaluation_interval = Duration::from_secs(v.max(1));
         }
+        if let Some(v) = self.memtable_mb {
+            let bytes = v.clamp(MIN_MEMTABLE_MB, MAX_MEMTABLE_MB) << 20;
+            config.store_limits.memtable_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
     }
 }
 
@@ -188,6 +200,7 @@ mod tests {
         let mut config = Config::new(DEFAULT_DATA_DIR);
         file.apply(&mut config);
         assert_eq!(config.grpc_listen.port(), 7171);
+        assert_eq!(config.store_limits.memtable_bytes, 1 << 30);
     }
 
     #[test]

@@ -21,8 +21,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::codec::{WindowValue, key};
@@ -89,6 +89,40 @@ fn max_series(table: &Memtable) -> Option<u32> {
         .max()
 }
 
+/// Threads a flush spreads its work over: the cores there are (ingest
+/// waits for a flush when the memtable is full, so the flush is what limits
+/// throughput then), four at most.
+fn flush_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+}
+
+/// `work` applied to every item on up to [`flush_threads`] threads; the
+/// results in item order.
+fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = flush_threads().min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(work).collect();
+    }
+    let count = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let done = Mutex::new(Vec::with_capacity(count));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let Some((at, item)) = next else { break };
+                    let result = work(item);
+                    done.lock().unwrap_or_else(|p| p.into_inner()).push((at, result));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.sort_by_key(|(at, _)| *at);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
 /// Runs a partition keeps before the smallest are merged.
 pub(crate) const MAX_RUNS: usize = 12;
 /// Runs merged at once.
@@ -102,37 +136,62 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
     // Series ids and texts first: no partition may refer to an id that a
     // crash could lose.
-    store.registry().meta().flush()?;
+    store.registry().sync()?;
     let synced = std::time::Instant::now();
     let last = table.last_seq;
-    let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
+    // Contiguous spans of series blocks, one per thread: their entries,
+    // concatenated in span order, are in key order per partition.
     let blocks = max_series(table).map_or(1, |max| u64::from(max) / SERIES_PER_STEP + 1);
-    for block in 0..blocks {
-        let from = block * SERIES_PER_STEP;
-        let mut writes = block_writes(table, from, from + SERIES_PER_STEP);
-        derive_rollups(&mut writes, last);
-        for (partition, w) in writes {
-            encode_deltas(w, entries.entry(partition).or_default());
+    let threads = flush_threads() as u64;
+    let spans: Vec<(u64, u64)> = (0..threads)
+        .map(|t| (blocks * t / threads, blocks * (t + 1) / threads))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let encoded_spans = in_parallel(spans, |(first, end)| {
+        let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
+        for block in first..end {
+            let from = block * SERIES_PER_STEP;
+            let mut writes = block_writes(table, from, from + SERIES_PER_STEP);
+            derive_rollups(&mut writes, last);
+            for (partition, w) in writes {
+                encode_deltas(w, entries.entry(partition).or_default());
+            }
+        }
+        entries
+    });
+    let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
+    for span in encoded_spans {
+        for (partition, part_entries) in span {
+            entries.entry(partition).or_default().extend(part_entries);
         }
     }
     let encoded = std::time::Instant::now();
     let committed = store.tables().committed.clone();
-    let mut runs = Vec::with_capacity(entries.len());
-    let outcome = (|| -> Result<(), StoreError> {
-        for ((tier, start), mut entries) in entries {
-            if entries.is_empty() || committed.contains(&(tier, start)) {
-                continue;
-            }
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            let partition = store.partitions().get_or_create(tier, start)?;
-            let run = partition.write_run(last, entries.into_iter().map(Ok))?;
-            runs.push((partition, run));
+    let todo: Vec<((Tier, i64), Vec<Entry>)> = entries
+        .into_iter()
+        .filter(|(at, entries)| !entries.is_empty() && !committed.contains(at))
+        .collect();
+    let written = in_parallel(todo, |((tier, start), mut entries)| {
+        // Slow samples (block 0) sort apart from windows.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let partition = store.partitions().get_or_create(tier, start)?;
+        let run = partition.write_run(last, entries.into_iter().map(Ok))?;
+        Ok::<_, StoreError>((partition, run))
+    });
+    let mut runs = Vec::with_capacity(written.len());
+    let mut failed = None;
+    for outcome in written {
+        match outcome {
+            Ok(run) => runs.push(run),
+            Err(error) => failed = Some(error),
         }
-        // The meta database holds the instances' records and the markers of
-        // applied batches up to `last`: durable before the log drops them.
-        store.registry().meta().flush()?;
-        Ok(())
-    })();
+    }
+    // The meta database holds the instances' records and the markers of
+    // applied batches up to `last`: durable before the log drops them.
+    let outcome = match failed {
+        Some(error) => Err(error),
+        None => store.registry().sync(),
+    };
     if let Err(error) = outcome {
         for (_, run) in runs {
             run.discard();
@@ -156,8 +215,8 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
         tables.slow_committed.clear();
     }
     let installed = std::time::Instant::now();
-    for partition in written {
-        merge_runs(store, &partition)?;
+    for merged in in_parallel(written, |partition| merge_runs(store, &partition)) {
+        merged?;
     }
     tracing::debug!(
         registry_ms = (synced - started).as_millis() as u64,

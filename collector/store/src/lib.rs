@@ -106,9 +106,12 @@ pub struct Limits {
     pub max_instances_per_service: usize,
     /// Slow-query samples kept per service and raw partition (6 h).
     pub max_slow_samples: u64,
-    /// Bytes the memtable of open windows may take (approximately): half
-    /// fills while the other half is flushed; a full half waits for the
-    /// flush of the other (ingest slows down instead of growing).
+    /// Bytes the memtable of open windows may take (approximately: the
+    /// windows' histograms and counters are counted, not the allocator's
+    /// overhead): half fills while the other half is flushed; a full half
+    /// waits for the flush of the other (ingest slows down instead of
+    /// growing). A half should hold two windows of every statement series
+    /// (1-2 KiB each), else flushes come before the interval ends.
     pub memtable_bytes: usize,
 }
 
@@ -118,7 +121,7 @@ impl Default for Limits {
             max_fingerprints_per_service: 10_000,
             max_instances_per_service: 5_000,
             max_slow_samples: 5_000,
-            memtable_bytes: 192 << 20,
+            memtable_bytes: 1 << 30,
         }
     }
 }

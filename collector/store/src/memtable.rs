@@ -127,7 +127,10 @@ impl Memtable {
         let map = &mut self.part(at).queries;
         let added = match map.get_mut(&(series, at)) {
             Some(existing) => {
+                // Merging grows the histogram by the buckets it lacked.
+                let before = query_bytes(existing);
                 existing.merge(stats);
+                self.bytes += query_bytes(existing) - before;
                 0
             }
             None => {
