@@ -11,7 +11,7 @@
 //!   flushed and, for reads, on the fly. Its size is bounded
 //!   ([`Limits::memtable_bytes`]): half fills while the other half is
 //!   flushed, and a full half makes ingest wait.
-//! - **Runs**: a flush, on a thread of its own, writes each partition's
+//! - **Runs**: a flush, on threads of its own (one per core), writes each partition's
 //!   windows once, as an immutable compressed file of deltas, named after
 //!   the last log entry it holds; readers add a window's deltas up. Runs
 //!   are merged as they accumulate (size-tiered). No read-modify-write,
@@ -22,7 +22,14 @@
 //!   scan of one series is a time range. Query series are per service, every
 //!   instance merged (histograms added, never averaged); per-instance
 //!   counters (all statements of one instance and window in one packed
-//!   record), pools and health checks have their own series.
+//!   record), pools and health checks have their own series. Each service
+//!   also has a total series, every statement merged as it arrives, so a
+//!   service-wide read ([`Store::service_stats`], the alert rules) reads one
+//!   series instead of thousands.
+//! - **Registry**: service and series ids and statement texts live in
+//!   memory and in a sled database; new ones are written there once per
+//!   group of batches, and synced by the flush before any run refers to
+//!   them.
 //! - **Late windows** are deltas for an old time: they merge into their own
 //!   raw, 1-minute and 1-hour windows like any other. Merges do not depend
 //!   on the order windows arrive in (a pool's "last" values go by window
