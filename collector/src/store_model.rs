@@ -611,6 +611,7 @@ fn check_metrics(
         queries,
         pools: source.pools(range).unwrap(),
         agents: Vec::new(),
+        store: None,
     });
     let mut got: Vec<String> = body
         .lines()

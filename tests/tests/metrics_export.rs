@@ -92,6 +92,13 @@ async fn metrics_carry_fleet_percentiles_pools_and_agents_in_the_text_format() {
     let fp = Fingerprint::of_normalized(ORDERS_TEXT).to_string();
     let orders = format!(r#"service="shop",fingerprint="{fp}""#);
     assert_eq!(value(&s, "querypulse_window_seconds"), 300.0);
+    // The store's own health: the acknowledged windows are in memory or
+    // already flushed, within the default bound.
+    assert_eq!(value(&s, "querypulse_store_memtable_limit_bytes"), (1u64 << 30) as f64);
+    assert!(value(&s, "querypulse_store_memtable_windows") > 0.0 || value(&s, "querypulse_store_flushes_total") > 0.0);
+    assert!(value(&s, "querypulse_store_memtable_bytes") <= value(&s, "querypulse_store_memtable_limit_bytes"));
+    assert_eq!(value(&s, "querypulse_store_stalls_total"), 0.0);
+    assert!(value(&s, "querypulse_store_disk_bytes") > 0.0);
     assert_eq!(
         value(
             &s,

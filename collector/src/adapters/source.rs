@@ -7,7 +7,9 @@ use querypulse_domain::source::{
     AgentSummary, AlertSummary, InstanceBreakdown, PoolPoint, PoolSeries, PoolSummary, QueryDetail, QueryPoint,
     QuerySeries, SlowFilter, SlowQuery,
 };
-use querypulse_domain::source::{QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, TimeRange};
+use querypulse_domain::source::{
+    QueryFilter, QuerySummary, ServiceSummary, Source, SourceError, StoreHealth, TimeRange,
+};
 use querypulse_domain::{Fingerprint, QueryStats};
 
 use querypulse_alerts::Alerts;
@@ -271,6 +273,19 @@ impl Source for StoreSource {
             });
         }
         Ok(out)
+    }
+
+    fn store_health(&self) -> Result<Option<StoreHealth>, SourceError> {
+        let memtable = self.store.memtable_stats();
+        Ok(Some(StoreHealth {
+            memtable_bytes: memtable.bytes,
+            memtable_limit_bytes: self.store.limits().memtable_bytes as u64,
+            memtable_windows: memtable.windows,
+            flushes: memtable.flushes,
+            early_flushes: memtable.early_flushes,
+            stalls: memtable.stalls,
+            disk_bytes: self.store.disk_bytes(),
+        }))
     }
 
     fn agents(&self) -> Result<Vec<AgentSummary>, SourceError> {

@@ -14,7 +14,7 @@
 
 use std::fmt::Write;
 
-use querypulse_domain::source::{AgentSummary, PoolSummary, QuerySummary};
+use querypulse_domain::source::{AgentSummary, PoolSummary, QuerySummary, StoreHealth};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,7 @@ pub(crate) struct Scrape {
     pub queries: Vec<QuerySummary>,
     pub pools: Vec<PoolSummary>,
     pub agents: Vec<AgentSummary>,
+    pub store: Option<StoreHealth>,
 }
 
 /// Longest statement text put in a label; longer texts are cut with `…`.
@@ -217,7 +218,62 @@ pub(crate) fn render(mut scrape: Scrape) -> String {
 
     render_pools(&mut x, &scrape.pools);
     render_agents(&mut x, &scrape.agents, scrape.now_ms);
+    if let Some(store) = &scrape.store {
+        render_store(&mut x, store);
+    }
     x.out
+}
+
+/// The collector's own store: memory for open windows, flushes, waits, disk.
+fn render_store(x: &mut Exposition, store: &StoreHealth) {
+    let families: [(&str, &str, &str, u64); 7] = [
+        (
+            "querypulse_store_memtable_bytes",
+            "gauge",
+            "Bytes of open windows held in memory (approximate).",
+            store.memtable_bytes,
+        ),
+        (
+            "querypulse_store_memtable_limit_bytes",
+            "gauge",
+            "Bound on the memory for open windows (memtable_mb).",
+            store.memtable_limit_bytes,
+        ),
+        (
+            "querypulse_store_memtable_windows",
+            "gauge",
+            "Open windows held in memory.",
+            store.memtable_windows,
+        ),
+        (
+            "querypulse_store_flushes_total",
+            "counter",
+            "Flushes of open windows to disk.",
+            store.flushes,
+        ),
+        (
+            "querypulse_store_early_flushes_total",
+            "counter",
+            "Flushes before the end of their interval because half of the memory was full.",
+            store.early_flushes,
+        ),
+        (
+            "querypulse_store_stalls_total",
+            "counter",
+            "Times ingest waited for a flush because the memory for open windows was full.",
+            store.stalls,
+        ),
+        (
+            "querypulse_store_disk_bytes",
+            "gauge",
+            "Bytes on disk, every file of the store.",
+            store.disk_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        x.family(name, kind, help);
+        x.sample(name, &[], value as f64);
+    }
 }
 
 fn render_pools(x: &mut Exposition, pools: &[PoolSummary]) {
@@ -388,9 +444,14 @@ pub(super) async fn metrics(State(api): State<Api>, params: Params) -> Result<Re
     let now_ms = now_ms();
     let range = summary_range(TimeRange::last(now_ms, window_ms));
     let source = api.source.clone();
-    let (queries, pools, agents) = read(move || {
+    let (queries, pools, agents, store) = read(move || {
         let filter = QueryFilter { service: None, range };
-        Ok((source.queries(&filter)?, source.pools(range)?, source.agents()?))
+        Ok((
+            source.queries(&filter)?,
+            source.pools(range)?,
+            source.agents()?,
+            source.store_health()?,
+        ))
     })
     .await?;
     let body = render(Scrape {
@@ -400,6 +461,7 @@ pub(super) async fn metrics(State(api): State<Api>, params: Params) -> Result<Re
         queries,
         pools,
         agents,
+        store,
     });
     Ok((
         [(

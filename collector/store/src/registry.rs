@@ -216,6 +216,9 @@ struct Maps {
     next_service: u32,
 }
 
+/// Meta database records not written yet: (key, value), in creation order.
+type Pending = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The registry: the meta database plus its in-memory maps. Only the writer
 /// changes it; readers take snapshots of what they need.
 #[derive(Debug, Clone)]
@@ -227,7 +230,7 @@ pub(crate) struct Registry {
     /// rather than one database write each (a fleet's first windows create
     /// hundreds of thousands). The flush writes them before any run can
     /// refer to them; until then the log holds what created them.
-    pending: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    pending: Arc<Mutex<Pending>>,
     writing: Arc<Mutex<()>>,
 }
 
@@ -329,7 +332,7 @@ impl Registry {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -712,6 +712,27 @@ impl AlertSummary {
     }
 }
 
+/// How the collector's store fares: its memory for open windows (the
+/// memtable) and its disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreHealth {
+    /// Bytes of open windows held in memory now (approximate).
+    pub memtable_bytes: u64,
+    /// The bound on them.
+    pub memtable_limit_bytes: u64,
+    /// Open windows held in memory now.
+    pub memtable_windows: u64,
+    /// Flushes of open windows to disk since the collector started.
+    pub flushes: u64,
+    /// Flushes that came before their interval because half of the memory
+    /// was full.
+    pub early_flushes: u64,
+    /// Times ingest waited for a flush because the memory was full.
+    pub stalls: u64,
+    /// Bytes on disk, every file of the store.
+    pub disk_bytes: u64,
+}
+
 /// A read failed inside the collector.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -763,6 +784,10 @@ pub trait Source: Send + Sync + 'static {
     /// no alert engine: pages then say so instead of claiming "no alerts".
     fn alerts(&self, range: TimeRange) -> Result<Option<Vec<AlertSummary>>, SourceError> {
         let _ = range;
+        Ok(None)
+    }
+    /// How the store fares; `None` when the source has no store of its own.
+    fn store_health(&self) -> Result<Option<StoreHealth>, SourceError> {
         Ok(None)
     }
 }
