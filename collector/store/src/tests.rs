@@ -242,6 +242,60 @@ fn late_windows_merge_into_closed_windows_and_their_rollups() {
 }
 
 #[test]
+fn a_flush_that_fails_keeps_every_window_and_the_next_one_writes_them_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = open(dir.path());
+    let hour = floor(NOW, HOUR) - 3 * HOUR;
+    // A file where the raw partition's directory goes: no run can be
+    // written there (a full or broken disk, as far as the flush can tell).
+    let raw_start = floor(hour, Tier::Raw.partition_ms());
+    let blocked = dir
+        .path()
+        .join("partitions")
+        .join(Tier::Raw.name())
+        .join(raw_start.to_string());
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let acked = write(
+        &mut writer,
+        vec![
+            request("a", batch(1, hour + 10_000, &[100, 300])),
+            request("b", batch(1, hour + 10_000, &[200])),
+        ],
+    );
+    assert_eq!(acked, vec![ApplyOutcome::Applied, ApplyOutcome::Applied]);
+    assert!(writer.checkpoint().is_err(), "the flush cannot write the raw partition");
+
+    let calls = |store: &Store, tier: Tier, span: i64| {
+        store
+            .windows::<QueryStats>(tier, query_series(store), hour, hour + span)
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.calls)
+            .sum::<u64>()
+    };
+    let every_tier = |store: &Store| {
+        [(Tier::Raw, MINUTE), (Tier::Minute, HOUR), (Tier::Hour, HOUR)].map(|(tier, span)| calls(store, tier, span))
+    };
+    // Still read from memory, once, at every resolution; the runs the
+    // failed flush wrote elsewhere (1-minute, 1-hour) were not kept.
+    assert_eq!(every_tier(&store), [3, 3, 3]);
+    for tier in [Tier::Minute, Tier::Hour] {
+        if let Some(partition) = store.partitions().get(tier, hour) {
+            assert!(partition.runs().is_empty(), "{tier:?} keeps no run of the failed flush");
+        }
+    }
+
+    // Once the disk is writable again, the next flush writes them once.
+    std::fs::remove_file(&blocked).unwrap();
+    writer.checkpoint().unwrap();
+    assert_eq!(every_tier(&store), [3, 3, 3]);
+    drop((store, writer));
+    let (store, _writer) = open(dir.path());
+    assert_eq!(every_tier(&store), [3, 3, 3]);
+}
+
+#[test]
 fn flushes_merge_their_runs_and_keep_every_window() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = open(dir.path());
