@@ -38,8 +38,8 @@ enum Command {
     /// Print a running collector's performance report (top, slowest and failing queries, regressions, pools).
     Report(crate::report::ReportArgs),
     /// Check that a collector's stored numbers agree: rollups with their
-    /// windows, services with their instances, every sealed block; exits 1
-    /// on any disagreement.
+    /// windows, services with their instances and their totals, every sealed
+    /// block; exits 1 on any disagreement.
     Verify(crate::verify_cmd::VerifyArgs),
 }
 

@@ -861,6 +861,17 @@ fn verify_names_the_series_and_span_where_resolutions_disagree() {
     let checks: Vec<&str> = report.problems.iter().map(|p| p.check.as_str()).collect();
     assert!(checks.contains(&"rollup raw→1m"), "{report}");
     assert!(checks.contains(&"service vs instances (raw)"), "{report}");
+    // The service's total no longer equals its statements either.
+    let total = report
+        .problems
+        .iter()
+        .find(|p| p.check == "service total vs statements (raw)")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!((total.subject.as_str(), total.from_ms), ("orders", t));
+    assert!(
+        total.detail.contains("calls 2 ") && total.detail.contains("calls 3 "),
+        "{total}"
+    );
     let rollup = report.problems.iter().find(|p| p.check == "rollup raw→1m").unwrap();
     assert_eq!((rollup.from_ms, rollup.to_ms), (t, t + MINUTE));
     assert!(rollup.subject.contains("orders") && rollup.subject.contains(&fingerprint().to_string()));
@@ -868,7 +879,7 @@ fn verify_names_the_series_and_span_where_resolutions_disagree() {
         rollup.detail.contains("calls 4 ") && rollup.detail.contains("calls 3 "),
         "{rollup}"
     );
-    assert!(report.to_string().ends_with("2 disagreements"), "{report}");
+    assert!(report.to_string().ends_with("3 disagreements"), "{report}");
 }
 
 #[test]

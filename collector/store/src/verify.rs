@@ -9,7 +9,8 @@
 //!   which are floating point and add up in another order at each
 //!   resolution, to within one part in 10⁹);
 //! - **services and instances**: in every raw and 1-minute window, a
-//!   service's statement counters equal the sum of its instances';
+//!   service's statement counters equal the sum of its instances', and its
+//!   total series equals the sum of its statements;
 //! - **sealed blocks**: every block of every sealed partition reads, its
 //!   checksum matches and every value in it decodes.
 //!
@@ -34,6 +35,7 @@ use super::{Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// `rollup raw→1m`, `rollup 1m→1h`, `service vs instances (raw)`,
+    /// `service total vs statements (raw)`,
     /// `sealed block`, …
     pub check: String,
     /// The series (service and fingerprint, instance and pool) or partition.
@@ -508,6 +510,41 @@ fn service_against_instances(
         }
     }
     let mut problems = Vec::new();
+    // The service's total series: its statements added up, window by window
+    // (kept since `service_totals_since`).
+    if let Some(total) = registry.series_id(&SeriesKey::Service { service }) {
+        let since = store.shared.service_totals_since;
+        let mut statements: BTreeMap<i64, Counters> = BTreeMap::new();
+        for (&(at, _), c) in services.range((since, 0)..) {
+            let sum = statements.entry(at).or_default();
+            *sum = (sum.0 + c.0, sum.1 + c.1, sum.2 + c.2, sum.3 + c.3);
+        }
+        let mut totals: BTreeMap<i64, Counters> = BTreeMap::new();
+        for (at, q) in store.windows::<QueryStats>(tier, total, from.max(since), to)? {
+            report.windows += 1;
+            totals.insert(at, (q.calls, q.errors, q.rows, q.sum_us));
+        }
+        let times: BTreeSet<i64> = statements.keys().chain(totals.keys()).copied().collect();
+        for at in times {
+            let zero = (0, 0, 0, 0);
+            let (t, s) = (
+                totals.get(&at).copied().unwrap_or(zero),
+                statements.get(&at).copied().unwrap_or(zero),
+            );
+            if t != s {
+                problems.push(Problem {
+                    check: format!("service total vs statements ({})", tier.name()),
+                    subject: name.clone(),
+                    from_ms: at,
+                    to_ms: at + tier.window_ms().unwrap_or(0),
+                    detail: format!(
+                        "the total has calls {} errors {} rows {} sum_us {}; the statements add up to calls {} errors {} rows {} sum_us {}",
+                        t.0, t.1, t.2, t.3, s.0, s.1, s.2, s.3
+                    ),
+                });
+            }
+        }
+    }
     let keys: std::collections::BTreeSet<(i64, u32)> = instances.keys().chain(services.keys()).copied().collect();
     for (at, id) in keys {
         let zero = (0, 0, 0, 0);
