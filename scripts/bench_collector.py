@@ -208,17 +208,34 @@ class Collector:
         self.log.close()
 
 
-class Prometheus:
-    def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "prometheus")
+class PeerServer:
+    """A peer store on a free 127.0.0.1 port, its data and log in
+    workdir/<name>, registered to be stopped at exit."""
+
+    def __init__(self, workdir, name):
+        self.dir = os.path.join(workdir, name)
         self.data = os.path.join(self.dir, "data")
         os.makedirs(self.data)
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(self.dir, f"{name}.log"), "w")
+
+    def start(self, argv, ready_path, label):
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        STARTED.append(self.proc)
+        wait_http(f"http://{self.addr}{ready_path}", label)
+
+    def stop(self):
+        stop_process(self.proc, 120)
+        self.log.close()
+
+
+class Prometheus(PeerServer):
+    def __init__(self, workdir):
+        super().__init__(workdir, "prometheus")
         config = os.path.join(self.dir, "prometheus.yml")
         with open(config, "w") as f:
             f.write("# remote-write receiver only: nothing is scraped\nglobal:\n  scrape_interval: 1m\n")
-        self.addr = f"127.0.0.1:{free_port()}"
-        self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
-        self.proc = subprocess.Popen(
+        self.start(
             [
                 "prometheus",
                 f"--config.file={config}",
@@ -229,11 +246,9 @@ class Prometheus:
                 "--storage.tsdb.retention.time=30d",
                 "--log.level=warn",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            "/-/ready",
+            "Prometheus",
         )
-        STARTED.append(self.proc)
-        wait_http(f"http://{self.addr}/-/ready", "Prometheus")
 
     def metric(self, name):
         _, body, _ = http_get(f"http://{self.addr}/metrics")
@@ -255,23 +270,15 @@ class Prometheus:
             raise SystemExit(f"Prometheus query failed ({status}): {body[:300]!r}")
         return json.loads(body)["data"]["result"]
 
-    def stop(self):
-        stop_process(self.proc, 120)
-        self.log.close()
 
-
-class VictoriaMetrics:
+class VictoriaMetrics(PeerServer):
     """Debian's victoria-metrics, single node, as a remote-write receiver.
     It acknowledges a write before the data is durable (it buffers in memory
     and flushes every few seconds), so its rate is a generous anchor."""
 
     def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "victoria-metrics")
-        self.data = os.path.join(self.dir, "data")
-        os.makedirs(self.data)
-        self.addr = f"127.0.0.1:{free_port()}"
-        self.log = open(os.path.join(self.dir, "victoria-metrics.log"), "w")
-        self.proc = subprocess.Popen(
+        super().__init__(workdir, "victoria-metrics")
+        self.start(
             [
                 "victoria-metrics",
                 f"-storageDataPath={self.data}",
@@ -279,11 +286,9 @@ class VictoriaMetrics:
                 "-retentionPeriod=100y",
                 "-loggerLevel=WARN",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            "/health",
+            "VictoriaMetrics",
         )
-        STARTED.append(self.proc)
-        wait_http(f"http://{self.addr}/health", "VictoriaMetrics")
 
     def rows(self):
         """Samples stored (vm_rows summed over its storage parts)."""
@@ -299,10 +304,6 @@ class VictoriaMetrics:
         http_get(f"http://{self.addr}/internal/force_flush")
         http_get(f"http://{self.addr}/internal/force_merge")
         return settle(self.data, quiet_s=10, limit_s=300)
-
-    def stop(self):
-        stop_process(self.proc, 120)
-        self.log.close()
 
 
 def loadgen(binary, workdir, name, args):

@@ -84,6 +84,22 @@ fn maintain(writer: &mut StoreWriter) -> crate::MaintenanceReport {
     writer.maintain().unwrap()
 }
 
+/// Runs `check` on the store as it is, once its memtable is flushed, and
+/// after a restart.
+fn in_memory_flushed_and_reopened(
+    dir: &std::path::Path,
+    store: Store,
+    mut writer: StoreWriter,
+    check: impl Fn(&Store),
+) {
+    check(&store);
+    writer.checkpoint().unwrap();
+    check(&store);
+    drop((store, writer));
+    let (store, _writer) = open(dir);
+    check(&store);
+}
+
 fn service(store: &Store) -> u32 {
     store.service_id("orders").unwrap()
 }
@@ -233,12 +249,7 @@ fn late_windows_merge_into_closed_windows_and_their_rollups() {
         by_instance.sort();
         assert_eq!(by_instance, vec![("a".into(), 2), ("b".into(), 1)]);
     };
-    check(&store);
-    writer.checkpoint().unwrap();
-    check(&store);
-    drop((store, writer));
-    let (store, _writer) = open(dir.path());
-    check(&store);
+    in_memory_flushed_and_reopened(dir.path(), store, writer, check);
 }
 
 #[test]
@@ -288,11 +299,9 @@ fn a_flush_that_fails_keeps_every_window_and_the_next_one_writes_them_once() {
 
     // Once the disk is writable again, the next flush writes them once.
     std::fs::remove_file(&blocked).unwrap();
-    writer.checkpoint().unwrap();
-    assert_eq!(every_tier(&store), [3, 3, 3]);
-    drop((store, writer));
-    let (store, _writer) = open(dir.path());
-    assert_eq!(every_tier(&store), [3, 3, 3]);
+    in_memory_flushed_and_reopened(dir.path(), store, writer, |store| {
+        assert_eq!(every_tier(store), [3, 3, 3]);
+    });
 }
 
 #[test]
