@@ -58,7 +58,12 @@ impl Out {
     }
 
     pub(crate) fn histogram(&mut self, histogram: &LatencyHistogram) {
-        let buckets = histogram.indexed_buckets();
+        self.buckets(histogram.indexed_buckets());
+    }
+
+    /// Writes (bucket index, count) pairs, strictly increasing by index, as
+    /// [`Out::histogram`] writes a histogram's.
+    pub(crate) fn buckets(&mut self, buckets: &[(u16, u64)]) {
         self.u(buckets.len() as u64);
         let mut previous = 0u16;
         for (index, count) in buckets {
@@ -128,11 +133,20 @@ impl<'a> In<'a> {
     }
 
     pub(crate) fn histogram(&mut self) -> Result<LatencyHistogram> {
+        let mut buckets = Vec::new();
+        self.buckets_into(&mut buckets)?;
+        LatencyHistogram::from_buckets(buckets).ok_or_else(|| corrupt("histogram bucket out of range"))
+    }
+
+    /// Reads a histogram's (bucket index, count) pairs into `buckets`
+    /// (cleared first), strictly increasing by index.
+    pub(crate) fn buckets_into(&mut self, buckets: &mut Vec<(u16, u64)>) -> Result<()> {
+        buckets.clear();
         let len = self.u()? as usize;
         if len > querypulse_domain::histogram::BUCKETS {
             return Err(corrupt("histogram has too many buckets"));
         }
-        let mut buckets = Vec::with_capacity(len);
+        buckets.reserve(len);
         let mut index = 0u64;
         for i in 0..len {
             let delta = self.u()?;
@@ -140,10 +154,12 @@ impl<'a> In<'a> {
                 return Err(corrupt("histogram buckets out of order"));
             }
             index += delta;
-            let index = u16::try_from(index).map_err(|_| corrupt("histogram bucket out of range"))?;
-            buckets.push((index, self.u()?));
+            if index >= querypulse_domain::histogram::BUCKETS as u64 {
+                return Err(corrupt("histogram bucket out of range"));
+            }
+            buckets.push((index as u16, self.u()?));
         }
-        LatencyHistogram::from_buckets(buckets).ok_or_else(|| corrupt("histogram bucket out of range"))
+        Ok(())
     }
 
     /// Reads a histogram straight into a dense accumulator (no allocation).
@@ -199,19 +215,7 @@ pub(crate) trait WindowValue: Sized + Clone {
 /// the caller from the series).
 impl WindowValue for QueryStats {
     fn write(&self, out: &mut Out) {
-        out.u(self.calls);
-        out.u(self.errors);
-        out.u(self.rows);
-        out.u(self.sum_us);
-        out.f(self.sum_squares_us);
-        out.u(self.min_us);
-        out.u(self.max_us);
-        out.u(self.outliers);
-        out.u(self.error_classes.len() as u64);
-        for class in &self.error_classes {
-            out.s(&class.class);
-            out.u(class.count);
-        }
+        write_query_counters(self, out);
         out.histogram(&self.latency);
     }
 
@@ -223,6 +227,24 @@ impl WindowValue for QueryStats {
 
     fn merge(&mut self, later: &Self) {
         QueryStats::merge(self, later);
+    }
+}
+
+/// Writes the counters of `stats`, up to (not including) its histogram,
+/// which the caller writes next.
+pub(crate) fn write_query_counters(stats: &QueryStats, out: &mut Out) {
+    out.u(stats.calls);
+    out.u(stats.errors);
+    out.u(stats.rows);
+    out.u(stats.sum_us);
+    out.f(stats.sum_squares_us);
+    out.u(stats.min_us);
+    out.u(stats.max_us);
+    out.u(stats.outliers);
+    out.u(stats.error_classes.len() as u64);
+    for class in &stats.error_classes {
+        out.s(&class.class);
+        out.u(class.count);
     }
 }
 

@@ -59,7 +59,7 @@ fn block_writes(table: &Memtable, from: u64, to: u64) -> BTreeMap<(Tier, i64), P
     for (part_start, part) in &table.parts {
         let w = writes.entry((Tier::Raw, *part_start)).or_default();
         w.queries
-            .extend(series_range(&part.queries, from, to).map(|(k, v)| (*k, v.clone())));
+            .extend(series_range(&part.queries, from, to).map(|(k, v)| (*k, v.unpack())));
         w.instances
             .extend(series_range(&part.instances, from, to).map(|(k, v)| (*k, v.unpack())));
         w.pools
@@ -219,6 +219,8 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
         merged?;
     }
     tracing::debug!(
+        windows = table.windows,
+        bytes = table.bytes,
         registry_ms = (synced - started).as_millis() as u64,
         encode_ms = (encoded - synced).as_millis() as u64,
         write_ms = (installed - encoded).as_millis() as u64,

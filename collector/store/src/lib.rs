@@ -114,11 +114,11 @@ pub struct Limits {
     /// Slow-query samples kept per service and raw partition (6 h).
     pub max_slow_samples: u64,
     /// Bytes the memtable of open windows may take (approximately: the
-    /// windows' histograms and counters are counted, not the allocator's
-    /// overhead): half fills while the other half is flushed; a full half
-    /// waits for the flush of the other (ingest slows down instead of
+    /// packed windows and an estimate of the map's overhead are counted, not
+    /// the allocator's): half fills while the other half is flushed; a full
+    /// half waits for the flush of the other (ingest slows down instead of
     /// growing). A half should hold two windows of every statement series
-    /// (1-2 KiB each), else flushes come before the interval ends.
+    /// (about 600 bytes each), else flushes come before the interval ends.
     pub memtable_bytes: usize,
 }
 

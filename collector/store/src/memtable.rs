@@ -28,9 +28,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use querypulse_domain::{Fingerprint, HealthCheckStats, QueryStats};
+use querypulse_domain::{HealthCheckStats, QueryStats};
 
-use super::codec::{InstanceQueries, Out, TimedPool, WindowValue};
+use super::codec::{In, InstanceQueries, Out, TimedPool, WindowValue, read_query_counters, write_query_counters};
 use super::partition::{Tier, ceil, floor};
 
 /// The active table is frozen and flushed at least this often while it
@@ -66,15 +66,151 @@ impl PackedInstances {
     }
 }
 
-/// Approximate heap bytes of a buffered window, for the memtable bound.
-fn query_bytes(stats: &QueryStats) -> usize {
-    200 + 16 * stats.latency.indexed_buckets().len() + 32 * stats.error_classes.len()
+/// A statement window, packed as a partition stores it: a window whose
+/// histogram fills a hundred buckets takes about 300 bytes instead of
+/// 1,800 decoded, so the table holds six times the windows in its bound.
+/// A window merges into it without decoding into a histogram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackedQuery(Vec<u8>);
+
+/// Buffers a memtable reuses across merges of packed windows.
+#[derive(Debug, Default)]
+pub(crate) struct MergeScratch {
+    buckets: Vec<(u16, u64)>,
+    merged: Vec<(u16, u64)>,
+    out: Vec<u8>,
+    writes: Vec<(usize, usize, u64)>,
+}
+
+impl PackedQuery {
+    pub(crate) fn pack(stats: &QueryStats) -> PackedQuery {
+        let mut out = Out(Vec::with_capacity(48 + 4 * stats.latency.indexed_buckets().len()));
+        stats.write(&mut out);
+        out.0.shrink_to_fit();
+        PackedQuery(out.0)
+    }
+
+    pub(crate) fn unpack(&self) -> QueryStats {
+        QueryStats::read(&mut In(&self.0)).expect("the memtable decodes what it packed itself")
+    }
+
+    /// Folds `stats` in, exactly as [`QueryStats::merge`] does.
+    fn merge(&mut self, stats: &QueryStats, scratch: &mut MergeScratch) {
+        if stats.calls == 0 {
+            return;
+        }
+        let mut input = In(&self.0);
+        let mut head = read_query_counters(&mut input).expect("the memtable decodes what it packed itself");
+        let head_len = self.0.len() - input.0.len();
+        head.merge_counters(stats);
+        scratch.out.clear();
+        let mut out = Out(std::mem::take(&mut scratch.out));
+        write_query_counters(&head, &mut out);
+        scratch.out = out.0;
+        // Windows of one statement mostly fill the same buckets: then the
+        // counts are rewritten where they are, when their encodings keep
+        // their lengths.
+        if scratch.out.len() == head_len && self.add_in_place(head_len, stats.latency.indexed_buckets(), scratch) {
+            self.0[..head_len].copy_from_slice(&scratch.out);
+            return;
+        }
+        let mut input = In(&self.0[head_len..]);
+        input
+            .buckets_into(&mut scratch.buckets)
+            .expect("the memtable decodes what it packed itself");
+        merge_buckets(&scratch.buckets, stats.latency.indexed_buckets(), &mut scratch.merged);
+        let mut out = Out(std::mem::take(&mut scratch.out));
+        out.0.clear();
+        write_query_counters(&head, &mut out);
+        out.buckets(&scratch.merged);
+        self.0.clear();
+        self.0.reserve_exact(out.0.len());
+        self.0.extend_from_slice(&out.0);
+        scratch.out = out.0;
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.capacity() + 56
+    }
+
+    /// Adds `incoming` to the packed buckets starting at byte `at`, in
+    /// place; `false` (and nothing changed) when a bucket is missing or a
+    /// count's encoding would change length.
+    fn add_in_place(&mut self, at: usize, incoming: &[(u16, u64)], scratch: &mut MergeScratch) -> bool {
+        // (offset, length, new count) of every count to rewrite.
+        let writes = &mut scratch.writes;
+        writes.clear();
+        let mut input = In(&self.0[at..]);
+        let Ok(len) = input.u() else { return false };
+        let mut index = 0u64;
+        let mut wanted = incoming.iter().peekable();
+        for _ in 0..len {
+            let Some(&&(next, add)) = wanted.peek() else { break };
+            let (Ok(delta), before) = (input.u(), input.0.len()) else {
+                return false;
+            };
+            index += delta;
+            let Ok(count) = input.u() else { return false };
+            if index < u64::from(next) {
+                continue;
+            }
+            if index > u64::from(next) {
+                return false;
+            }
+            let sum = count.saturating_add(add);
+            let length = before - input.0.len();
+            if varint_len(sum) != length {
+                return false;
+            }
+            writes.push((self.0.len() - before, length, sum));
+            wanted.next();
+        }
+        if wanted.peek().is_some() {
+            return false;
+        }
+        for &(offset, length, mut value) in writes.iter() {
+            for byte in &mut self.0[offset..offset + length] {
+                *byte = (value as u8 & 0x7f) | 0x80;
+                value >>= 7;
+            }
+            self.0[offset + length - 1] &= 0x7f;
+        }
+        true
+    }
+}
+
+/// Bytes of `value` as a varint.
+fn varint_len(value: u64) -> usize {
+    (64 - value.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The sum of two bucket lists, both strictly increasing by index.
+fn merge_buckets(a: &[(u16, u64)], b: &[(u16, u64)], merged: &mut Vec<(u16, u64)>) {
+    merged.clear();
+    merged.reserve(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        if x.0 == y.0 {
+            merged.push((x.0, x.1.saturating_add(y.1)));
+            i += 1;
+            j += 1;
+        } else if x.0 < y.0 {
+            merged.push(x);
+            i += 1;
+        } else {
+            merged.push(y);
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&a[i..]);
+    merged.extend_from_slice(&b[j..]);
 }
 
 /// Raw windows (deltas) of one raw partition, keyed by (series, window start).
 #[derive(Debug, Default)]
 pub(crate) struct Buffered {
-    pub queries: BTreeMap<(u32, i64), QueryStats>,
+    pub queries: BTreeMap<(u32, i64), PackedQuery>,
     pub instances: BTreeMap<(u32, i64), PackedInstances>,
     pub pools: BTreeMap<(u32, i64), TimedPool>,
     pub health: BTreeMap<(u32, i64), HealthCheckStats>,
@@ -95,6 +231,7 @@ pub(crate) struct Memtable {
     pub last_seq: u64,
     /// When the first window was merged in.
     pub opened: Option<Instant>,
+    scratch: MergeScratch,
 }
 
 fn merge_into<V: Clone>(
@@ -124,28 +261,25 @@ impl Memtable {
     }
 
     pub(crate) fn add_query(&mut self, series: u32, at: i64, stats: &QueryStats) {
-        let map = &mut self.part(at).queries;
-        let added = match map.get_mut(&(series, at)) {
+        let part = floor(at, Tier::Raw.partition_ms());
+        if self.opened.is_none() {
+            self.opened = Some(Instant::now());
+        }
+        let map = &mut self.parts.entry(part).or_default().queries;
+        match map.get_mut(&(series, at)) {
             Some(existing) => {
-                // Merging grows the histogram by the buckets it lacked.
-                let before = query_bytes(existing);
-                existing.merge(stats);
-                self.bytes += query_bytes(existing) - before;
-                0
+                let before = existing.bytes();
+                existing.merge(stats, &mut self.scratch);
+                self.bytes = (self.bytes + existing.bytes()).saturating_sub(before);
             }
             None => {
                 // Stored windows carry no fingerprint: readers set it from
                 // the series.
-                let mut stats = stats.clone();
-                stats.fingerprint = Fingerprint::OTHER;
-                let bytes = query_bytes(&stats);
-                map.insert((series, at), stats);
-                bytes
+                let packed = PackedQuery::pack(stats);
+                self.bytes += packed.bytes();
+                self.windows += 1;
+                map.insert((series, at), packed);
             }
-        };
-        if added > 0 {
-            self.bytes += added;
-            self.windows += 1;
         }
     }
 
@@ -238,7 +372,7 @@ fn range<V>(map: &BTreeMap<(u32, i64), V>, series: u32, from: i64, to: i64) -> i
 impl Buffer for QueryStats {
     fn buffered(part: &Buffered, series: u32, from: i64, to: i64, add: &mut dyn FnMut(i64, Self)) {
         for (at, v) in range(&part.queries, series, from, to) {
-            add(at, v.clone());
+            add(at, v.unpack());
         }
     }
 }
@@ -317,7 +451,7 @@ impl Tables {
     }
 
     /// Like [`Tables::visit`] for statement windows, lent rather than
-    /// cloned (reads that fold thousands of series per request).
+    /// handed over (reads that fold thousands of series per request).
     pub(crate) fn visit_queries(
         &self,
         tier: Tier,
@@ -329,7 +463,7 @@ impl Tables {
         self.each_part(tier, from, to, &mut |part, lo, hi, frozen| {
             for (at, value) in range(&part.queries, series, lo, hi) {
                 if let Some(aligned) = self.aligned(tier, frozen, at) {
-                    add(aligned, value);
+                    add(aligned, &value.unpack());
                 }
             }
         });
@@ -387,6 +521,8 @@ impl Tables {
 
 #[cfg(test)]
 mod tests {
+    use querypulse_domain::Fingerprint;
+
     use super::super::codec::InstanceQuery;
     use super::*;
 
@@ -426,6 +562,81 @@ mod tests {
         expected.merge(&b);
         assert_eq!(packed.unpack(), expected);
         assert!(packed.0.len() < 2 * 56, "packed is compact: {} bytes", packed.0.len());
+    }
+
+    fn stats(latencies: &[(u64, Option<&str>)]) -> QueryStats {
+        let mut stats = QueryStats::new(Fingerprint::OTHER);
+        for (micros, class) in latencies {
+            stats.record(*micros, 1, *class);
+        }
+        stats
+    }
+
+    proptest::proptest! {
+        /// Merging into a packed window gives exactly what merging the
+        /// decoded windows gives, whatever their buckets and error classes.
+        #[test]
+        fn packed_query_merges_exactly_as_decoded_stats(
+            windows in proptest::collection::vec(
+                proptest::collection::vec(
+                    (0u64..5_000_000, proptest::option::of(proptest::sample::select(vec!["23505", "40001", "timeout"]))),
+                    0..40,
+                ),
+                1..8,
+            )
+        ) {
+            let windows: Vec<QueryStats> = windows.iter().map(|w| stats(w)).collect();
+            let mut packed = PackedQuery::pack(&windows[0]);
+            let mut expected = windows[0].clone();
+            let mut scratch = MergeScratch::default();
+            // The first window again at the end: its buckets are all there,
+            // so it adds in place unless a count's encoding grows.
+            for window in windows[1..].iter().chain([&windows[0]]) {
+                packed.merge(window, &mut scratch);
+                expected.merge(window);
+            }
+            proptest::prop_assert_eq!(packed.unpack(), expected);
+        }
+    }
+
+    #[test]
+    fn packed_query_adds_in_place_and_falls_back_when_encodings_grow() {
+        let latencies: Vec<(u64, Option<&str>)> = (0..50).map(|i| (100 + i * 997 % 40_000, None)).collect();
+        let window = stats(&latencies);
+        let subset = stats(&latencies[..10]);
+        let mut packed = PackedQuery::pack(&window);
+        let mut expected = window.clone();
+        let mut scratch = MergeScratch::default();
+        let before = packed.0.len();
+        packed.merge(&subset, &mut scratch);
+        expected.merge(&subset);
+        assert_eq!(packed.unpack(), expected);
+        assert_eq!(packed.0.len(), before, "same buckets, same lengths: rewritten in place");
+        // Counts past 127 take a second byte; sums past 16,383 a third.
+        for _ in 0..400 {
+            packed.merge(&window, &mut scratch);
+            expected.merge(&window);
+        }
+        assert_eq!(packed.unpack(), expected);
+        assert!(packed.0.len() > before);
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(u64::MAX), 10);
+    }
+
+    #[test]
+    fn packed_query_is_a_fraction_of_the_decoded_window() {
+        let latencies: Vec<(u64, Option<&str>)> = (0..2_000).map(|i| (100 + i * 37 % 90_000, None)).collect();
+        let window = stats(&latencies);
+        let buckets = window.latency.indexed_buckets().len();
+        assert!(buckets > 50, "{buckets} buckets");
+        let packed = PackedQuery::pack(&window);
+        assert!(
+            packed.bytes() * 4 < 16 * buckets,
+            "{} bytes packed for {buckets} buckets",
+            packed.bytes()
+        );
     }
 
     #[test]
