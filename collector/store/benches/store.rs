@@ -37,50 +37,64 @@ fn batch(seq: u64, start_ms: i64, instance: usize, texts: &[FingerprintText]) ->
 }
 
 fn ingest(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let now = querypulse_domain::now_ms();
-    let clock = Clock::manual(now);
-    let (_store, mut writer) = Store::open(dir.path(), Retention::default(), Limits::default(), clock.clone()).unwrap();
-    let texts = texts();
-    let hellos: Vec<Arc<Hello>> = (0..INSTANCES)
-        .map(|i| {
-            Arc::new(Hello {
-                service: "bench".into(),
-                instance_id: format!("instance-{i}"),
-                ..Hello::default()
-            })
-        })
-        .collect();
-    let mut window = now - 36 * 3_600_000;
-    let mut seq = 0u64;
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements((INSTANCES * FINGERPRINTS) as u64));
     group.sample_size(20).measurement_time(Duration::from_secs(20));
-    group.bench_function("write 50 instances x 1000 fingerprints (one window, one fsync)", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                seq += 1;
-                window += WINDOW_MS;
-                let requests: Vec<BatchRequest> = hellos
-                    .iter()
-                    .enumerate()
-                    .map(|(i, hello)| BatchRequest {
-                        hello: hello.clone(),
-                        batch: batch(seq, window, i, &texts),
-                        texts: if seq == 1 { texts.clone() } else { Vec::new() },
-                    })
-                    .collect();
-                // Live ingest: the collector's clock is just past the window.
-                clock.set(window + WINDOW_MS);
-                let started = Instant::now();
-                writer.write(requests).unwrap();
-                writer.maintain().unwrap();
-                total += started.elapsed();
-            }
-            total
-        })
-    });
+    // The same windows as one batch per instance, and as eight (agents that
+    // send small messages): the difference is what a batch costs.
+    for parts in [1usize, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let now = querypulse_domain::now_ms();
+        let clock = Clock::manual(now);
+        let (_store, mut writer) =
+            Store::open(dir.path(), Retention::default(), Limits::default(), clock.clone()).unwrap();
+        let texts = texts();
+        let hellos: Vec<Arc<Hello>> = (0..INSTANCES)
+            .map(|i| {
+                Arc::new(Hello {
+                    service: "bench".into(),
+                    instance_id: format!("instance-{i}"),
+                    ..Hello::default()
+                })
+            })
+            .collect();
+        let mut window = now - 36 * 3_600_000;
+        let mut seq = 0u64;
+        let name = format!(
+            "write 50 instances x 1000 fingerprints in {parts} batch{} each (one window, one fsync)",
+            if parts == 1 { "" } else { "es" }
+        );
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    seq += 1;
+                    window += WINDOW_MS;
+                    let mut requests = Vec::with_capacity(INSTANCES * parts);
+                    for (i, hello) in hellos.iter().enumerate() {
+                        let whole = batch(seq, window, i, &texts);
+                        let per_part = whole.queries.len().div_ceil(parts);
+                        for (k, queries) in whole.queries.chunks(per_part).enumerate() {
+                            let mut part = Batch::new(seq * parts as u64 + k as u64, whole.window);
+                            part.queries = queries.to_vec();
+                            requests.push(BatchRequest {
+                                hello: hello.clone(),
+                                batch: part,
+                                texts: if seq == 1 { texts.clone() } else { Vec::new() },
+                            });
+                        }
+                    }
+                    // Live ingest: the collector's clock is just past the window.
+                    clock.set(window + WINDOW_MS);
+                    let started = Instant::now();
+                    writer.write(requests).unwrap();
+                    writer.maintain().unwrap();
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 
