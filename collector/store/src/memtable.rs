@@ -103,8 +103,9 @@ impl PackedQuery {
         let mut head = read_query_counters(&mut input).expect("the memtable decodes what it packed itself");
         let head_len = self.0.len() - input.0.len();
         head.merge_counters(stats);
-        scratch.out.clear();
+        // The merged counters, which both paths below write.
         let mut out = Out(std::mem::take(&mut scratch.out));
+        out.0.clear();
         write_query_counters(&head, &mut out);
         scratch.out = out.0;
         // Windows of one statement mostly fill the same buckets: then the
@@ -120,8 +121,6 @@ impl PackedQuery {
             .expect("the memtable decodes what it packed itself");
         merge_buckets(&scratch.buckets, stats.latency.indexed_buckets(), &mut scratch.merged);
         let mut out = Out(std::mem::take(&mut scratch.out));
-        out.0.clear();
-        write_query_counters(&head, &mut out);
         out.buckets(&scratch.merged);
         self.0.clear();
         self.0.reserve_exact(out.0.len());
