@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use querypulse_proto::wire::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -31,7 +30,7 @@ pub use adapters::source::StoreSource;
 pub use cli::main;
 pub use config::Config;
 pub use demo::Demo;
-use ingest::{IngestService, Writer};
+use ingest::{IngestGrpc, IngestService, Writer};
 pub use outbound::{http_client, http_client_builder};
 use querypulse_store::{Store, StoreError};
 pub use report::{Format as ReportFormat, ReportArgs, fetch as fetch_report};
@@ -176,9 +175,7 @@ impl Collector {
             agent_settings_rx,
             shutdown_rx.clone(),
         );
-        let grpc_service = IngestServer::new(ingest)
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(1 << 20);
+        let grpc_service = IngestGrpc::new(ingest, config.max_message_bytes);
         let grpc_stop = stopped(shutdown_rx.clone());
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()

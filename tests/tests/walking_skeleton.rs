@@ -350,3 +350,166 @@ async fn agents_facing_a_saturated_collector_wait_and_lose_nothing() {
     assert_eq!(agents["agents"].as_array().map(Vec::len), Some(8), "{agents}");
     collector.stop().await;
 }
+
+/// Sends `body` as one raw `Report` request over a real HTTP/2 connection and
+/// returns the replies it decodes and the final gRPC status.
+async fn raw_report(
+    endpoint: &str,
+    path: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (Vec<wire::CollectorMessage>, tonic::Status) {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    use tonic::codegen::Service as _;
+
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = http::Request::post(format!("{endpoint}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(encoding) = encoding {
+        request = request.header("grpc-encoding", encoding);
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(
+            body,
+        ))))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
+    let response = channel.call(request).await.expect("an HTTP/2 response");
+    assert_eq!(response.status(), 200, "gRPC answers in trailers, not HTTP status");
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        return (Vec::new(), status);
+    }
+    let collected = response.into_body().collect().await.expect("the body arrives");
+    let trailers = collected.trailers().cloned().expect("trailers end the stream");
+    let mut data = collected.to_bytes();
+    let mut replies = Vec::new();
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+        replies.push(wire::CollectorMessage::decode(&data[5..5 + len]).expect("a reply decodes"));
+        data = data.slice(5 + len..);
+    }
+    (
+        replies,
+        tonic::Status::from_header_map(&trailers).expect("a grpc-status"),
+    )
+}
+
+fn prefixed(message: &wire::AgentMessage) -> Vec<u8> {
+    use prost::Message as _;
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    out.extend_from_slice(&message.encode_to_vec());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_streams_get_a_status_and_harm_no_other_stream() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = querypulse_collector::Config::ephemeral(data.path());
+    config.max_message_bytes = 64 << 10;
+    let collector = TestCollector::start_with(config).await;
+    let endpoint = collector.endpoint();
+    let hello = wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Hello(
+            (&Hello {
+                service: "billing".into(),
+                instance_id: "raw-1".into(),
+                ..Hello::default()
+            })
+                .into(),
+        )),
+    };
+    let text = "select 1";
+    let fingerprint = Fingerprint::of_normalized(text);
+    let mut stats = QueryStats::new(fingerprint);
+    stats.record(1_000, 1, None);
+    let mut batch = Batch::new(1, Window::containing(chrono::Utc::now().timestamp_millis(), 10_000));
+    batch.queries.push(stats);
+    batch.texts.push(FingerprintText {
+        fingerprint,
+        text: text.into(),
+    });
+    let batch = wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Batch((&batch).into())),
+    };
+    let report = "/querypulse.v1.Ingest/Report";
+
+    // A well-formed stream, sent as raw frames: acknowledged, status OK.
+    let good: Vec<u8> = [prefixed(&hello), prefixed(&batch)].concat();
+    let (replies, status) = raw_report(&endpoint, report, None, good.clone()).await;
+    assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+    assert!(
+        replies.iter().any(|r| matches!(
+            r.kind,
+            Some(wire::collector_message::Kind::Ack(wire::Ack { seq: 1, .. }))
+        )),
+        "{replies:?}"
+    );
+
+    let oversized = [prefixed(&hello), vec![0], (1u32 << 20).to_be_bytes().to_vec()].concat();
+    let garbage = [prefixed(&hello), vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]].concat();
+    let cut = good[..good.len() - 2].to_vec();
+    for (name, path, encoding, body, code, needle) in [
+        (
+            "oversized",
+            report,
+            None,
+            oversized,
+            tonic::Code::OutOfRange,
+            "exceeds the limit",
+        ),
+        (
+            "garbage",
+            report,
+            None,
+            garbage,
+            tonic::Code::Internal,
+            "does not decode",
+        ),
+        (
+            "cut short",
+            report,
+            None,
+            cut,
+            tonic::Code::Internal,
+            "ended inside a message",
+        ),
+        (
+            "compressed",
+            report,
+            Some("gzip"),
+            good.clone(),
+            tonic::Code::Unimplemented,
+            "gzip",
+        ),
+        (
+            "unknown method",
+            "/querypulse.v1.Ingest/Other",
+            None,
+            good.clone(),
+            tonic::Code::Unimplemented,
+            "Other",
+        ),
+    ] {
+        let (_, status) = raw_report(&endpoint, path, encoding, body).await;
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(status.message().contains(needle), "{name}: {}", status.message());
+    }
+
+    // The collector still serves real agents, and counted the good batch
+    // once: the stream cut inside its batch applied nothing.
+    let member = agent(&endpoint);
+    member.record_query(SQL, Duration::from_millis(1), Outcome::OK);
+    member.flush().await.expect("acknowledged after the malformed streams");
+    member.shutdown().await.unwrap();
+    let queries = collector.get_json("/api/v1/queries?service=billing").await;
+    assert_eq!(find(&queries, text)["calls"], 1, "{queries}");
+    assert_eq!(find(&queries, NORMALIZED)["calls"], 1, "{queries}");
+    collector.stop().await;
+}

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use prost::Message as _;
-use querypulse_proto::wire::v1::{self as wire, ingest_server::Ingest};
+use querypulse_proto::wire::v1 as wire;
 use querypulse_proto::{AgentMessage, Batch, CollectorMessage, Fingerprint, FingerprintText, Hello};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::agent_settings::AgentSettings;
 use querypulse_store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
+pub(crate) use wire_format::IngestGrpc;
+use wire_format::MessageReader;
+
+mod wire_format;
 
 /// Batches applied together before one fsync.
 const MAX_GROUP: usize = 512;
@@ -198,12 +200,11 @@ impl IngestService {
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Status> {
         let Some(expected) = &self.token else {
             return Ok(());
         };
-        let presented = request
-            .metadata()
+        let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -218,18 +219,13 @@ impl IngestService {
 
 type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
 
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type ReportStream = ReceiverStream<Result<wire::CollectorMessage, Status>>;
-
-    async fn report(
-        &self,
-        request: Request<Streaming<wire::AgentMessage>>,
-    ) -> Result<Response<Self::ReportStream>, Status> {
-        self.authorize(&request)?;
+impl IngestService {
+    /// Serves one `Report` stream from its own task; the receiver carries
+    /// the replies, ending with an error status if the stream fails.
+    fn open_stream(&self, inbound: MessageReader) -> mpsc::Receiver<Result<wire::CollectorMessage, Status>> {
         let (out, rx) = mpsc::channel(PIPELINE);
         let stream = StreamTask {
-            inbound: request.into_inner(),
+            inbound,
             out,
             writer: self.writer.clone(),
             store: self.store.clone(),
@@ -239,13 +235,15 @@ impl Ingest for IngestService {
             budget: self.budget.clone(),
         };
         tokio::spawn(stream.run());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        rx
     }
 }
 
 /// An acknowledgement in the making, kept in arrival order.
 enum Pending {
     Ready(CollectorMessage),
+    /// The stream ends with this status.
+    Fail(Status),
     Write {
         seq: u64,
         answer: oneshot::Receiver<Result<ApplyOutcome, StoreError>>,
@@ -256,7 +254,7 @@ enum Pending {
 }
 
 struct StreamTask {
-    inbound: Streaming<wire::AgentMessage>,
+    inbound: MessageReader,
     out: Outbound,
     writer: Writer,
     store: Store,
@@ -266,18 +264,35 @@ struct StreamTask {
     budget: Arc<Semaphore>,
 }
 
-impl StreamTask {
-    /// Reserves `bytes` of the ingest budget (all of it at most, so one huge
-    /// message still passes alone); `None` when the collector shuts down.
-    async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let total = self.limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
-        let permits = u32::try_from(bytes.clamp(1, total)).unwrap_or(u32::MAX);
-        self.budget.clone().acquire_many_owned(permits).await.ok()
-    }
+/// Reads the next message once its share of the ingest budget is reserved
+/// (all of the budget at most, so one huge message still passes alone): a
+/// stream waiting for the budget has read no more than the message's prefix.
+/// `None` when the agent ended the stream. Cancel-safe: an interrupted read
+/// resumes where it stopped and reserves again.
+async fn read_message(
+    inbound: &mut MessageReader,
+    budget: &Arc<Semaphore>,
+    limits: &IngestLimits,
+) -> Result<Option<(wire::AgentMessage, OwnedSemaphorePermit)>, Status> {
+    let Some(len) = inbound.next_len().await? else {
+        return Ok(None);
+    };
+    let total = limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = u32::try_from(len.clamp(1, total)).unwrap_or(u32::MAX);
+    let permit = budget
+        .clone()
+        .acquire_many_owned(permits)
+        .await
+        .map_err(|_| Status::unavailable("the collector is shutting down"))?;
+    Ok(Some((inbound.message().await?, permit)))
+}
 
+impl StreamTask {
     async fn run(mut self) {
-        let hello = match self.inbound.message().await {
-            Ok(Some(message)) => match AgentMessage::try_from(message) {
+        let hello = match read_message(&mut self.inbound, &self.budget, &self.limits).await {
+            Err(status) => return self.fail(status).await,
+            Ok(None) => return,
+            Ok(Some((message, _permit))) => match AgentMessage::try_from(message) {
                 Ok(AgentMessage::Hello(hello)) => Arc::new(hello),
                 Ok(AgentMessage::Batch(_)) => {
                     return self
@@ -288,7 +303,6 @@ impl StreamTask {
                 }
                 Err(error) => return self.fail(Status::invalid_argument(error.to_string())).await,
             },
-            Ok(None) | Err(_) => return,
         };
         if let Err(status) = self.writer.register(hello.clone()).await {
             return self.fail(status).await;
@@ -309,7 +323,7 @@ impl StreamTask {
             let message = tokio::select! {
                 _ = self.shutdown.wait_for(|stop| *stop) => break,
                 Ok(()) = self.settings.changed() => None,
-                message = self.inbound.message() => Some(message),
+                message = read_message(&mut self.inbound, &self.budget, &self.limits) => Some(message),
             };
             let Some(message) = message else {
                 let settings = *self.settings.borrow_and_update();
@@ -322,11 +336,14 @@ impl StreamTask {
                 }
                 continue;
             };
-            let message = match message {
-                Ok(Some(message)) => message,
+            let (message, permit) = match message {
+                Ok(Some(read)) => read,
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(%status, instance = %hello.instance_id, "agent stream broke");
+                    // After the acknowledgements already due, the agent
+                    // learns why (if it is still there to hear it).
+                    let _ = pending_tx.send(Pending::Fail(status)).await;
                     break;
                 }
             };
@@ -334,13 +351,6 @@ impl StreamTask {
                 Some(wire::agent_message::Kind::Batch(batch)) => batch.seq,
                 _ => 0,
             };
-            // This message's share of the budget, before decoding it.
-            let mut shutdown = self.shutdown.clone();
-            let permit = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                permit = self.reserve(message.encoded_len()) => permit,
-            };
-            let Some(permit) = permit else { break };
             let pending = match AgentMessage::try_from(message) {
                 Err(error) => reject(&hello, seq, error.to_string()),
                 Ok(AgentMessage::Hello(_)) => {
@@ -450,6 +460,7 @@ async fn acknowledge(mut pending: mpsc::Receiver<Pending>, out: Outbound) {
     while let Some(next) = pending.recv().await {
         let message = match next {
             Pending::Ready(message) => Ok(message),
+            Pending::Fail(status) => Err(status),
             Pending::Write { seq, answer, .. } => match answer.await {
                 Ok(Ok(ApplyOutcome::Applied)) => Ok(CollectorMessage::Ack { seq, duplicate: false }),
                 Ok(Ok(ApplyOutcome::Duplicate)) => Ok(CollectorMessage::Ack { seq, duplicate: true }),
