@@ -3,10 +3,11 @@
 //! The writer freezes the active table and starts a flush; ingest goes on
 //! into a fresh table meanwhile, so the flush uses the second core instead of
 //! delaying acknowledgements. A flush derives the 1-minute and 1-hour
-//! windows from the frozen raw windows, a block of series at a time (so the
-//! decoded rollups of only one block are in memory at once), and writes
-//! each partition's windows, as deltas, to a new run: an immutable,
-//! compressed file, written once, synced, then renamed into place. Nothing
+//! windows from the frozen raw windows, a block of series at a time, and
+//! streams each block's windows, as deltas, to a new run per partition: an
+//! immutable, compressed file, written once, synced, then renamed into
+//! place. Only a few blocks are decoded or encoded at once, so a flush needs
+//! little memory beside the frozen table, however large that is. Nothing
 //! is read back and no database is touched, which is what makes a window
 //! cost the same however many series exist. Only once every run is in place
 //! does the writer drop the log entries the flush covered.
@@ -28,12 +29,14 @@ use std::thread::JoinHandle;
 use super::codec::{WindowValue, key};
 use super::fold::Fold;
 use super::memtable::{FLUSH_EVERY, Memtable};
-use super::partition::{Entry, Partition, Tier};
+use super::partition::{Entry, Partition, Run, Tier};
 use super::write::{PartitionWrites, derive_rollups};
 use super::{Store, StoreError, StoreWriter};
 
-/// Series whose rollups are derived and encoded together.
-const SERIES_PER_STEP: u64 = 4_096;
+/// Series whose rollups are derived and encoded together: the unit a flush
+/// streams. Tests use small blocks, so that every flush they run crosses
+/// blocks and rounds.
+const SERIES_PER_STEP: u64 = if cfg!(any(test, feature = "testing")) { 8 } else { 4_096 };
 
 /// A flush running in the background.
 #[derive(Debug)]
@@ -139,45 +142,50 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
     store.registry().sync()?;
     let synced = std::time::Instant::now();
     let last = table.last_seq;
-    // Contiguous spans of series blocks, one per thread: their entries,
-    // concatenated in span order, are in key order per partition.
     let blocks = max_series(table).map_or(1, |max| u64::from(max) / SERIES_PER_STEP + 1);
     let threads = flush_threads() as u64;
-    let spans: Vec<(u64, u64)> = (0..threads)
-        .map(|t| (blocks * t / threads, blocks * (t + 1) / threads))
-        .filter(|(a, b)| a < b)
-        .collect();
-    let encoded_spans = in_parallel(spans, |(first, end)| {
-        let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
-        for block in first..end {
-            let from = block * SERIES_PER_STEP;
-            let mut writes = block_writes(table, from, from + SERIES_PER_STEP);
-            derive_rollups(&mut writes, last);
-            for (partition, w) in writes {
-                encode_deltas(w, entries.entry(partition).or_default());
+    let committed = store.tables().committed.clone();
+    // Blocks are encoded a round at a time (one per thread) and streamed, in
+    // block order, to one run writer per partition: a flush holds a few
+    // blocks' windows decoded and encoded, never the whole table's.
+    let written: Vec<Result<(Arc<Partition>, Run), StoreError>> = std::thread::scope(|scope| {
+        let mut writers = BTreeMap::new();
+        'rounds: for round in (0..blocks).step_by(threads as usize) {
+            let encoded = in_parallel((round..(round + threads).min(blocks)).collect(), |block| {
+                encode_block(table, block, last)
+            });
+            for block in encoded {
+                for (at, entries) in block {
+                    if entries.is_empty() || committed.contains(&at) {
+                        continue;
+                    }
+                    let (tx, _) = writers.entry(at).or_insert_with(|| {
+                        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(2);
+                        let writer = scope.spawn(move || {
+                            let partition = store.partitions().get_or_create(at.0, at.1)?;
+                            let run = partition.write_run(last, rx.into_iter().flatten().map(Ok))?;
+                            Ok((partition, run))
+                        });
+                        (tx, writer)
+                    });
+                    // A writer that stopped has failed: its error is below.
+                    if tx.send(entries).is_err() {
+                        break 'rounds;
+                    }
+                }
             }
         }
-        entries
+        writers
+            .into_values()
+            .map(|(tx, writer)| {
+                drop(tx);
+                writer
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::Io("a run writer panicked".into())))
+            })
+            .collect()
     });
-    let mut entries: BTreeMap<(Tier, i64), Vec<Entry>> = BTreeMap::new();
-    for span in encoded_spans {
-        for (partition, part_entries) in span {
-            entries.entry(partition).or_default().extend(part_entries);
-        }
-    }
     let encoded = std::time::Instant::now();
-    let committed = store.tables().committed.clone();
-    let todo: Vec<((Tier, i64), Vec<Entry>)> = entries
-        .into_iter()
-        .filter(|(at, entries)| !entries.is_empty() && !committed.contains(at))
-        .collect();
-    let written = in_parallel(todo, |((tier, start), mut entries)| {
-        // Slow samples (block 0) sort apart from windows.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let partition = store.partitions().get_or_create(tier, start)?;
-        let run = partition.write_run(last, entries.into_iter().map(Ok))?;
-        Ok::<_, StoreError>((partition, run))
-    });
     let mut runs = Vec::with_capacity(written.len());
     let mut failed = None;
     for outcome in written {
@@ -222,12 +230,30 @@ fn flush(store: &Store, table: &Memtable) -> Result<u64, StoreError> {
         windows = table.windows,
         bytes = table.bytes,
         registry_ms = (synced - started).as_millis() as u64,
-        encode_ms = (encoded - synced).as_millis() as u64,
-        write_ms = (installed - encoded).as_millis() as u64,
+        write_ms = (encoded - synced).as_millis() as u64,
+        install_ms = (installed - encoded).as_millis() as u64,
         merge_ms = installed.elapsed().as_millis() as u64,
         "flush phases"
     );
     Ok(last)
+}
+
+/// The entries of series block `block` (raw windows and their rollups) per
+/// partition, each partition's in key order: slow samples (block 0 only)
+/// sort before windows, and blocks cover ascending series ranges.
+fn encode_block(table: &Memtable, block: u64, last: u64) -> Vec<((Tier, i64), Vec<Entry>)> {
+    let from = block * SERIES_PER_STEP;
+    let mut writes = block_writes(table, from, from + SERIES_PER_STEP);
+    derive_rollups(&mut writes, last);
+    writes
+        .into_iter()
+        .map(|(at, w)| {
+            let mut entries = Vec::new();
+            encode_deltas(w, &mut entries);
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            (at, entries)
+        })
+        .collect()
 }
 
 /// Every window of `w` as a single-window delta, and its slow samples.
