@@ -236,6 +236,8 @@ pub(crate) struct Registry {
 
 const NEXT_SERIES: &[u8] = b"Mnext_series";
 const NEXT_SERVICE: &[u8] = b"Mnext_service";
+/// Entries of the meta database written in one sled batch.
+const REGISTRY_WRITE_SLICE: usize = 4_096;
 pub(crate) const SERVICE_TOTALS_SINCE: &[u8] = b"Mservice_totals_since";
 
 fn u32_of(bytes: &[u8], what: &str) -> Result<u32, StoreError> {
@@ -341,25 +343,34 @@ impl Registry {
     pub(crate) fn write_pending(&self) -> Result<(), StoreError> {
         // One writer at a time, so the next ids recorded never go back.
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        // Copied, not taken: readers find a text here until it is written.
-        let written = self.pending().clone();
-        if written.is_empty() {
+        // Copied a slice at a time, not taken: readers find a text here
+        // until it is written, and only appends happen meanwhile.
+        let count = self.pending().len();
+        if count == 0 {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in &written {
-            batch.insert(k.as_slice(), v.as_slice());
-        }
-        // Read after copying: every copied id is below these.
+        // Read after counting: every pending id is below these.
         let (next_series, next_service) = {
             let maps = self.read();
             (maps.next_series, maps.next_service)
         };
-        batch.insert(NEXT_SERIES, &next_series.to_be_bytes()[..]);
-        batch.insert(NEXT_SERVICE, &next_service.to_be_bytes()[..]);
-        self.meta.apply_batch(batch)?;
-        // Only appends happened meanwhile.
-        self.pending().drain(..written.len());
+        // In slices, not one batch: sled holds every node a batch rewrites
+        // until the batch ends, hundreds of MiB when a fleet's first windows
+        // bring 100,000 texts and ids at once. The next ids go first, so
+        // whatever prefix a crash keeps can never hand an id out twice.
+        for start in (0..count).step_by(REGISTRY_WRITE_SLICE) {
+            let mut batch = sled::Batch::default();
+            if start == 0 {
+                batch.insert(NEXT_SERIES, &next_series.to_be_bytes()[..]);
+                batch.insert(NEXT_SERVICE, &next_service.to_be_bytes()[..]);
+            }
+            let slice = self.pending()[start..count.min(start + REGISTRY_WRITE_SLICE)].to_vec();
+            for (k, v) in slice {
+                batch.insert(k, v);
+            }
+            self.meta.apply_batch(batch)?;
+        }
+        self.pending().drain(..count);
         Ok(())
     }
 
