@@ -56,7 +56,7 @@ impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
             max_future: Duration::from_secs(300),
-            pending_bytes: 32 << 20,
+            pending_bytes: 8 << 20,
         }
     }
 }
