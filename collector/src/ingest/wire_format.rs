@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
@@ -68,7 +68,11 @@ impl IngestGrpc {
         self.service.authorize(headers)?;
         let inbound = MessageReader::new(request.into_body(), self.max_message_bytes);
         let replies = self.service.open_stream(inbound);
-        let mut response = http::Response::new(Body::new(ReplyBody { replies, done: false }));
+        let mut response = http::Response::new(Body::new(ReplyBody {
+            replies,
+            ending: None,
+            done: false,
+        }));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -242,11 +246,17 @@ impl Drop for Frames<'_> {
 }
 
 /// The response: the stream task's messages, each length-prefixed, then the
-/// status as trailers.
+/// status as trailers. Replies ready together leave in one frame (up to
+/// [`REPLY_FRAME_BYTES`]), as a backfill's acknowledgements often are.
 struct ReplyBody {
     replies: mpsc::Receiver<Result<wire::CollectorMessage, Status>>,
+    /// The status to end with, once the replies before it are out.
+    ending: Option<Status>,
     done: bool,
 }
+
+/// Reply bytes gathered into one frame at most.
+const REPLY_FRAME_BYTES: usize = 32 << 10;
 
 impl http_body::Body for ReplyBody {
     type Data = Bytes;
@@ -256,11 +266,20 @@ impl http_body::Body for ReplyBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let status = match ready!(self.replies.poll_recv(cx)) {
-            Some(Ok(message)) => return Poll::Ready(Some(Ok(Frame::data(framed(&message))))),
-            Some(Err(status)) => status,
-            None => Status::ok(""),
-        };
+        let mut data = BytesMut::new();
+        while self.ending.is_none() && data.len() < REPLY_FRAME_BYTES {
+            match self.replies.poll_recv(cx) {
+                Poll::Ready(Some(Ok(message))) => put_framed(&mut data, &message),
+                Poll::Ready(Some(Err(status))) => self.ending = Some(status),
+                Poll::Ready(None) => self.ending = Some(Status::ok("")),
+                Poll::Pending if data.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if !data.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(data.freeze()))));
+        }
+        let status = self.ending.take().unwrap_or_else(|| Status::ok(""));
         self.done = true;
         let mut trailers = HeaderMap::new();
         if let Err(unencodable) = status.add_header(&mut trailers) {
@@ -275,14 +294,13 @@ impl http_body::Body for ReplyBody {
     }
 }
 
-/// A message with its gRPC prefix: uncompressed, then the length.
-fn framed(message: &wire::CollectorMessage) -> Bytes {
+/// Appends `message` with its gRPC prefix: uncompressed, then the length.
+fn put_framed(out: &mut BytesMut, message: &wire::CollectorMessage) {
     let len = message.encoded_len();
-    let mut out = BytesMut::with_capacity(PREFIX_BYTES + len);
+    out.reserve(PREFIX_BYTES + len);
     out.put_u8(0);
     out.put_u32(u32::try_from(len).expect("replies are small"));
-    message.encode(&mut out).expect("the buffer was sized for the message");
-    out.freeze()
+    message.encode(out).expect("the buffer was sized for the message");
 }
 
 #[cfg(test)]
@@ -408,8 +426,13 @@ mod tests {
             })),
         };
         tx.send(Ok(ack.clone())).await.unwrap();
+        tx.send(Ok(ack.clone())).await.unwrap();
         tx.send(Err(Status::unavailable("the disk is full"))).await.unwrap();
-        let mut body = ReplyBody { replies, done: false };
+        let mut body = ReplyBody {
+            replies,
+            ending: None,
+            done: false,
+        };
         let next = |body: &mut ReplyBody| {
             let waker = std::task::Waker::noop();
             match Pin::new(body).poll_frame(&mut Context::from_waker(waker)) {
@@ -417,13 +440,15 @@ mod tests {
                 Poll::Pending => panic!("a frame is ready"),
             }
         };
-        let data = next(&mut body).unwrap().unwrap().into_data().unwrap();
-        assert_eq!(data[0], 0);
-        assert_eq!(
-            u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize,
-            data.len() - 5
-        );
-        assert_eq!(wire::CollectorMessage::decode(&data[5..]).unwrap(), ack);
+        // Both ready replies leave in one frame, each with its prefix.
+        let mut data = next(&mut body).unwrap().unwrap().into_data().unwrap();
+        for _ in 0..2 {
+            assert_eq!(data[0], 0);
+            let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+            assert_eq!(wire::CollectorMessage::decode(&data[5..5 + len]).unwrap(), ack);
+            data = data.slice(5 + len..);
+        }
+        assert!(data.is_empty());
         let trailers = next(&mut body).unwrap().unwrap().into_trailers().unwrap();
         let status = Status::from_header_map(&trailers).unwrap();
         assert_eq!(
