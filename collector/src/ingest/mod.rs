@@ -215,11 +215,7 @@ impl IngestService {
             Err(Status::unauthenticated("the bearer token is not valid"))
         }
     }
-}
 
-type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
-
-impl IngestService {
     /// Serves one `Report` stream from its own task; the receiver carries
     /// the replies, ending with an error status if the stream fails.
     fn open_stream(&self, inbound: MessageReader) -> mpsc::Receiver<Result<wire::CollectorMessage, Status>> {
@@ -238,6 +234,8 @@ impl IngestService {
         rx
     }
 }
+
+type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
 
 /// An acknowledgement in the making, kept in arrival order.
 enum Pending {
