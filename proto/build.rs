@@ -1,4 +1,5 @@
-//! Generates the `querypulse.v1` tonic/prost code with a vendored `protoc`, so a
+//! Generates the `querypulse.v1` tonic/prost code (and the Prometheus
+//! remote-write messages) with a vendored `protoc`, so a
 //! machine without a system `protoc` builds the workspace.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -9,5 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(config, &protos, &["."])?;
+
+    // Prometheus remote write: messages only, no service.
+    let remote_write = "prometheus/remote.proto";
+    println!("cargo:rerun-if-changed={remote_write}");
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.compile_protos(&[remote_write], &["."])?;
     Ok(())
 }

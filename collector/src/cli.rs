@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Seconds between alert rule evaluations [default: 10]
     #[arg(long, env = "QUERYPULSE_ALERT_EVALUATION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     alert_evaluation_secs: Option<u64>,
+    /// Remote-write the fleet's series to this Prometheus-compatible endpoint
+    /// (repeatable; `[[remote_write]]` in the config file sets the rest)
+    #[arg(long, value_name = "URL")]
+    remote_write_url: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +220,14 @@ impl ServeArgs {
         }
         if let Some(secs) = self.alert_evaluation_secs {
             config.alerts.evaluation_interval = std::time::Duration::from_secs(secs);
+        }
+        for url in self.remote_write_url {
+            let destination = crate::remote_write::Destination::new(url);
+            destination.validate().map_err(anyhow::Error::msg)?;
+            if config.remote_write.iter().any(|d| d.name == destination.name) {
+                anyhow::bail!("remote write to {} is configured twice", destination.url);
+            }
+            config.remote_write.push(destination);
         }
         Ok(config)
     }

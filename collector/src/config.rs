@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::IngestLimits;
+use crate::remote_write::{Auth, Destination};
 use querypulse_alerts::AlertsConfig;
 use querypulse_domain::clock::Clock;
 use querypulse_store::Limits;
@@ -54,6 +55,8 @@ pub struct Config {
     /// The clock the store and ingest decide by (the system's by default;
     /// tests may set a manual one).
     pub clock: Clock,
+    /// Prometheus-compatible stores the fleet's series are written to.
+    pub remote_write: Vec<Destination>,
 }
 
 impl Config {
@@ -71,6 +74,7 @@ impl Config {
             store_limits: Limits::default(),
             alerts: AlertsConfig::default(),
             clock: Clock::system(),
+            remote_write: Vec::new(),
         }
     }
 
@@ -110,6 +114,86 @@ pub struct FileConfig {
     /// Memory for open windows (the memtable), MiB; see
     /// [`Limits::memtable_bytes`].
     pub memtable_mb: Option<u64>,
+    /// `[[remote_write]]` destinations.
+    pub remote_write: Option<Vec<RemoteWriteFile>>,
+    /// The destinations of `remote_write`, validated by [`FileConfig::load`].
+    #[serde(skip)]
+    pub destinations: Vec<Destination>,
+}
+
+/// One `[[remote_write]]` table; see [`Destination`] for each key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    /// Required.
+    pub url: String,
+    pub name: Option<String>,
+    pub bearer_token: Option<String>,
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub external_labels: std::collections::BTreeMap<String, String>,
+    pub schema: Option<i32>,
+    /// `10s`, `1m`, …
+    pub interval: Option<String>,
+    /// `30s`, `2m`, …
+    pub delay: Option<String>,
+    pub max_statements: Option<usize>,
+    pub max_buckets: Option<usize>,
+    pub max_series_per_request: Option<usize>,
+}
+
+/// `basic_auth = { username = "…", password = "…" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl RemoteWriteFile {
+    /// The destination this table describes, validated.
+    pub fn destination(self) -> Result<Destination, String> {
+        let mut d = Destination::new(self.url);
+        if let Some(name) = self.name {
+            d.name = name;
+        }
+        d.auth = match (self.bearer_token, self.basic_auth) {
+            (Some(_), Some(_)) => return Err("remote_write: bearer_token and basic_auth are exclusive".into()),
+            (Some(token), None) => Auth::Bearer(token),
+            (None, Some(b)) => Auth::Basic {
+                username: b.username,
+                password: b.password,
+            },
+            (None, None) => Auth::None,
+        };
+        d.headers = self.headers.into_iter().collect();
+        d.external_labels = self.external_labels;
+        let duration = |text: &str, key: &str| {
+            querypulse_domain::duration::parse(text).map_err(|e| format!("remote_write {key} {text:?}: {e}"))
+        };
+        if let Some(v) = self.schema {
+            d.schema = v;
+        }
+        if let Some(v) = &self.interval {
+            d.interval = duration(v, "interval")?;
+        }
+        if let Some(v) = &self.delay {
+            d.delay = duration(v, "delay")?;
+        }
+        if let Some(v) = self.max_statements {
+            d.max_statements = v;
+        }
+        if let Some(v) = self.max_buckets {
+            d.max_buckets = v;
+        }
+        if let Some(v) = self.max_series_per_request {
+            d.max_series_per_request = v;
+        }
+        d.validate()?;
+        Ok(d)
+    }
 }
 
 /// Why a config file was refused.
@@ -144,6 +228,25 @@ impl FileConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
+        let mut file = file;
+        if let Some(tables) = file.remote_write.take() {
+            let mut names = std::collections::HashSet::new();
+            let mut destinations = Vec::new();
+            for table in tables {
+                let destination = table.destination().map_err(|message| ConfigError::Parse {
+                    path: path.into(),
+                    message,
+                })?;
+                if !names.insert(destination.name.clone()) {
+                    return Err(ConfigError::Parse {
+                        path: path.into(),
+                        message: format!("two [[remote_write]] tables are named {:?}", destination.name),
+                    });
+                }
+                destinations.push(destination);
+            }
+            file.destinations = destinations;
+        }
         if let Some(retention) = &file.retention {
             retention.validate().map_err(|e| ConfigError::Parse {
                 path: path.into(),
@@ -182,6 +285,7 @@ impl FileConfig {
         if let Some(v) = self.alert_evaluation_secs {
             config.alerts.evaluation_interval = Duration::from_secs(v.max(1));
         }
+        config.remote_write.extend(self.destinations);
         if let Some(v) = self.memtable_mb {
             let bytes = v.clamp(MIN_MEMTABLE_MB, MAX_MEMTABLE_MB) << 20;
             config.store_limits.memtable_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
@@ -201,6 +305,63 @@ mod tests {
         file.apply(&mut config);
         assert_eq!(config.grpc_listen.port(), 7171);
         assert_eq!(config.store_limits.memtable_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn remote_write_tables_become_validated_destinations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[remote_write]]
+url = "http://127.0.0.1:9090/api/v1/write"
+external_labels = { cluster = "eu-1" }
+headers = { "X-Scope-OrgID" = "team-a" }
+basic_auth = { username = "u", password = "p" }
+interval = "15s"
+schema = 2
+
+[[remote_write]]
+url = "https://mimir.example/api/v1/push"
+name = "mimir"
+bearer_token = "t"
+"#,
+        )
+        .unwrap();
+        let mut config = Config::new(DEFAULT_DATA_DIR);
+        FileConfig::load(&path).unwrap().apply(&mut config);
+        let [first, second] = config.remote_write.as_slice() else {
+            panic!("two destinations: {:?}", config.remote_write);
+        };
+        assert_eq!(first.interval, Duration::from_secs(15));
+        assert_eq!(first.schema, 2);
+        assert_eq!(first.external_labels["cluster"], "eu-1");
+        assert_eq!(first.headers, [("X-Scope-OrgID".to_owned(), "team-a".to_owned())]);
+        assert!(matches!(&first.auth, Auth::Basic { username, .. } if username == "u"));
+        assert_eq!(second.name, "mimir");
+        assert_eq!(second.auth, Auth::Bearer("t".into()));
+
+        for (bad, why) in [
+            ("[[remote_write]]\nurl = \"ftp://x\"\n", "only http"),
+            ("[[remote_write]]\nurl = \"http://x/w\"\nschema = 12\n", "schema"),
+            (
+                "[[remote_write]]\nurl = \"http://x/w\"\ninterval = \"soon\"\n",
+                "interval",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://x/w\"\nbearer_token = \"a\"\nbasic_auth = { username = \"u\", password = \"p\" }\n",
+                "exclusive",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://x/w\"\n[[remote_write]]\nurl = \"http://x/w\"\n",
+                "named",
+            ),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = FileConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod fingerprint_cmd;
 mod http;
 mod ingest;
 mod outbound;
+pub mod remote_write;
 mod report;
 mod settings_db;
 #[cfg(test)]
@@ -93,6 +94,7 @@ pub struct Collector {
     http: JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
     alerts: JoinHandle<()>,
+    remote_write: Vec<JoinHandle<()>>,
     settings_db: SettingsDb,
 }
 
@@ -192,6 +194,12 @@ impl Collector {
             querypulse_alerts::Alerts::start(store.clone(), settings_db.pool(), &config.alerts, shutdown_rx.clone())
                 .await
                 .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
+        let (remote_write_status, remote_write) = remote_write::start(
+            store.clone(),
+            config.data_dir.clone(),
+            config.remote_write.clone(),
+            shutdown_rx.clone(),
+        );
         let source =
             Arc::new(StoreSource::new(store.clone()).with_alerts(alerts.clone(), tokio::runtime::Handle::current()));
         let admin = http::Admin {
@@ -200,6 +208,7 @@ impl Collector {
             token: config.admin_token.clone(),
             agent_settings: Arc::new(agent_settings),
             alerts,
+            remote_write: remote_write_status,
         };
         let dashboard = querypulse_web::Dashboard::new(source.clone())
             .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
@@ -217,6 +226,7 @@ impl Collector {
             http,
             writer: writer_thread,
             alerts: alerts_task,
+            remote_write,
             settings_db,
         })
     }
@@ -239,6 +249,11 @@ impl Collector {
         let http = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
         if tokio::time::timeout(SHUTDOWN_GRACE, self.alerts).await.is_err() {
             tracing::warn!("the alert engine did not stop in time");
+        }
+        for task in self.remote_write {
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!("a remote-write task did not stop in time");
+            }
         }
         let writer = self.writer;
         tokio::task::spawn_blocking(move || writer.join())

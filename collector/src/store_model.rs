@@ -612,6 +612,7 @@ fn check_metrics(
         pools: source.pools(range).unwrap(),
         agents: Vec::new(),
         store: None,
+        remote_write: Vec::new(),
     });
     let mut got: Vec<String> = body
         .lines()

@@ -14,6 +14,13 @@ pub mod wire {
     }
 }
 
+/// Prometheus remote write 1.0 (`prompb`): the messages the collector sends
+/// to Prometheus-compatible storage, from `prometheus/remote.proto`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod prompb {
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
+}
+
 pub use convert::ValidationError;
 pub use querypulse_domain::{
     AgentCounters, AgentMessage, Batch, CollectorMessage, ConfigUpdate, DbSystem, ErrorClassCount, FingerprintText,

@@ -23,6 +23,7 @@ use querypulse_domain::source::{QueryFilter, TimeRange};
 use super::error::ApiError;
 use super::params::{Parameters, Params, parse_step, summary_range};
 use super::{Api, read};
+use crate::remote_write::DestinationStatus;
 use querypulse_domain::now_ms;
 
 /// What one scrape exports.
@@ -34,6 +35,7 @@ pub(crate) struct Scrape {
     pub pools: Vec<PoolSummary>,
     pub agents: Vec<AgentSummary>,
     pub store: Option<StoreHealth>,
+    pub remote_write: Vec<DestinationStatus>,
 }
 
 /// Longest statement text put in a label; longer texts are cut with `…`.
@@ -137,7 +139,9 @@ fn number(value: f64) -> String {
     }
 }
 
-fn cut(text: &str) -> String {
+/// `text` cut to [`MAX_LABEL_TEXT`] bytes on a character boundary, ending
+/// with `…` when cut (remote write's `text` label too).
+pub(crate) fn cut(text: &str) -> String {
     if text.len() <= MAX_LABEL_TEXT {
         return text.to_owned();
     }
@@ -221,6 +225,7 @@ pub(crate) fn render(mut scrape: Scrape) -> String {
     if let Some(store) = &scrape.store {
         render_store(&mut x, store);
     }
+    render_remote_write(&mut x, &scrape.remote_write, scrape.now_ms);
     x.out
 }
 
@@ -274,6 +279,66 @@ fn render_store(x: &mut Exposition, store: &StoreHealth) {
         x.family(name, kind, help);
         x.sample(name, &[], value as f64);
     }
+}
+
+/// Each remote-write destination: how far behind it is, what it took.
+fn render_remote_write(x: &mut Exposition, destinations: &[DestinationStatus], now_ms: i64) {
+    if destinations.is_empty() {
+        return;
+    }
+    let rows: Vec<DestinationStatus> = destinations
+        .iter()
+        .map(|d| DestinationStatus {
+            lag_seconds: if d.sent_until_ms > 0 {
+                (now_ms - d.sent_until_ms).max(0) as f64 / 1_000.0
+            } else {
+                f64::NAN
+            },
+            ..d.clone()
+        })
+        .collect();
+    let labels = |d: &DestinationStatus| vec![("destination", d.name.clone())];
+    let gauges: [Column<DestinationStatus>; 2] = [
+        (
+            "querypulse_remote_write_sent_until_timestamp_seconds",
+            "End of the last interval the destination accepted.",
+            |d| d.sent_until_ms as f64 / 1_000.0,
+        ),
+        (
+            "querypulse_remote_write_lag_seconds",
+            "How far behind now the destination is (the backlog waits in the store).",
+            |d| d.lag_seconds,
+        ),
+    ];
+    let counters: [Column<DestinationStatus>; 5] = [
+        (
+            "querypulse_remote_write_histograms_total",
+            "Native histogram samples the destination accepted.",
+            |d| d.histograms_sent as f64,
+        ),
+        (
+            "querypulse_remote_write_samples_total",
+            "Float samples the destination accepted.",
+            |d| d.samples_sent as f64,
+        ),
+        (
+            "querypulse_remote_write_requests_total",
+            "Requests the destination accepted.",
+            |d| d.requests as f64,
+        ),
+        (
+            "querypulse_remote_write_retries_total",
+            "Requests retried after a 5xx, a 429 or no connection.",
+            |d| d.retries as f64,
+        ),
+        (
+            "querypulse_remote_write_dropped_requests_total",
+            "Requests refused with another 4xx and dropped, as Prometheus does.",
+            |d| d.dropped_requests as f64,
+        ),
+    ];
+    x.columns("gauge", &gauges, &rows, labels);
+    x.columns("counter", &counters, &rows, labels);
 }
 
 fn render_pools(x: &mut Exposition, pools: &[PoolSummary]) {
@@ -444,6 +509,7 @@ pub(super) async fn metrics(State(api): State<Api>, params: Params) -> Result<Re
     let now_ms = now_ms();
     let range = summary_range(TimeRange::last(now_ms, window_ms));
     let source = api.source.clone();
+    let remote_write = api.admin.remote_write.snapshot();
     let (queries, pools, agents, store) = read(move || {
         let filter = QueryFilter { service: None, range };
         Ok((
@@ -462,6 +528,7 @@ pub(super) async fn metrics(State(api): State<Api>, params: Params) -> Result<Re
         pools,
         agents,
         store,
+        remote_write,
     });
     Ok((
         [(

@@ -43,6 +43,8 @@ pub struct Admin {
     pub agent_settings: Arc<tokio::sync::watch::Sender<AgentSettings>>,
     /// The alert engine (rules, channels, silences, alerts).
     pub alerts: querypulse_alerts::Alerts,
+    /// How far each remote-write destination has got.
+    pub remote_write: crate::remote_write::Status,
 }
 
 #[derive(Clone)]
