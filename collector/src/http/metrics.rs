@@ -310,7 +310,7 @@ fn render_remote_write(x: &mut Exposition, destinations: &[DestinationStatus], n
             |d| d.lag_seconds,
         ),
     ];
-    let counters: [Column<DestinationStatus>; 5] = [
+    let counters: [Column<DestinationStatus>; 6] = [
         (
             "querypulse_remote_write_histograms_total",
             "Native histogram samples the destination accepted.",
@@ -325,6 +325,11 @@ fn render_remote_write(x: &mut Exposition, destinations: &[DestinationStatus], n
             "querypulse_remote_write_requests_total",
             "Requests the destination accepted.",
             |d| d.requests as f64,
+        ),
+        (
+            "querypulse_remote_write_bytes_total",
+            "Bytes (compressed, as sent) of the requests the destination accepted.",
+            |d| d.bytes_sent as f64,
         ),
         (
             "querypulse_remote_write_retries_total",

@@ -214,6 +214,8 @@ pub struct DestinationStatus {
     pub samples_sent: u64,
     /// Requests accepted.
     pub requests: u64,
+    /// Bytes (snappy-compressed, as sent) of the requests accepted.
+    pub bytes_sent: u64,
     /// Requests retried (5xx, 429, no connection).
     pub retries: u64,
     /// Requests refused with another 4xx, dropped as Prometheus' client does.
@@ -393,6 +395,7 @@ impl Exporter {
                     Outcome::Accepted => {
                         self.status.update(self.index, |s| {
                             s.requests += 1;
+                            s.bytes_sent += body.len() as u64;
                             s.histograms_sent += histograms;
                             s.samples_sent += samples;
                             s.last_error = None;
