@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use querypulse_collector::Config;
 use querypulse_collector::remote_write::Destination;
-use querypulse_e2e::TestCollector;
 use querypulse_e2e::receivers::{Program, free_port, required_tool};
+use querypulse_e2e::{RawAgent, TestCollector, hello};
 use querypulse_loadgen::{LoadgenConfig, LoadgenReport, Target};
+use querypulse_proto::{Batch, Fingerprint, FingerprintText, QueryStats, Window};
 use serde_json::Value;
 
 /// Export interval of the test's destinations: short, so a run of seconds
@@ -170,7 +171,30 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
     let b = collector(&dir_b, destination(port, "b")).await;
     let report_b2 = load(&b, 2, Duration::from_secs(4)).await;
 
-    let calls = report_a.totals.calls_acked + report_b.totals.calls_acked + report_b2.totals.calls_acked;
+    // Windows that arrive long after their interval was sent (an agent
+    // replaying after an outage): one of a service already exported, one
+    // of a new service. Collector a started about 20 s ago, so 12 s ago is
+    // after its first interval and well before the 3 s delay.
+    let late_at = chrono::Utc::now().timestamp_millis() - 12_000;
+    let mut late = 0;
+    for (service, instance) in [("svc-000", "replaying-1"), ("replayed", "replaying-2")] {
+        let text = format!("select * from {} where id = ?", instance.replace('-', "_"));
+        let fingerprint = Fingerprint::of_normalized(&text);
+        let mut batch = Batch::new(1, Window::containing(late_at, 1_000));
+        let mut stats = QueryStats::new(fingerprint);
+        for i in 0..250u64 {
+            stats.record(800 + i * 40, 1, (i % 50 == 0).then_some("40001"));
+        }
+        batch.queries.push(stats);
+        batch.texts.push(FingerprintText { fingerprint, text });
+        RawAgent::open(&a.endpoint(), &hello(service, instance))
+            .await
+            .send_acked(&batch)
+            .await;
+        late += 250;
+    }
+
+    let calls = report_a.totals.calls_acked + report_b.totals.calls_acked + report_b2.totals.calls_acked + late;
     settles_at(
         port,
         "sum(histogram_count(querypulse_query_duration_seconds))",
@@ -181,14 +205,18 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
     settles_at(
         port,
         r#"sum(histogram_count(querypulse_query_duration_seconds{collector="a"}))"#,
-        report_a.totals.calls_acked as f64,
+        (report_a.totals.calls_acked + late) as f64,
         Duration::from_secs(10),
     )
     .await;
 
     // No interval is missing, across the outage and the restart.
     let statements = assert_no_gaps(port, "querypulse_query_rows_total").await;
-    assert_eq!(statements, 2 * 2 * 12, "every statement of both collectors' services");
+    assert_eq!(
+        statements,
+        2 * 2 * 12 + 2,
+        "every statement of both collectors' services, and the late ones"
+    );
     assert_no_gaps(port, "querypulse_query_duration_seconds").await;
     assert_no_gaps(port, "querypulse_agent_up").await;
 
@@ -235,6 +263,23 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(retries > 0.0, "the outage made collector a retry");
+    let late_calls: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("querypulse_remote_write_late_calls_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        late_calls >= late as f64,
+        "{late_calls} late calls counted, {late} sent late"
+    );
+    settles_at(
+        port,
+        r#"sum(querypulse_query_errors_total{collector="a",service="replayed"})"#,
+        5.0,
+        Duration::from_secs(5),
+    )
+    .await;
     a.stop().await;
     b.stop().await;
     drop(server);

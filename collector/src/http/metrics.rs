@@ -310,7 +310,7 @@ fn render_remote_write(x: &mut Exposition, destinations: &[DestinationStatus], n
             |d| d.lag_seconds,
         ),
     ];
-    let counters: [Column<DestinationStatus>; 6] = [
+    let counters: [Column<DestinationStatus>; 7] = [
         (
             "querypulse_remote_write_histograms_total",
             "Native histogram samples the destination accepted.",
@@ -335,6 +335,11 @@ fn render_remote_write(x: &mut Exposition, destinations: &[DestinationStatus], n
             "querypulse_remote_write_retries_total",
             "Requests retried after a 5xx, a 429 or no connection.",
             |d| d.retries as f64,
+        ),
+        (
+            "querypulse_remote_write_late_calls_total",
+            "Calls that reached the store after their interval was sent, added to later samples.",
+            |d| d.late_calls as f64,
         ),
         (
             "querypulse_remote_write_dropped_requests_total",

@@ -11,7 +11,9 @@
 //! collector restart resumes where it stopped: nothing is skipped, and what
 //! a crash makes it send again has the same timestamp and value, which
 //! Prometheus takes once. What waits during an outage is the store's, so
-//! the backlog is bounded by retention and memory stays flat.
+//! the backlog is bounded by retention and memory stays flat. Windows that
+//! reach the store after their interval was sent are found and added to
+//! later samples, so the exported counts end exact.
 //!
 //! Series (every one also carries the destination's `external_labels`):
 //!
@@ -39,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use querypulse_domain::{Fingerprint, now_ms};
+use querypulse_domain::{Fingerprint, QueryStats, now_ms};
 use querypulse_proto::prompb;
 use querypulse_store::Store;
 use tokio::sync::watch;
@@ -63,6 +65,9 @@ pub const DEFAULT_MAX_BUCKETS: usize = 160;
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(30);
 /// The agents' default interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Every this many intervals, windows that arrived after their interval
+/// was sent are looked for and added (see [`fold_late`]).
+const RECHECK_INTERVALS: i64 = 6;
 /// Intervals read and sent per round while catching up.
 const CATCH_UP_INTERVALS: usize = 6;
 /// Retry delays after a failed request (5xx, 429, no connection).
@@ -220,6 +225,9 @@ pub struct DestinationStatus {
     pub retries: u64,
     /// Requests refused with another 4xx, dropped as Prometheus' client does.
     pub dropped_requests: u64,
+    /// Calls that reached the store after their interval had been sent,
+    /// added to later samples.
+    pub late_calls: u64,
     /// The last failure, if the last request failed.
     pub last_error: Option<String>,
 }
@@ -286,7 +294,7 @@ struct Exporter {
     map: BucketMap,
     status: Status,
     index: usize,
-    /// Statement texts already read, by fingerprint.
+    /// Statement texts already read (cut for the label), by fingerprint.
     texts: HashMap<Fingerprint, String>,
     client: reqwest::Client,
 }
@@ -354,6 +362,7 @@ impl Exporter {
                     self.status.update(self.index, |s| {
                         s.sent_until_ms = state.cursor_ms;
                         s.lag_seconds = lag;
+                        s.late_calls = state.late_calls;
                     });
                     continue;
                 }
@@ -533,36 +542,23 @@ fn build_interval(
     let to = from + destination.interval.as_millis() as i64;
     let external = &destination.external_labels;
     let schema = map.schema();
+    if (from - state.origin_ms) % (RECHECK_INTERVALS * (to - from)) == 0 {
+        fold_late(store, destination, map, state, from)?;
+    }
     // Statements: admit new ones by total time while there is room.
     for (service, service_id, _, _) in store.services() {
         let mut stats = store.query_stats(service_id, from, to).map_err(|e| e.to_string())?;
         stats.sort_by(|a, b| b.sum_us.cmp(&a.sum_us).then(a.fingerprint.cmp(&b.fingerprint)));
         for s in &stats {
-            let own =
-                s.fingerprint != Fingerprint::OTHER && state.admit(&service, s.fingerprint, destination.max_statements);
-            let key = state::StatementKey {
-                service: service.clone(),
-                fingerprint: if own { Some(s.fingerprint) } else { None },
-            };
+            let key = state.key(&service, s.fingerprint, destination.max_statements);
             let entry = state
                 .statements
                 .entry(key)
                 .or_insert_with(|| state::Statement::new(schema, from));
             entry.duration.add(&s.latency, s.sum_us, map, destination.max_buckets);
             entry.rows += s.rows;
-            for class in &s.error_classes {
-                *entry.errors.entry(class.class.clone()).or_default() += class.count;
-            }
-            let unclassified = s.errors.saturating_sub(s.error_classes.iter().map(|c| c.count).sum());
-            if unclassified > 0 {
-                *entry.errors.entry("unknown".into()).or_default() += unclassified;
-            }
-            if own && !texts.contains_key(&s.fingerprint) {
-                let text = store
-                    .text(s.fingerprint)
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
-                texts.insert(s.fingerprint, text);
+            for (class, count) in error_counts(s) {
+                *entry.errors.entry(class).or_default() += count;
             }
         }
     }
@@ -598,14 +594,14 @@ fn build_interval(
             ));
         }
         if let Some(fingerprint) = key.fingerprint {
-            let text = texts
-                .get(&fingerprint)
-                .map(|t| crate::http::metrics::cut(t))
-                .unwrap_or_default();
+            if let std::collections::hash_map::Entry::Vacant(entry) = texts.entry(fingerprint) {
+                let text = store.text(fingerprint).map_err(|e| e.to_string())?.unwrap_or_default();
+                entry.insert(crate::http::metrics::cut(&text));
+            }
             out.push(float_series(
                 labels(
                     "querypulse_query_info",
-                    &[pairs[0], pairs[1], ("text", &text)],
+                    &[pairs[0], pairs[1], ("text", &texts[&fingerprint])],
                     external,
                 ),
                 1.0,
@@ -688,6 +684,75 @@ fn build_interval(
             if up { 1.0 } else { 0.0 },
             to,
         ));
+    }
+    Ok(())
+}
+
+/// Failures of a statement by class; those without one are `unknown`.
+fn error_counts(stats: &QueryStats) -> impl Iterator<Item = (String, u64)> + '_ {
+    let classified: u64 = stats.error_classes.iter().map(|c| c.count).sum();
+    let unclassified = stats.errors.saturating_sub(classified);
+    stats
+        .error_classes
+        .iter()
+        .map(|c| (c.class.clone(), c.count))
+        .chain((unclassified > 0).then(|| ("unknown".to_owned(), unclassified)))
+}
+
+/// Adds what reached the store after its interval was sent: every
+/// [`RECHECK_INTERVALS`] intervals, each service's total over everything
+/// sent so far (one series read) is compared with the calls exported;
+/// where the store holds more, the service's statements over that span are
+/// read again and each series catches up, bucket by bucket. The late calls
+/// appear in the next samples, so the exported totals end exact.
+fn fold_late(
+    store: &Store,
+    destination: &Destination,
+    map: &BucketMap,
+    state: &mut ExportState,
+    until: i64,
+) -> Result<(), String> {
+    let from = state.origin_ms;
+    if from >= until {
+        return Ok(());
+    }
+    for (service, service_id, _, _) in store.services() {
+        let Some(total) = store
+            .service_stats(service_id, from, until)
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let exported: u64 = state.service_statements(&service).map(|(_, s)| s.duration.count).sum();
+        if total.calls <= exported {
+            continue;
+        }
+        // The service's statements over the whole span, grouped as exported.
+        let mut groups: BTreeMap<state::StatementKey, QueryStats> = BTreeMap::new();
+        for s in store.query_stats(service_id, from, until).map_err(|e| e.to_string())? {
+            let key = state.key(&service, s.fingerprint, destination.max_statements);
+            match groups.get_mut(&key) {
+                Some(group) => group.merge(&s),
+                None => {
+                    groups.insert(key, s);
+                }
+            }
+        }
+        for (key, total) in groups {
+            let entry = state
+                .statements
+                .entry(key)
+                .or_insert_with(|| state::Statement::new(map.schema(), until));
+            let added = entry
+                .duration
+                .catch_up(&total.latency, total.sum_us, map, destination.max_buckets);
+            entry.rows = entry.rows.max(total.rows);
+            for (class, count) in error_counts(&total) {
+                let have = entry.errors.entry(class).or_default();
+                *have = (*have).max(count);
+            }
+            state.late_calls += added;
+        }
     }
     Ok(())
 }

@@ -129,6 +129,47 @@ impl Cumulative {
         }
     }
 
+    /// Catches up with `total`, the store's histogram over the whole span
+    /// this one covers (read again later): adds, bucket by bucket, what
+    /// `total` holds beyond this histogram, that is, windows that reached
+    /// the store after their interval was added. Returns the calls added.
+    /// A bucket where `total` holds less (retention dropped old windows)
+    /// adds nothing.
+    pub fn catch_up(
+        &mut self,
+        total: &LatencyHistogram,
+        total_sum_us: u64,
+        map: &BucketMap,
+        max_buckets: usize,
+    ) -> u64 {
+        let shift = map.schema - self.schema;
+        let mut wanted: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut zero = 0u64;
+        for &(bucket, count) in total.indexed_buckets() {
+            match map.index[usize::from(bucket)] {
+                Some(index) => *wanted.entry(coarser(index, shift)).or_default() += count,
+                None => zero += count,
+            }
+        }
+        let mut added = zero.saturating_sub(self.zero_count);
+        self.zero_count += added;
+        for (index, count) in wanted {
+            let have = self.buckets.entry(index).or_default();
+            let missing = count.saturating_sub(*have);
+            *have += missing;
+            added += missing;
+        }
+        self.buckets.retain(|_, count| *count > 0);
+        self.count += added;
+        if added > 0 {
+            self.sum_us = self.sum_us.max(total_sum_us);
+        }
+        while self.buckets.len() > max_buckets && self.schema > *SCHEMAS.start() {
+            self.lower_schema();
+        }
+        added
+    }
+
     /// Halves the resolution: bucket `i` of schema `s` lies in bucket
     /// `ceil(i / 2)` of schema `s - 1`.
     fn lower_schema(&mut self) {
@@ -359,5 +400,32 @@ mod tests {
         let width = 2f64.powf(2f64.powi(-DEFAULT_SCHEMA)) - 1.0;
         assert!(buckets <= super::super::DEFAULT_MAX_BUCKETS, "{buckets} buckets");
         assert!(error <= width + 0.01, "{error}");
+    }
+
+    #[test]
+    fn catching_up_adds_exactly_what_arrived_late() {
+        let map = BucketMap::new(3);
+        let (mut on_time, mut late) = (LatencyHistogram::new(), LatencyHistogram::new());
+        for v in [100u64, 900, 5_000, 5_100] {
+            on_time.record(v);
+        }
+        for v in [0u64, 900, 70_000] {
+            late.record(v);
+        }
+        let mut exported = Cumulative::new(3);
+        exported.add(&on_time, 11_100, &map, 160);
+        let mut total = on_time.clone();
+        total.add(&late);
+        let mut expected = exported.clone();
+        expected.add(&late, 70_900, &map, 160);
+
+        assert_eq!(exported.catch_up(&total, 82_000, &map, 160), 3);
+        assert_eq!(exported, expected);
+        // Nothing more arrived: nothing is added twice.
+        assert_eq!(exported.catch_up(&total, 82_000, &map, 160), 0);
+        assert_eq!(exported, expected);
+        // Retention dropped the on-time windows: nothing is taken back.
+        assert_eq!(exported.catch_up(&late, 70_900, &map, 160), 0);
+        assert_eq!(exported, expected);
     }
 }

@@ -77,8 +77,14 @@ impl Pool {
 /// Where a destination stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportState {
+    /// Start of the first interval sent: the cumulative values hold every
+    /// window from here to the cursor.
+    pub origin_ms: i64,
     /// Start of the next interval to send.
     pub cursor_ms: i64,
+    /// Calls that reached the store after their interval had been sent,
+    /// found and added later (see `fold_late`).
+    pub late_calls: u64,
     pub statements: BTreeMap<StatementKey, Statement>,
     pub pools: BTreeMap<PoolKey, Pool>,
     /// Statements with series of their own.
@@ -88,11 +94,36 @@ pub struct ExportState {
 impl ExportState {
     pub fn starting_at(cursor_ms: i64) -> ExportState {
         ExportState {
+            origin_ms: cursor_ms,
             cursor_ms,
+            late_calls: 0,
             statements: BTreeMap::new(),
             pools: BTreeMap::new(),
             own_statements: 0,
         }
+    }
+
+    /// The series a statement's windows go to: its own when it has one or
+    /// [`ExportState::admit`] gives it one, else its service's `other`.
+    pub fn key(&mut self, service: &str, fingerprint: Fingerprint, max: usize) -> StatementKey {
+        let own = fingerprint != Fingerprint::OTHER && self.admit(service, fingerprint, max);
+        StatementKey {
+            service: service.to_owned(),
+            fingerprint: own.then_some(fingerprint),
+        }
+    }
+
+    /// The series of one service's statements.
+    pub fn service_statements<'a>(&'a self, service: &str) -> impl Iterator<Item = (&'a StatementKey, &'a Statement)> {
+        let low = StatementKey {
+            service: service.to_owned(),
+            fingerprint: None,
+        };
+        let high = StatementKey {
+            service: service.to_owned(),
+            fingerprint: Some(Fingerprint::new(u64::MAX)),
+        };
+        self.statements.range(low..=high)
     }
 
     /// Whether `fingerprint` of `service` has (or now gets) a series of
@@ -121,6 +152,10 @@ struct StateFile {
     statements: Vec<StatementRecord>,
     #[prost(message, repeated, tag = "3")]
     pools: Vec<PoolRecord>,
+    #[prost(int64, tag = "4")]
+    origin_ms: i64,
+    #[prost(uint64, tag = "5")]
+    late_calls: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -205,6 +240,8 @@ fn cumulative(record: Option<HistogramRecord>) -> Result<Cumulative, String> {
 fn encode(state: &ExportState) -> Vec<u8> {
     let file = StateFile {
         cursor_ms: state.cursor_ms,
+        origin_ms: state.origin_ms,
+        late_calls: state.late_calls,
         statements: state
             .statements
             .iter()
@@ -252,6 +289,8 @@ fn decode(bytes: &[u8]) -> Result<ExportState, String> {
     }
     let file = StateFile::decode(body).map_err(|e| e.to_string())?;
     let mut state = ExportState::starting_at(file.cursor_ms);
+    state.origin_ms = file.origin_ms;
+    state.late_calls = file.late_calls;
     for r in file.statements {
         if r.error_classes.len() != r.error_counts.len() {
             return Err("a statement's errors are malformed".into());
@@ -319,6 +358,8 @@ mod tests {
     fn sample_state() -> ExportState {
         let map = super::super::BucketMap::new(3);
         let mut state = ExportState::starting_at(1_800_000_000_000);
+        state.origin_ms = 1_799_999_000_000;
+        state.late_calls = 3;
         assert!(state.admit("checkout", Fingerprint::new(7), 1));
         let mut statement = Statement::new(3, 1_799_999_990_000);
         let mut h = LatencyHistogram::new();
