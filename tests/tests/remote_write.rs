@@ -4,7 +4,8 @@
 //! generator and each with its own `external_labels`, write to it, and one
 //! PromQL query over both gives the fleet's calls exactly. Prometheus goes
 //! away mid-run and comes back; a collector restarts: no interval is missing
-//! afterwards and the counts are still exact.
+//! afterwards and the counts are still exact, late windows included. Every
+//! panel of `deploy/grafana/querypulse.json` returns data from it.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +16,7 @@ use querypulse_collector::remote_write::Destination;
 use querypulse_e2e::receivers::{Program, free_port, required_tool};
 use querypulse_e2e::{RawAgent, TestCollector, hello};
 use querypulse_loadgen::{LoadgenConfig, LoadgenReport, Target};
-use querypulse_proto::{Batch, Fingerprint, FingerprintText, QueryStats, Window};
+use querypulse_proto::{Batch, Fingerprint, FingerprintText, Gauge, PoolStats, QueryStats, Window};
 use serde_json::Value;
 
 /// Export interval of the test's destinations: short, so a run of seconds
@@ -194,6 +195,31 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         late += 250;
     }
 
+    // A pool, on time.
+    let mut batch = Batch::new(1, Window::containing(chrono::Utc::now().timestamp_millis(), 1_000));
+    let mut pool = PoolStats {
+        pool: "main".into(),
+        max_size: 10,
+        min_idle: 1,
+        acquires: 40,
+        releases: 40,
+        timeouts: 1,
+        size: Gauge { last: 10, peak: 10 },
+        idle: Gauge { last: 4, peak: 9 },
+        in_use: Gauge { last: 6, peak: 8 },
+        waiting: Gauge { last: 0, peak: 2 },
+        ..Default::default()
+    };
+    for us in [200, 400, 900, 30_000] {
+        pool.acquire_wait.record(us);
+        pool.hold_time.record(us * 3);
+    }
+    batch.pools.push(pool);
+    RawAgent::open(&a.endpoint(), &hello("svc-000", "pooled"))
+        .await
+        .send_acked(&batch)
+        .await;
+
     let calls = report_a.totals.calls_acked + report_b.totals.calls_acked + report_b2.totals.calls_acked + late;
     settles_at(
         port,
@@ -256,19 +282,11 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         metrics.contains("querypulse_remote_write_retries_total{destination="),
         "{metrics}"
     );
-    let retries: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("querypulse_remote_write_retries_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(retries > 0.0, "the outage made collector a retry");
-    let late_calls: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("querypulse_remote_write_late_calls_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    assert!(
+        metric(&metrics, "querypulse_remote_write_retries_total") > 0.0,
+        "the outage made collector a retry"
+    );
+    let late_calls = metric(&metrics, "querypulse_remote_write_late_calls_total");
     assert!(
         late_calls >= late as f64,
         "{late_calls} late calls counted, {late} sent late"
@@ -280,7 +298,52 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         Duration::from_secs(5),
     )
     .await;
+
+    // Every panel of the Grafana dashboard returns data from this Prometheus.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/querypulse.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$service", ".*")
+                .replace("$fingerprint", ".*");
+            let mut answered = false;
+            for _ in 0..30 {
+                let result = query(port, &expr).await;
+                answered = result.iter().any(|r| {
+                    r["value"][1]
+                        .as_str()
+                        .is_some_and(|v| v.parse::<f64>().is_ok_and(f64::is_finite))
+                        || r["histogram"].is_object()
+                });
+                if answered {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            assert!(answered, "panel {:?}: {expr} returns no data", panel["title"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} panel queries");
     a.stop().await;
     b.stop().await;
     drop(server);
+}
+
+/// The value of the first sample of `name` in an exposition.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }

@@ -616,7 +616,7 @@ fn build_interval(
             instance: window.instance_id.clone(),
             pool: window.pool.clone(),
         };
-        let pool = state.pools.entry(key).or_insert_with(|| state::Pool::new(schema));
+        let pool = state.pools.entry(key).or_insert_with(|| state::Pool::new(schema, from));
         let stats = &window.stats;
         pool.acquire_wait
             .add(&stats.acquire_wait, 0, map, destination.max_buckets);
@@ -648,16 +648,23 @@ fn build_interval(
             ("pool", key.pool.as_str()),
             ("service", key.service.as_str()),
         ];
-        // The acquire wait's sum is not kept per window: the histogram's
-        // count and buckets are exact, its sum is 0.
-        out.push(histogram_series(
-            labels("querypulse_pool_acquire_wait_seconds", &pairs, external),
-            pool.acquire_wait.to_prompb(to),
-        ));
-        out.push(histogram_series(
-            labels("querypulse_pool_hold_seconds", &pairs, external),
-            pool.hold.to_prompb(to),
-        ));
+        // Windows keep no sum of acquire waits or hold times: the
+        // histograms' counts and buckets are exact, their sums 0.
+        for (name, histogram) in [
+            ("querypulse_pool_acquire_wait_seconds", &pool.acquire_wait),
+            ("querypulse_pool_hold_seconds", &pool.hold),
+        ] {
+            if pool.first_ms == from {
+                out.push(histogram_series(
+                    labels(name, &pairs, external),
+                    Cumulative::new(histogram.schema).to_prompb(from),
+                ));
+            }
+            out.push(histogram_series(
+                labels(name, &pairs, external),
+                histogram.to_prompb(to),
+            ));
+        }
         for (name, value) in [
             ("querypulse_pool_acquires_total", pool.acquires),
             ("querypulse_pool_timeouts_total", pool.timeouts),

@@ -55,6 +55,8 @@ pub struct PoolKey {
 /// A pool's cumulative values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
+    /// Start of the interval the pool first reported in.
+    pub first_ms: i64,
     pub acquire_wait: Cumulative,
     pub hold: Cumulative,
     pub acquires: u64,
@@ -63,8 +65,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(schema: i32) -> Pool {
+    pub fn new(schema: i32, first_ms: i64) -> Pool {
         Pool {
+            first_ms,
             acquire_wait: Cumulative::new(schema),
             hold: Cumulative::new(schema),
             acquires: 0,
@@ -210,6 +213,8 @@ struct PoolRecord {
     timeouts: u64,
     #[prost(uint64, tag = "8")]
     leaks: u64,
+    #[prost(int64, tag = "9")]
+    first_ms: i64,
 }
 
 fn histogram_record(h: &Cumulative) -> HistogramRecord {
@@ -267,6 +272,7 @@ fn encode(state: &ExportState) -> Vec<u8> {
                 acquires: p.acquires,
                 timeouts: p.timeouts,
                 leaks: p.leaks,
+                first_ms: p.first_ms,
             })
             .collect(),
     };
@@ -318,6 +324,7 @@ fn decode(bytes: &[u8]) -> Result<ExportState, String> {
                 pool: r.pool,
             },
             Pool {
+                first_ms: r.first_ms,
                 acquire_wait: cumulative(r.acquire_wait)?,
                 hold: cumulative(r.hold)?,
                 acquires: r.acquires,
@@ -382,7 +389,7 @@ mod tests {
             },
             statement,
         );
-        let mut pool = Pool::new(3);
+        let mut pool = Pool::new(3, 1_799_999_990_000);
         pool.hold.add(&h, 0, &map, 160);
         pool.acquires = 9;
         state.pools.insert(
