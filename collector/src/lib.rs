@@ -200,8 +200,11 @@ impl Collector {
             config.remote_write.clone(),
             shutdown_rx.clone(),
         );
-        let source =
-            Arc::new(StoreSource::new(store.clone()).with_alerts(alerts.clone(), tokio::runtime::Handle::current()));
+        let source = Arc::new(
+            StoreSource::new(store.clone())
+                .with_alerts(alerts.clone(), tokio::runtime::Handle::current())
+                .with_remote_write(remote_write_status.clone()),
+        );
         let admin = http::Admin {
             settings_db: settings_db.clone(),
             store,

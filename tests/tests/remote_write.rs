@@ -299,6 +299,13 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
     )
     .await;
 
+    // The agents page shows how far the destination has got.
+    let (status, page) = a.get("/agents").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Remote write"), "{page}");
+    assert!(page.contains(&format!("127.0.0.1_{port}_api_v1_write")), "{page}");
+    assert!(page.contains(" s ago"), "the last interval sent, seconds ago: {page}");
+
     // Every panel of the Grafana dashboard returns data from this Prometheus.
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/querypulse.json"))

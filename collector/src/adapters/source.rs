@@ -27,6 +27,8 @@ pub struct StoreSource {
     texts: Arc<RwLock<HashMap<Fingerprint, String>>>,
     /// The alert engine, and the runtime its answers are awaited on.
     alerts: Option<(Alerts, tokio::runtime::Handle)>,
+    /// Remote-write destinations' progress.
+    remote_write: Option<crate::remote_write::Status>,
 }
 
 impl StoreSource {
@@ -36,6 +38,7 @@ impl StoreSource {
             store,
             texts: Arc::default(),
             alerts: None,
+            remote_write: None,
         }
     }
 
@@ -44,6 +47,12 @@ impl StoreSource {
     /// the engine's answer, driven by `runtime`.
     pub fn with_alerts(mut self, alerts: Alerts, runtime: tokio::runtime::Handle) -> StoreSource {
         self.alerts = Some((alerts, runtime));
+        self
+    }
+
+    /// Answers [`Source::remote_write`] from the destinations' `status`.
+    pub fn with_remote_write(mut self, status: crate::remote_write::Status) -> StoreSource {
+        self.remote_write = Some(status);
         self
     }
 
@@ -314,6 +323,10 @@ impl Source for StoreSource {
                 }
             })
             .collect())
+    }
+
+    fn remote_write(&self) -> Result<Vec<querypulse_domain::source::RemoteWriteStatus>, SourceError> {
+        Ok(self.remote_write.as_ref().map(|s| s.snapshot()).unwrap_or_default())
     }
 
     fn alerts(&self, range: TimeRange) -> Result<Option<Vec<AlertSummary>>, SourceError> {

@@ -204,33 +204,7 @@ fn is_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// How far one destination has got, for `/metrics` and the dashboard.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DestinationStatus {
-    /// The destination's name.
-    pub name: String,
-    /// The end of the last interval sent (Unix ms); 0 before the first.
-    pub sent_until_ms: i64,
-    /// Seconds between now and `sent_until_ms`.
-    pub lag_seconds: f64,
-    /// Native histograms and float samples accepted by the destination.
-    pub histograms_sent: u64,
-    /// Float samples accepted.
-    pub samples_sent: u64,
-    /// Requests accepted.
-    pub requests: u64,
-    /// Bytes (snappy-compressed, as sent) of the requests accepted.
-    pub bytes_sent: u64,
-    /// Requests retried (5xx, 429, no connection).
-    pub retries: u64,
-    /// Requests refused with another 4xx, dropped as Prometheus' client does.
-    pub dropped_requests: u64,
-    /// Calls that reached the store after their interval had been sent,
-    /// added to later samples.
-    pub late_calls: u64,
-    /// The last failure, if the last request failed.
-    pub last_error: Option<String>,
-}
+pub use querypulse_domain::source::RemoteWriteStatus as DestinationStatus;
 
 /// The status of every destination, shared with the HTTP API.
 #[derive(Debug, Clone, Default)]

@@ -712,6 +712,34 @@ impl AlertSummary {
     }
 }
 
+/// How far one remote-write destination has got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RemoteWriteStatus {
+    /// The destination's name.
+    pub name: String,
+    /// The end of the last interval sent (Unix ms); 0 before the first.
+    pub sent_until_ms: i64,
+    /// Seconds between the last send and `sent_until_ms`.
+    pub lag_seconds: f64,
+    /// Native histogram samples accepted by the destination.
+    pub histograms_sent: u64,
+    /// Float samples accepted.
+    pub samples_sent: u64,
+    /// Requests accepted.
+    pub requests: u64,
+    /// Bytes (snappy-compressed, as sent) of the requests accepted.
+    pub bytes_sent: u64,
+    /// Requests retried (5xx, 429, no connection).
+    pub retries: u64,
+    /// Requests refused with another 4xx, dropped as Prometheus' client does.
+    pub dropped_requests: u64,
+    /// Calls that reached the store after their interval had been sent,
+    /// added to later samples.
+    pub late_calls: u64,
+    /// The last failure, while requests fail.
+    pub last_error: Option<String>,
+}
+
 /// How the collector's store fares: its memory for open windows (the
 /// memtable) and its disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -789,6 +817,10 @@ pub trait Source: Send + Sync + 'static {
     /// How the store fares; `None` when the source has no store of its own.
     fn store_health(&self) -> Result<Option<StoreHealth>, SourceError> {
         Ok(None)
+    }
+    /// Each remote-write destination's progress; empty when there is none.
+    fn remote_write(&self) -> Result<Vec<RemoteWriteStatus>, SourceError> {
+        Ok(Vec::new())
     }
 }
 

@@ -1,5 +1,6 @@
 //! `/agents`: every agent instance — version, host, last report, and the
-//! agent's own counters (drops, overflow, reconnects, outbox).
+//! agent's own counters (drops, overflow, reconnects, outbox) — and how far
+//! each remote-write destination has got.
 
 use askama::Template;
 use axum::extract::State;
@@ -34,11 +35,29 @@ struct Row {
     outbox: String,
 }
 
+/// One remote-write destination.
+struct Destination {
+    name: String,
+    sent_until: String,
+    sent_until_at: String,
+    behind: bool,
+    histograms: String,
+    requests: String,
+    retries: String,
+    dropped: String,
+    late_calls: String,
+    last_error: String,
+}
+
+/// A destination counts as behind when its last interval is older than this.
+const BEHIND_AFTER_MS: i64 = 5 * 60_000;
+
 #[derive(Template)]
 #[template(path = "agents.html")]
 struct AgentsPage {
     layout: Layout,
     rows: Vec<Row>,
+    destinations: Vec<Destination>,
     silent: usize,
     dropping: usize,
 }
@@ -46,7 +65,23 @@ struct AgentsPage {
 pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -> Result<Response, PageError> {
     let service = request.view.service.clone();
     let source = dashboard.source.clone();
-    let (services, mut agents) = read(move || Ok((source.services()?, source.agents()?))).await?;
+    let (services, mut agents, remote_write) =
+        read(move || Ok((source.services()?, source.agents()?, source.remote_write()?))).await?;
+    let destinations = remote_write
+        .iter()
+        .map(|d| Destination {
+            name: d.name.clone(),
+            sent_until: ago(request.now, d.sent_until_ms),
+            sent_until_at: timestamp(d.sent_until_ms),
+            behind: d.last_error.is_some() || request.now - d.sent_until_ms > BEHIND_AFTER_MS,
+            histograms: count(d.histograms_sent),
+            requests: format!("{} ({})", count(d.requests), bytes(d.bytes_sent)),
+            retries: count(d.retries),
+            dropped: count(d.dropped_requests),
+            late_calls: count(d.late_calls),
+            last_error: d.last_error.clone().unwrap_or_default(),
+        })
+        .collect();
     agents.retain(|a| service.as_ref().is_none_or(|s| *s == a.service));
     agents.sort_by(|a, b| (b.silent, &a.service, b.last_seen_ms).cmp(&(a.silent, &b.service, a.last_seen_ms)));
     let rows: Vec<Row> = agents
@@ -86,6 +121,7 @@ pub(crate) async fn page(State(dashboard): State<Dashboard>, request: Request) -
     let layout = request.layout("Agents", "agents", "/agents", &services);
     html(AgentsPage {
         layout,
+        destinations,
         silent: rows.iter().filter(|r| r.silent).count(),
         dropping: rows.iter().filter(|r| r.dropping).count(),
         rows,
