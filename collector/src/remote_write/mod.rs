@@ -299,11 +299,18 @@ impl Exporter {
                     let destination = self.destination.clone();
                     let map = self.map.clone();
                     let mut texts = std::mem::take(&mut self.texts);
+                    let stop = shutdown.clone();
                     let result = tokio::task::spawn_blocking(move || {
                         let mut series = Vec::new();
                         for _ in 0..intervals {
                             let from = next.cursor_ms;
-                            build_interval(&store, &destination, &map, &mut next, &mut texts, from, &mut series)?;
+                            let reader = Reader {
+                                store: &store,
+                                destination: &destination,
+                                map: &map,
+                                stop: &stop,
+                            };
+                            reader.build_interval(&mut next, &mut texts, from, &mut series)?;
                             next.cursor_ms = from + interval_ms;
                         }
                         Ok::<_, String>((next, series, texts))
@@ -314,6 +321,7 @@ impl Exporter {
                             self.texts = texts;
                             Some((next, series))
                         }
+                        Ok(Err(_)) if *shutdown.borrow() => return,
                         Ok(Err(e)) => {
                             tracing::warn!(destination = %self.destination.name, "cannot read the store for remote write: {e}");
                             None
@@ -502,173 +510,6 @@ fn histogram_series(labels: Vec<prompb::Label>, histogram: prompb::Histogram) ->
     }
 }
 
-/// Reads the interval `[from, from + interval)`, adds it to `state` and
-/// appends one sample of every series, stamped with the interval's end.
-fn build_interval(
-    store: &Store,
-    destination: &Destination,
-    map: &BucketMap,
-    state: &mut ExportState,
-    texts: &mut HashMap<Fingerprint, String>,
-    from: i64,
-    out: &mut Series,
-) -> Result<(), String> {
-    let to = from + destination.interval.as_millis() as i64;
-    let external = &destination.external_labels;
-    let schema = map.schema();
-    if (from - state.origin_ms) % (RECHECK_INTERVALS * (to - from)) == 0 {
-        fold_late(store, destination, map, state, from)?;
-    }
-    // Statements: admit new ones by total time while there is room.
-    for (service, service_id, _, _) in store.services() {
-        let mut stats = store.query_stats(service_id, from, to).map_err(|e| e.to_string())?;
-        stats.sort_by(|a, b| b.sum_us.cmp(&a.sum_us).then(a.fingerprint.cmp(&b.fingerprint)));
-        for s in &stats {
-            let key = state.key(&service, s.fingerprint, destination.max_statements);
-            let entry = state
-                .statements
-                .entry(key)
-                .or_insert_with(|| state::Statement::new(schema, from));
-            entry.duration.add(&s.latency, s.sum_us, map, destination.max_buckets);
-            entry.rows += s.rows;
-            for (class, count) in error_counts(s) {
-                *entry.errors.entry(class).or_default() += count;
-            }
-        }
-    }
-    for (key, statement) in &state.statements {
-        let fingerprint = key.fingerprint.map_or_else(|| "other".to_owned(), |f| f.to_string());
-        let pairs = [("fingerprint", fingerprint.as_str()), ("service", key.service.as_str())];
-        if statement.first_ms == from {
-            // A zero sample where the series starts, so `rate` and
-            // `increase` count its first interval.
-            out.push(histogram_series(
-                labels("querypulse_query_duration_seconds", &pairs, external),
-                Cumulative::new(statement.duration.schema).to_prompb(from),
-            ));
-        }
-        out.push(histogram_series(
-            labels("querypulse_query_duration_seconds", &pairs, external),
-            statement.duration.to_prompb(to),
-        ));
-        out.push(float_series(
-            labels("querypulse_query_rows_total", &pairs, external),
-            statement.rows as f64,
-            to,
-        ));
-        for (class, count) in &statement.errors {
-            out.push(float_series(
-                labels(
-                    "querypulse_query_errors_total",
-                    &[pairs[0], ("error_class", class), pairs[1]],
-                    external,
-                ),
-                *count as f64,
-                to,
-            ));
-        }
-        if let Some(fingerprint) = key.fingerprint {
-            if let std::collections::hash_map::Entry::Vacant(entry) = texts.entry(fingerprint) {
-                let text = store.text(fingerprint).map_err(|e| e.to_string())?.unwrap_or_default();
-                entry.insert(crate::http::metrics::cut(&text));
-            }
-            out.push(float_series(
-                labels(
-                    "querypulse_query_info",
-                    &[pairs[0], pairs[1], ("text", &texts[&fingerprint])],
-                    external,
-                ),
-                1.0,
-                to,
-            ));
-        }
-    }
-    // Pools: gauges of the interval, cumulative counters and histograms.
-    for window in store.pools(from, to).map_err(|e| e.to_string())? {
-        let key = state::PoolKey {
-            service: window.service.clone(),
-            instance: window.instance_id.clone(),
-            pool: window.pool.clone(),
-        };
-        let pool = state.pools.entry(key).or_insert_with(|| state::Pool::new(schema, from));
-        let stats = &window.stats;
-        pool.acquire_wait
-            .add(&stats.acquire_wait, 0, map, destination.max_buckets);
-        pool.hold.add(&stats.hold_time, 0, map, destination.max_buckets);
-        pool.acquires += stats.acquires;
-        pool.timeouts += stats.timeouts;
-        pool.leaks += stats.leaks;
-        let pairs = [
-            ("instance", window.instance_id.as_str()),
-            ("pool", window.pool.as_str()),
-            ("service", window.service.as_str()),
-        ];
-        let gauges: [(&str, u32); 7] = [
-            ("querypulse_pool_connections", stats.size.last),
-            ("querypulse_pool_idle", stats.idle.last),
-            ("querypulse_pool_in_use", stats.in_use.last),
-            ("querypulse_pool_waiting", stats.waiting.last),
-            ("querypulse_pool_max_connections", stats.max_size),
-            ("querypulse_pool_in_use_peak", stats.in_use.peak),
-            ("querypulse_pool_waiting_peak", stats.waiting.peak),
-        ];
-        for (name, value) in gauges {
-            out.push(float_series(labels(name, &pairs, external), f64::from(value), to));
-        }
-    }
-    for (key, pool) in &state.pools {
-        let pairs = [
-            ("instance", key.instance.as_str()),
-            ("pool", key.pool.as_str()),
-            ("service", key.service.as_str()),
-        ];
-        // Windows keep no sum of acquire waits or hold times: the
-        // histograms' counts and buckets are exact, their sums 0.
-        for (name, histogram) in [
-            ("querypulse_pool_acquire_wait_seconds", &pool.acquire_wait),
-            ("querypulse_pool_hold_seconds", &pool.hold),
-        ] {
-            if pool.first_ms == from {
-                out.push(histogram_series(
-                    labels(name, &pairs, external),
-                    Cumulative::new(histogram.schema).to_prompb(from),
-                ));
-            }
-            out.push(histogram_series(
-                labels(name, &pairs, external),
-                histogram.to_prompb(to),
-            ));
-        }
-        for (name, value) in [
-            ("querypulse_pool_acquires_total", pool.acquires),
-            ("querypulse_pool_timeouts_total", pool.timeouts),
-            ("querypulse_pool_leaks_total", pool.leaks),
-        ] {
-            out.push(float_series(labels(name, &pairs, external), value as f64, to));
-        }
-    }
-    for instance in store.instances() {
-        if instance.first_seen_ms >= to {
-            continue;
-        }
-        let interval = i64::from(instance.interval_ms.max(1_000));
-        let up = instance.last_seen_ms >= to - UP_WITHIN_INTERVALS * interval;
-        out.push(float_series(
-            labels(
-                "querypulse_agent_up",
-                &[
-                    ("instance", instance.instance_id.as_str()),
-                    ("service", instance.service.as_str()),
-                ],
-                external,
-            ),
-            if up { 1.0 } else { 0.0 },
-            to,
-        ));
-    }
-    Ok(())
-}
-
 /// Failures of a statement by class; those without one are `unknown`.
 fn error_counts(stats: &QueryStats) -> impl Iterator<Item = (String, u64)> + '_ {
     let classified: u64 = stats.error_classes.iter().map(|c| c.count).sum();
@@ -680,62 +521,268 @@ fn error_counts(stats: &QueryStats) -> impl Iterator<Item = (String, u64)> + '_ 
         .chain((unclassified > 0).then(|| ("unknown".to_owned(), unclassified)))
 }
 
-/// Adds what reached the store after its interval was sent: every
-/// [`RECHECK_INTERVALS`] intervals, each service's total over everything
-/// sent so far (one series read) is compared with the calls exported;
-/// where the store holds more, the service's statements over that span are
-/// read again and each series catches up, bucket by bucket. The late calls
-/// appear in the next samples, so the exported totals end exact.
-fn fold_late(
-    store: &Store,
-    destination: &Destination,
-    map: &BucketMap,
-    state: &mut ExportState,
-    until: i64,
-) -> Result<(), String> {
-    let from = state.origin_ms;
-    if from >= until {
-        return Ok(());
-    }
-    for (service, service_id, _, _) in store.services() {
-        let Some(total) = store
-            .service_stats(service_id, from, until)
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        let exported: u64 = state.service_statements(&service).map(|(_, s)| s.duration.count).sum();
-        if total.calls <= exported {
-            continue;
+/// What reading the store for one destination needs. Reads stop between
+/// services once `stop` turns true, so a long catch-up never holds up
+/// shutdown.
+struct Reader<'a> {
+    store: &'a Store,
+    destination: &'a Destination,
+    map: &'a BucketMap,
+    stop: &'a watch::Receiver<bool>,
+}
+
+impl Reader<'_> {
+    /// The services, or an error once shutdown began.
+    fn services(&self) -> Result<Vec<(String, u32)>, String> {
+        if *self.stop.borrow() {
+            return Err("shutting down".into());
         }
-        // The service's statements over the whole span, grouped as exported.
-        let mut groups: BTreeMap<state::StatementKey, QueryStats> = BTreeMap::new();
-        for s in store.query_stats(service_id, from, until).map_err(|e| e.to_string())? {
-            let key = state.key(&service, s.fingerprint, destination.max_statements);
-            match groups.get_mut(&key) {
-                Some(group) => group.merge(&s),
-                None => {
-                    groups.insert(key, s);
+        Ok(self
+            .store
+            .services()
+            .into_iter()
+            .map(|(name, id, _, _)| (name, id))
+            .collect())
+    }
+
+    fn stopped(&self) -> Result<(), String> {
+        if *self.stop.borrow() {
+            Err("shutting down".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads the interval `[from, from + interval)`, adds it to `state` and
+    /// appends one sample of every series, stamped with the interval's end.
+    fn build_interval(
+        &self,
+        state: &mut ExportState,
+        texts: &mut HashMap<Fingerprint, String>,
+        from: i64,
+        out: &mut Series,
+    ) -> Result<(), String> {
+        let Reader {
+            store,
+            destination,
+            map,
+            ..
+        } = *self;
+        let to = from + destination.interval.as_millis() as i64;
+        let external = &destination.external_labels;
+        let schema = map.schema();
+        if (from - state.origin_ms) % (RECHECK_INTERVALS * (to - from)) == 0 {
+            self.fold_late(state, from)?;
+        }
+        // Statements: admit new ones by total time while there is room.
+        for (service, service_id) in self.services()? {
+            self.stopped()?;
+            let mut stats = store.query_stats(service_id, from, to).map_err(|e| e.to_string())?;
+            stats.sort_by(|a, b| b.sum_us.cmp(&a.sum_us).then(a.fingerprint.cmp(&b.fingerprint)));
+            for s in &stats {
+                let key = state.key(&service, s.fingerprint, destination.max_statements);
+                let entry = state
+                    .statements
+                    .entry(key)
+                    .or_insert_with(|| state::Statement::new(schema, from));
+                entry.duration.add(&s.latency, s.sum_us, map, destination.max_buckets);
+                entry.rows += s.rows;
+                for (class, count) in error_counts(s) {
+                    *entry.errors.entry(class).or_default() += count;
                 }
             }
         }
-        for (key, total) in groups {
-            let entry = state
-                .statements
-                .entry(key)
-                .or_insert_with(|| state::Statement::new(map.schema(), until));
-            let added = entry
-                .duration
-                .catch_up(&total.latency, total.sum_us, map, destination.max_buckets);
-            entry.rows = entry.rows.max(total.rows);
-            for (class, count) in error_counts(&total) {
-                let have = entry.errors.entry(class).or_default();
-                *have = (*have).max(count);
+        for (key, statement) in &state.statements {
+            let fingerprint = key.fingerprint.map_or_else(|| "other".to_owned(), |f| f.to_string());
+            let pairs = [("fingerprint", fingerprint.as_str()), ("service", key.service.as_str())];
+            if statement.first_ms == from {
+                // A zero sample where the series starts, so `rate` and
+                // `increase` count its first interval.
+                out.push(histogram_series(
+                    labels("querypulse_query_duration_seconds", &pairs, external),
+                    Cumulative::new(statement.duration.schema).to_prompb(from),
+                ));
             }
-            state.late_calls += added;
+            out.push(histogram_series(
+                labels("querypulse_query_duration_seconds", &pairs, external),
+                statement.duration.to_prompb(to),
+            ));
+            out.push(float_series(
+                labels("querypulse_query_rows_total", &pairs, external),
+                statement.rows as f64,
+                to,
+            ));
+            for (class, count) in &statement.errors {
+                out.push(float_series(
+                    labels(
+                        "querypulse_query_errors_total",
+                        &[pairs[0], ("error_class", class), pairs[1]],
+                        external,
+                    ),
+                    *count as f64,
+                    to,
+                ));
+            }
+            if let Some(fingerprint) = key.fingerprint {
+                if let std::collections::hash_map::Entry::Vacant(entry) = texts.entry(fingerprint) {
+                    let text = store.text(fingerprint).map_err(|e| e.to_string())?.unwrap_or_default();
+                    entry.insert(crate::http::metrics::cut(&text));
+                }
+                out.push(float_series(
+                    labels(
+                        "querypulse_query_info",
+                        &[pairs[0], pairs[1], ("text", &texts[&fingerprint])],
+                        external,
+                    ),
+                    1.0,
+                    to,
+                ));
+            }
         }
+        // Pools: gauges of the interval, cumulative counters and histograms.
+        for window in store.pools(from, to).map_err(|e| e.to_string())? {
+            let key = state::PoolKey {
+                service: window.service.clone(),
+                instance: window.instance_id.clone(),
+                pool: window.pool.clone(),
+            };
+            let pool = state.pools.entry(key).or_insert_with(|| state::Pool::new(schema, from));
+            let stats = &window.stats;
+            pool.acquire_wait
+                .add(&stats.acquire_wait, 0, map, destination.max_buckets);
+            pool.hold.add(&stats.hold_time, 0, map, destination.max_buckets);
+            pool.acquires += stats.acquires;
+            pool.timeouts += stats.timeouts;
+            pool.leaks += stats.leaks;
+            let pairs = [
+                ("instance", window.instance_id.as_str()),
+                ("pool", window.pool.as_str()),
+                ("service", window.service.as_str()),
+            ];
+            let gauges: [(&str, u32); 7] = [
+                ("querypulse_pool_connections", stats.size.last),
+                ("querypulse_pool_idle", stats.idle.last),
+                ("querypulse_pool_in_use", stats.in_use.last),
+                ("querypulse_pool_waiting", stats.waiting.last),
+                ("querypulse_pool_max_connections", stats.max_size),
+                ("querypulse_pool_in_use_peak", stats.in_use.peak),
+                ("querypulse_pool_waiting_peak", stats.waiting.peak),
+            ];
+            for (name, value) in gauges {
+                out.push(float_series(labels(name, &pairs, external), f64::from(value), to));
+            }
+        }
+        for (key, pool) in &state.pools {
+            let pairs = [
+                ("instance", key.instance.as_str()),
+                ("pool", key.pool.as_str()),
+                ("service", key.service.as_str()),
+            ];
+            // Windows keep no sum of acquire waits or hold times: the
+            // histograms' counts and buckets are exact, their sums 0.
+            for (name, histogram) in [
+                ("querypulse_pool_acquire_wait_seconds", &pool.acquire_wait),
+                ("querypulse_pool_hold_seconds", &pool.hold),
+            ] {
+                if pool.first_ms == from {
+                    out.push(histogram_series(
+                        labels(name, &pairs, external),
+                        Cumulative::new(histogram.schema).to_prompb(from),
+                    ));
+                }
+                out.push(histogram_series(
+                    labels(name, &pairs, external),
+                    histogram.to_prompb(to),
+                ));
+            }
+            for (name, value) in [
+                ("querypulse_pool_acquires_total", pool.acquires),
+                ("querypulse_pool_timeouts_total", pool.timeouts),
+                ("querypulse_pool_leaks_total", pool.leaks),
+            ] {
+                out.push(float_series(labels(name, &pairs, external), value as f64, to));
+            }
+        }
+        for instance in store.instances() {
+            if instance.first_seen_ms >= to {
+                continue;
+            }
+            let interval = i64::from(instance.interval_ms.max(1_000));
+            let up = instance.last_seen_ms >= to - UP_WITHIN_INTERVALS * interval;
+            out.push(float_series(
+                labels(
+                    "querypulse_agent_up",
+                    &[
+                        ("instance", instance.instance_id.as_str()),
+                        ("service", instance.service.as_str()),
+                    ],
+                    external,
+                ),
+                if up { 1.0 } else { 0.0 },
+                to,
+            ));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Adds what reached the store after its interval was sent: every
+    /// [`RECHECK_INTERVALS`] intervals, each service's total over everything
+    /// sent so far (one series read) is compared with the calls exported;
+    /// where the store holds more, the service's statements over that span are
+    /// read again and each series catches up, bucket by bucket. The late calls
+    /// appear in the next samples, so the exported totals end exact.
+    fn fold_late(&self, state: &mut ExportState, until: i64) -> Result<(), String> {
+        let Reader {
+            store,
+            destination,
+            map,
+            ..
+        } = *self;
+        let from = state.origin_ms;
+        if from >= until {
+            return Ok(());
+        }
+        for (service, service_id) in self.services()? {
+            self.stopped()?;
+            let Some(total) = store
+                .service_stats(service_id, from, until)
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let exported: u64 = state.service_statements(&service).map(|(_, s)| s.duration.count).sum();
+            if total.calls <= exported {
+                continue;
+            }
+            // The service's statements over the whole span, grouped as exported.
+            let mut groups: BTreeMap<state::StatementKey, QueryStats> = BTreeMap::new();
+            for s in store.query_stats(service_id, from, until).map_err(|e| e.to_string())? {
+                let key = state.key(&service, s.fingerprint, destination.max_statements);
+                match groups.get_mut(&key) {
+                    Some(group) => group.merge(&s),
+                    None => {
+                        groups.insert(key, s);
+                    }
+                }
+            }
+            for (key, total) in groups {
+                let entry = state
+                    .statements
+                    .entry(key)
+                    .or_insert_with(|| state::Statement::new(map.schema(), until));
+                let added = entry
+                    .duration
+                    .catch_up(&total.latency, total.sum_us, map, destination.max_buckets);
+                entry.rows = entry.rows.max(total.rows);
+                for (class, count) in error_counts(&total) {
+                    let have = entry.errors.entry(class).or_default();
+                    *have = (*have).max(count);
+                }
+                state.late_calls += added;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
