@@ -68,6 +68,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Every this many intervals, windows that arrived after their interval
 /// was sent are looked for and added (see [`fold_late`]).
 const RECHECK_INTERVALS: i64 = 6;
+/// Samples built per round while catching up, at most (one interval is
+/// built whatever its size).
+const CATCH_UP_SAMPLES: usize = 50_000;
 /// Intervals read and sent per round while catching up.
 const CATCH_UP_INTERVALS: usize = 6;
 /// Retry delays after a failed request (5xx, 429, no connection).
@@ -292,7 +295,13 @@ impl Exporter {
         loop {
             let due = floor(self.store.now_ms() - delay_ms, interval_ms);
             if state.cursor_ms < due {
-                let intervals = ((due - state.cursor_ms) / interval_ms).min(CATCH_UP_INTERVALS as i64);
+                // Catching up reads several intervals per round, as long as
+                // the samples built stay few (memory is bounded by this, not
+                // by how far behind the destination is).
+                let per_interval = 4 * state.statements.len() + 12 * state.pools.len() + 1;
+                let intervals = ((due - state.cursor_ms) / interval_ms)
+                    .min(CATCH_UP_INTERVALS as i64)
+                    .min((CATCH_UP_SAMPLES / per_interval).max(1) as i64);
                 let mut next = state.clone();
                 let built = {
                     let store = self.store.clone();
