@@ -230,8 +230,8 @@ class PeerServer:
 
 
 class Prometheus(PeerServer):
-    def __init__(self, workdir):
-        super().__init__(workdir, "prometheus")
+    def __init__(self, workdir, native=False):
+        super().__init__(workdir, "prometheus-native" if native else "prometheus")
         config = os.path.join(self.dir, "prometheus.yml")
         with open(config, "w") as f:
             f.write("# remote-write receiver only: nothing is scraped\nglobal:\n  scrape_interval: 1m\n")
@@ -245,6 +245,7 @@ class Prometheus(PeerServer):
                 "--web.enable-admin-api",
                 "--storage.tsdb.retention.time=30d",
                 "--log.level=warn",
+                *(["--enable-feature=native-histograms"] if native else []),
             ],
             "/-/ready",
             "Prometheus",
@@ -458,6 +459,39 @@ def phase_compare(ctx, scale):
     prom_histograms = theirs["totals"]["fingerprint_windows_acked"]
     prom_rate = prom_histograms / max(theirs["active_s"], 1e-9)
 
+    # The same windows as native histograms (schema 3, converted the way the
+    # collector's remote write converts them): Prometheus' best histogram.
+    prometheus = Prometheus(ctx.workdir, native=True)
+    watch = ProcWatch(prometheus.proc.pid)
+    native_report = loadgen(
+        ctx.binary,
+        ctx.workdir,
+        "compare-prometheus-native",
+        [*common, "--prometheus-remote-write", f"http://{prometheus.addr}/api/v1/write", "--native-histograms"],
+    )
+    native_proc = watch.finish()
+    native_estimates = {}
+    for i, q in enumerate(QUANTILES):
+        promql = (f'histogram_quantile({q}, sum by (service, fingerprint) '
+                  f'(db_client_operation_duration_seconds{{service="svc-000"}}))')
+        for r in prometheus.query(promql, native_report["delivered_to_ms"]):
+            key = (r["metric"]["service"], r["metric"]["fingerprint"])
+            value = float(r["value"][1])
+            native_estimates.setdefault(key, [None] * len(QUANTILES))[i] = value * 1000 if value == value else None
+    native_snapshot = prometheus.snapshot_bytes()
+    prometheus.stop()
+    discard(ctx, prometheus.data)
+    native_histograms = native_report["totals"]["fingerprint_windows_acked"]
+    prometheus_native = {
+        "histograms": native_histograms,
+        "histograms_per_s": native_histograms / max(native_report["active_s"], 1e-9),
+        "process": native_proc,
+        "loadgen_cpu_cores": native_report["loadgen_cpu_cores"],
+        "snapshot_bytes": native_snapshot,
+        "bytes_per_histogram": native_snapshot / native_histograms if native_histograms else None,
+        "errors": errors_against_exact(native_report["series"], native_estimates),
+    }
+
     victoria = None
     if shutil.which("victoria-metrics"):
         vm = VictoriaMetrics(ctx.workdir)
@@ -503,6 +537,7 @@ def phase_compare(ctx, scale):
             "errors": errors_against_exact(ours["series"], estimates),
         },
         "victoria_metrics": victoria,
+        "prometheus_native": prometheus_native,
         "prometheus": {
             "histograms": prom_histograms,
             "histograms_per_s": prom_rate,
@@ -649,6 +684,18 @@ def markdown(results):
                   f"| server RSS peak | {rss_text(q['collector'])} | {rss_text(p['process'])} | |",
                   f"| loadgen CPU (same machine) | {q.get('loadgen_cpu_cores', 0):.2f} cores | {p.get('loadgen_cpu_cores', 0):.2f} cores | |",
                   f"| bytes on disk per distribution | {q['disk_per_window']:.1f} B per fingerprint-window (sealed; {q['disk_bytes_before_sealing'] / q['windows']:.1f} B before) | {p['bytes_per_histogram']:.1f} B per histogram ({p['bytes_per_sample']:.2f} B/sample, block snapshot) | {q['disk_per_window'] / p['bytes_per_histogram']:.2f}x |"]
+        n = r.get("prometheus_native")
+        if n:
+            lines.append(f"| Prometheus 2.42 native histograms (schema 3), same data, separate run: histograms/s | "
+                         f"{q['windows_per_s']:.0f} | {n['histograms_per_s']:.0f} | {q['windows_per_s'] / n['histograms_per_s']:.2f}x |")
+            lines.append(f"| Prometheus native: CPU / RSS peak / bytes per histogram (block snapshot) | "
+                         f"{q['disk_per_window']:.1f} B | {cores(n['process'])} / {rss_text(n['process'])} / {n['bytes_per_histogram']:.1f} B | "
+                         f"{q['disk_per_window'] / n['bytes_per_histogram']:.2f}x |")
+            for name in ("p50", "p95", "p99"):
+                ne = n["errors"].get(name)
+                if ne:
+                    lines.append(f"| Prometheus native: {name} abs. error, median / worst of {ne['series']} series | | "
+                                 f"{pct_abs(ne['median_abs'])} / {pct_abs(ne['max_abs'])} | |")
         v = r.get("victoria_metrics")
         if v:
             lines.append(f"| VictoriaMetrics 1.79, same data, separate run: histograms/s (acked before durable) | "

@@ -153,6 +153,10 @@ struct LoadgenArgs {
     /// classic histograms with the default buckets
     #[arg(long, value_name = "URL")]
     prometheus_remote_write: Option<String>,
+    /// With --prometheus-remote-write: send native histograms (schema 3)
+    /// instead of classic ones
+    #[arg(long, requires = "prometheus_remote_write")]
+    native_histograms: bool,
     /// Seed of the generated latency distributions
     #[arg(long, default_value_t = querypulse_loadgen::DEFAULT_SEED)]
     seed: u64,
@@ -183,7 +187,10 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 impl LoadgenArgs {
     fn config(self) -> LoadgenConfig {
         let target = match self.prometheus_remote_write {
-            Some(url) => Target::PrometheusRemoteWrite { url },
+            Some(url) => Target::PrometheusRemoteWrite {
+                url,
+                native: self.native_histograms,
+            },
             None => Target::Collector {
                 endpoint: self.endpoint,
                 token: self.token.filter(|t| !t.is_empty()),
@@ -342,7 +349,10 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let config = args.config();
     let target = match &config.target {
         Target::Collector { endpoint, .. } => format!("collector {endpoint}"),
-        Target::PrometheusRemoteWrite { url } => format!("Prometheus remote write {url}"),
+        Target::PrometheusRemoteWrite { url, native: false } => format!("Prometheus remote write {url}"),
+        Target::PrometheusRemoteWrite { url, native: true } => {
+            format!("Prometheus remote write {url} (native histograms)")
+        }
     };
     println!(
         "loadgen: {} instances × {} fingerprints in {} services, {} s windows, {} for at most {} s, to {target}",

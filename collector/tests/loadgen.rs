@@ -153,3 +153,74 @@ async fn windows_survive_a_collector_restart_and_are_counted_once() {
     let check = querypulse_store::verify(&store);
     assert!(check.is_clean() && check.windows > 0, "{check}");
 }
+
+/// Prometheus (named by `QUERYPULSE_TEST_PROMETHEUS`, with native histograms
+/// on) takes the load generator's windows as classic and as native
+/// histograms, and both count exactly the calls the load generator reports
+/// acknowledged: the compare phase's peers are fed the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_takes_the_same_calls_as_classic_and_native_histograms() {
+    let Ok(prometheus) = std::env::var("QUERYPULSE_TEST_PROMETHEUS") else {
+        eprintln!("skipped: set QUERYPULSE_TEST_PROMETHEUS to run this test against Prometheus");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(dir.path().join("p.yml"), "global:\n  scrape_interval: 1m\n").unwrap();
+    let mut server = std::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.enable-remote-write-receiver")
+        .arg("--enable-feature=native-histograms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = querypulse_collector::http_client();
+    let ready = format!("http://127.0.0.1:{port}/-/ready");
+    for _ in 0..300 {
+        if client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let query = |promql: String| {
+        let client = client.clone();
+        async move {
+            let url =
+                reqwest::Url::parse_with_params(&format!("http://127.0.0.1:{port}/api/v1/query"), [("query", promql)])
+                    .unwrap();
+            let body: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            body["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+        }
+    };
+    for (native, seed) in [(false, 1), (true, 2)] {
+        let target = Target::PrometheusRemoteWrite {
+            url: format!("http://127.0.0.1:{port}/api/v1/write"),
+            native,
+        };
+        let mut config = LoadgenConfig::new(2, 5, Duration::from_secs(10), Duration::from_secs(60), target);
+        config.backfill = Some(Duration::from_secs(300));
+        config.backfill_ending = Duration::from_secs(60);
+        config.seed = seed;
+        let report = querypulse_loadgen::run(config).await.unwrap();
+        assert_eq!(report.totals.unacked_at_end, 0, "{}", report.summary());
+        assert_eq!(report.totals.rejected, 0, "{}", report.summary());
+        let calls = report.totals.calls_acked as f64;
+        let promql = if native {
+            "sum(histogram_count(db_client_operation_duration_seconds))".to_owned()
+        } else {
+            "sum(db_client_operation_duration_seconds_count)".to_owned()
+        };
+        assert_eq!(query(promql).await, Some(calls), "native: {native}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod native;
 
 /// Code generated from `querypulse/v1/*.proto`. Only the agent's sender, the
 /// collector's ingest service and the load generator touch these types;

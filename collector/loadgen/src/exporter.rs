@@ -1,6 +1,8 @@
 //! A simulated instance exporting the same windows to Prometheus by remote
-//! write, as cumulative classic histograms with the default buckets: one
-//! request per window carrying every fingerprint's 14 series. Like
+//! write, as cumulative classic histograms with the default buckets (one
+//! request per window carrying every fingerprint's 14 series) or as
+//! cumulative native histograms of schema 3, converted by value the way the
+//! collector's remote write converts them (one series per fingerprint). Like
 //! Prometheus' own remote-write client, it retries 5xx and connection errors
 //! and drops a request answered with 4xx.
 
@@ -9,7 +11,12 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::remote_write::{CumulativeHistogram, SeriesEncoder, compress};
+use prost::Message;
+use querypulse_proto::native::{BucketMap, Cumulative, DEFAULT_SCHEMA};
+use querypulse_proto::{LatencyHistogram, prompb};
+
+use super::model::Workload;
+use super::remote_write::{CumulativeHistogram, METRIC, SeriesEncoder, compress};
 use super::schedule::Phase;
 use super::{Event, Lane, Plan, ReconnectBackoff};
 use querypulse_proto::now_ms;
@@ -17,9 +24,76 @@ use querypulse_proto::now_ms;
 /// How long one remote-write request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Every fingerprint's variants decoded once, for native histograms.
+#[derive(Debug)]
+pub(crate) struct NativeVariants {
+    map: BucketMap,
+    /// By fingerprint, then variant.
+    histograms: Vec<Vec<LatencyHistogram>>,
+}
+
+impl NativeVariants {
+    pub(crate) fn new(workload: &Workload) -> NativeVariants {
+        NativeVariants {
+            map: BucketMap::new(DEFAULT_SCHEMA),
+            histograms: workload
+                .fingerprints
+                .iter()
+                .map(|f| {
+                    f.variants
+                        .iter()
+                        .map(|v| LatencyHistogram::decode(&v.histogram).expect("the model encodes valid histograms"))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The remote-write request of one window as native histograms: one series
+/// per fingerprint, preceded by a zero sample at `start_ms` when given.
+fn encode_native(
+    service: &str,
+    instance: &str,
+    fingerprints: &[String],
+    cumulative: &[Cumulative],
+    start_ms: Option<i64>,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let label = |name: &str, value: &str| prompb::Label {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    let timeseries = fingerprints
+        .iter()
+        .zip(cumulative)
+        .map(|(fingerprint, histogram)| prompb::TimeSeries {
+            labels: vec![
+                label("__name__", METRIC),
+                label("fingerprint", fingerprint),
+                label("instance", instance),
+                label("service", service),
+            ],
+            samples: Vec::new(),
+            histograms: start_ms
+                .map(|start| Cumulative::new(histogram.schema).to_prompb(start))
+                .into_iter()
+                .chain([histogram.to_prompb(timestamp_ms)])
+                .collect(),
+        })
+        .collect();
+    prompb::WriteRequest {
+        timeseries,
+        metadata: Vec::new(),
+    }
+    .encode_to_vec()
+}
+
 /// What every simulated exporter shares.
 #[derive(Debug)]
 pub(crate) struct ExporterShared {
+    /// Set when sending native histograms.
+    pub native: Option<NativeVariants>,
     pub plan: Arc<Plan>,
     pub url: String,
     pub client: reqwest::Client,
@@ -42,6 +116,7 @@ pub(crate) async fn run(lane: Lane, shared: Arc<ExporterShared>) {
         .collect();
     let encoder = SeriesEncoder::new(service, &instance.id, &fingerprints);
     let mut cumulative = vec![CumulativeHistogram::default(); fingerprints.len()];
+    let mut native = vec![Cumulative::new(DEFAULT_SCHEMA); fingerprints.len()];
     let mut first = true;
     let mut backoff = ReconnectBackoff::new();
     let interval_ms = plan.interval.as_millis() as i64;
@@ -61,16 +136,36 @@ pub(crate) async fn run(lane: Lane, shared: Arc<ExporterShared>) {
         let Some(window_start_ms) = source.take_due(now_ms()) else {
             continue;
         };
-        for (index, histogram) in cumulative.iter_mut().enumerate() {
-            let v = plan.workload.variant(instance.index, window_start_ms, index);
-            for (bucket, add) in histogram.buckets.iter_mut().zip(v.prometheus_buckets) {
-                *bucket += add;
-            }
-            histogram.count += v.calls;
-            histogram.sum_seconds += v.sum_seconds;
-        }
         let start = first.then_some(window_start_ms);
-        let body = compress(&encoder.encode(&cumulative, start, window_start_ms + interval_ms));
+        let end = window_start_ms + interval_ms;
+        let body = match &shared.native {
+            Some(variants) => {
+                for (index, histogram) in native.iter_mut().enumerate() {
+                    let v = plan.workload.variant_index(instance.index, window_start_ms, index);
+                    let sum_us = plan.workload.fingerprints[index].variants[v].sum_us;
+                    histogram.add(&variants.histograms[index][v], sum_us, &variants.map, usize::MAX);
+                }
+                compress(&encode_native(
+                    service,
+                    &instance.id,
+                    &fingerprints,
+                    &native,
+                    start,
+                    end,
+                ))
+            }
+            None => {
+                for (index, histogram) in cumulative.iter_mut().enumerate() {
+                    let v = plan.workload.variant(instance.index, window_start_ms, index);
+                    for (bucket, add) in histogram.buckets.iter_mut().zip(v.prometheus_buckets) {
+                        *bucket += add;
+                    }
+                    histogram.count += v.calls;
+                    histogram.sum_seconds += v.sum_seconds;
+                }
+                compress(&encoder.encode(&cumulative, start, end))
+            }
+        };
         loop {
             let sent_at = Instant::now();
             let response = shared

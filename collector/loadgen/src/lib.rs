@@ -67,6 +67,10 @@ pub enum Target {
     PrometheusRemoteWrite {
         /// The receiver URL.
         url: String,
+        /// Send native histograms (schema 3, as the collector's remote write
+        /// does) instead of classic ones with the default buckets; the
+        /// receiver needs `--enable-feature=native-histograms`.
+        native: bool,
     },
 }
 
@@ -492,7 +496,7 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
             }
             0
         }
-        Target::PrometheusRemoteWrite { url } => {
+        Target::PrometheusRemoteWrite { url, native } => {
             reqwest::Url::parse(url).map_err(|e| LoadgenError::Endpoint(format!("{url}: {e}")))?;
             // reqwest's TLS is rustls with ring, installed here when nobody has.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -501,6 +505,7 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
                 .build()
                 .map_err(|e| LoadgenError::Endpoint(format!("{url}: {e}")))?;
             let shared = Arc::new(exporter::ExporterShared {
+                native: native.then(|| exporter::NativeVariants::new(&plan.workload)),
                 plan: plan.clone(),
                 url: url.clone(),
                 client,
@@ -508,7 +513,7 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
             for instance in &instances {
                 tasks.spawn(exporter::run(lane(instance), shared.clone()));
             }
-            SERIES_PER_HISTOGRAM as u64
+            if *native { 1 } else { SERIES_PER_HISTOGRAM as u64 }
         }
     };
     drop(events_tx);

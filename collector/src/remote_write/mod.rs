@@ -32,7 +32,6 @@
 //! kept) are folded into `fingerprint="other"` of their service, so sums
 //! over a service stay exact.
 
-mod native;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +46,7 @@ use querypulse_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use native::{BucketMap, Cumulative, DEFAULT_SCHEMA, SCHEMAS};
+pub use querypulse_proto::native::{BucketMap, Cumulative, DEFAULT_SCHEMA, SCHEMAS};
 use state::ExportState;
 
 /// Series in one request unless a destination says otherwise: Prometheus'

@@ -10,7 +10,7 @@ use std::path::Path;
 use prost::Message;
 use querypulse_domain::Fingerprint;
 
-use super::native::Cumulative;
+use querypulse_proto::native::Cumulative;
 
 /// First bytes of a state file.
 const MAGIC: &[u8; 8] = b"QPRW\x00\x00\x00\x01";
