@@ -228,3 +228,65 @@ pub(crate) async fn run(lane: Lane, shared: Arc<ExporterShared>) {
     }
     let _ = events.send(Event::Finished { unacked: 0 }).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remote-write bytes per histogram, snappy-compressed as sent, of the
+    /// same windows as classic histograms (14 series each) and as native
+    /// ones: one instance, 100 statements, the request of its 30th window
+    /// (`cargo test -p querypulse-loadgen native_histograms_take -- --nocapture`
+    /// prints them; BENCHMARKS.md quotes them).
+    #[test]
+    fn native_histograms_take_fewer_bytes_than_classic_ones() {
+        let workload = Workload::generate(7, 100);
+        let variants = NativeVariants::new(&workload);
+        let fingerprints: Vec<String> = (0..100)
+            .map(|i| format!("{:016x}", 0x1234_5678_u64 * (i + 1)))
+            .collect();
+        let encoder = SeriesEncoder::new("svc-000", "instance-0001", &fingerprints);
+        let mut classic = vec![CumulativeHistogram::default(); fingerprints.len()];
+        let mut native = vec![Cumulative::new(DEFAULT_SCHEMA); fingerprints.len()];
+        let (mut classic_bytes, mut native_bytes) = (0, 0);
+        for window in 0..30i64 {
+            let start = 1_800_000_000_000 + window * 10_000;
+            for index in 0..fingerprints.len() {
+                let v = workload.variant_index(0, start, index);
+                let variant = &workload.fingerprints[index].variants[v];
+                for (bucket, add) in classic[index].buckets.iter_mut().zip(variant.prometheus_buckets) {
+                    *bucket += add;
+                }
+                classic[index].count += variant.calls;
+                classic[index].sum_seconds += variant.sum_seconds;
+                native[index].add(
+                    &variants.histograms[index][v],
+                    variant.sum_us,
+                    &variants.map,
+                    usize::MAX,
+                );
+            }
+            classic_bytes = compress(&encoder.encode(&classic, None, start + 10_000)).len();
+            native_bytes = compress(&encode_native(
+                "svc-000",
+                "instance-0001",
+                &fingerprints,
+                &native,
+                None,
+                start + 10_000,
+            ))
+            .len();
+        }
+        let per = |bytes: usize| bytes as f64 / fingerprints.len() as f64;
+        println!(
+            "bytes per histogram: classic {:.1}, native {:.1} ({:.2}x)",
+            per(classic_bytes),
+            per(native_bytes),
+            per(native_bytes) / per(classic_bytes)
+        );
+        assert!(
+            native_bytes < classic_bytes,
+            "native {native_bytes} B, classic {classic_bytes} B"
+        );
+    }
+}
