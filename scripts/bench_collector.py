@@ -9,8 +9,9 @@ Phases (all by default; pick with --phases):
   ingest   live load, N instances x M fingerprints: durable windows/s, ack
            latency, collector RSS and CPU, disk per window
   compare  the same backfilled hour (100 instances merged in one service) into
-           querypulse, into Prometheus and (when installed) into
-           VictoriaMetrics by remote write: windows/s vs histograms/s, bytes
+           querypulse, into Prometheus (classic and, in a second run, native
+           histograms) and (when installed) into VictoriaMetrics by remote
+           write: windows/s vs histograms/s, bytes
            on disk, p50/p95/p99 error against the exact quantiles of the
            generated data
   reads    /api/v1/queries (and .../series when it exists) latency with 1,000
