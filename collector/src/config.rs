@@ -178,6 +178,7 @@ impl RemoteWriteFile {
         }
         if let Some(v) = &self.interval {
             d.interval = duration(v, "interval")?;
+            d.interval_from_agents = false;
         }
         if let Some(v) = &self.delay {
             d.delay = duration(v, "delay")?;
@@ -335,6 +336,8 @@ bearer_token = "t"
             panic!("two destinations: {:?}", config.remote_write);
         };
         assert_eq!(first.interval, Duration::from_secs(15));
+        assert!(!first.interval_from_agents);
+        assert!(second.interval_from_agents);
         assert_eq!(first.schema, 2);
         assert_eq!(first.external_labels["cluster"], "eu-1");
         assert_eq!(first.headers, [("X-Scope-OrgID".to_owned(), "team-a".to_owned())]);

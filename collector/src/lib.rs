@@ -194,10 +194,15 @@ impl Collector {
             querypulse_alerts::Alerts::start(store.clone(), settings_db.pool(), &config.alerts, shutdown_rx.clone())
                 .await
                 .map_err(|e| CollectorError::Serve(format!("cannot start the alert engine: {e}")))?;
+        let mut destinations = config.remote_write.clone();
+        let agents_interval_ms = agent_settings.borrow().interval_ms;
+        for destination in &mut destinations {
+            destination.use_agents_interval(agents_interval_ms);
+        }
         let (remote_write_status, remote_write) = remote_write::start(
             store.clone(),
             config.data_dir.clone(),
-            config.remote_write.clone(),
+            destinations,
             shutdown_rx.clone(),
         );
         let source = Arc::new(

@@ -114,6 +114,9 @@ pub struct Destination {
     pub schema: i32,
     /// Length of the exported intervals.
     pub interval: Duration,
+    /// Whether `interval` is still the default: then the collector replaces
+    /// it at start with the interval pushed to agents, when one is set.
+    pub interval_from_agents: bool,
     /// How old an interval must be before it is sent.
     pub delay: Duration,
     /// Statements with series of their own; the rest fold into `other`.
@@ -136,10 +139,19 @@ impl Destination {
             external_labels: BTreeMap::new(),
             schema: DEFAULT_SCHEMA,
             interval: DEFAULT_INTERVAL,
+            interval_from_agents: true,
             delay: DEFAULT_DELAY,
             max_statements: DEFAULT_MAX_STATEMENTS,
             max_buckets: DEFAULT_MAX_BUCKETS,
             max_series_per_request: DEFAULT_MAX_SERIES_PER_REQUEST,
+        }
+    }
+
+    /// Takes the agents' interval (pushed to every agent from the settings)
+    /// unless the destination sets its own; whole seconds, at least 1 s.
+    pub fn use_agents_interval(&mut self, agents_interval_ms: Option<u32>) {
+        if let Some(ms) = agents_interval_ms.filter(|_| self.interval_from_agents) {
+            self.interval = Duration::from_secs(u64::from(ms.div_ceil(1_000)).max(1));
         }
     }
 
@@ -814,6 +826,21 @@ mod tests {
                 ("service", "checkout")
             ]
         );
+    }
+
+    #[test]
+    fn the_interval_follows_the_agents_unless_set() {
+        let mut d = Destination::new("http://127.0.0.1:9090/api/v1/write");
+        d.use_agents_interval(None);
+        assert_eq!(d.interval, DEFAULT_INTERVAL);
+        d.use_agents_interval(Some(15_000));
+        assert_eq!(d.interval, Duration::from_secs(15));
+        d.use_agents_interval(Some(2_500));
+        assert_eq!(d.interval, Duration::from_secs(3), "whole seconds");
+        d.interval = Duration::from_secs(60);
+        d.interval_from_agents = false;
+        d.use_agents_interval(Some(15_000));
+        assert_eq!(d.interval, Duration::from_secs(60));
     }
 
     #[test]
