@@ -265,6 +265,17 @@ class Prometheus(PeerServer):
             name = json.load(response)["data"]["name"]
         return disk_bytes(os.path.join(self.data, "snapshots", name))
 
+    def quantiles(self, promql_for, at_ms):
+        """{(service, fingerprint): [ms per QUANTILES entry, None when NaN]}
+        from promql_for(q), one instant query per quantile."""
+        estimates = {}
+        for i, q in enumerate(QUANTILES):
+            for r in self.query(promql_for(q), at_ms):
+                key = (r["metric"]["service"], r["metric"]["fingerprint"])
+                value = float(r["value"][1])
+                estimates.setdefault(key, [None] * len(QUANTILES))[i] = value * 1000 if value == value else None
+        return estimates
+
     def query(self, promql, at_ms):
         params = urllib.parse.urlencode({"query": promql, "time": f"{at_ms / 1000:.3f}"})
         status, body, _ = http_get(f"http://{self.addr}/api/v1/query?{params}")
@@ -446,14 +457,10 @@ def phase_compare(ctx, scale):
     )
     prom_proc = watch.finish()
     samples = prometheus.metric("prometheus_tsdb_head_samples_appended_total") - samples_before
-    prom_estimates = {}
-    for i, q in enumerate(QUANTILES):
-        promql = (f'histogram_quantile({q}, sum by (service, fingerprint, le) '
-                  f'(db_client_operation_duration_seconds_bucket{{service="svc-000"}}))')
-        for r in prometheus.query(promql, theirs["delivered_to_ms"]):
-            key = (r["metric"]["service"], r["metric"]["fingerprint"])
-            value = float(r["value"][1])
-            prom_estimates.setdefault(key, [None] * len(QUANTILES))[i] = value * 1000 if value == value else None
+    prom_estimates = prometheus.quantiles(
+        lambda q: (f'histogram_quantile({q}, sum by (service, fingerprint, le) '
+                   f'(db_client_operation_duration_seconds_bucket{{service="svc-000"}}))'),
+        theirs["delivered_to_ms"])
     snapshot = prometheus.snapshot_bytes()
     prometheus.stop()
     discard(ctx, prometheus.data)
@@ -471,14 +478,10 @@ def phase_compare(ctx, scale):
         [*common, "--prometheus-remote-write", f"http://{prometheus.addr}/api/v1/write", "--native-histograms"],
     )
     native_proc = watch.finish()
-    native_estimates = {}
-    for i, q in enumerate(QUANTILES):
-        promql = (f'histogram_quantile({q}, sum by (service, fingerprint) '
-                  f'(db_client_operation_duration_seconds{{service="svc-000"}}))')
-        for r in prometheus.query(promql, native_report["delivered_to_ms"]):
-            key = (r["metric"]["service"], r["metric"]["fingerprint"])
-            value = float(r["value"][1])
-            native_estimates.setdefault(key, [None] * len(QUANTILES))[i] = value * 1000 if value == value else None
+    native_estimates = prometheus.quantiles(
+        lambda q: (f'histogram_quantile({q}, sum by (service, fingerprint) '
+                   f'(db_client_operation_duration_seconds{{service="svc-000"}}))'),
+        native_report["delivered_to_ms"])
     native_snapshot = prometheus.snapshot_bytes()
     prometheus.stop()
     discard(ctx, prometheus.data)
