@@ -154,7 +154,8 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
     let b = collector(&dir_b, destination(port, "b")).await;
 
     // Both collectors take load; Prometheus goes away for a while in the
-    // middle of a's run.
+    // middle of a's run (`collector/tests/remote_write_process.rs` keeps it
+    // away for a minute and watches the collector's memory).
     let run_a = load(&a, 1, Duration::from_secs(12));
     let outage = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -214,11 +215,23 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         pool.acquire_wait.record(us);
         pool.hold_time.record(us * 3);
     }
+    batch.pools.push(pool.clone());
+    let mut pooled = RawAgent::open(&a.endpoint(), &hello("svc-000", "pooled")).await;
+    pooled.send_acked(&batch).await;
+    // And a window of the same pool for an interval already sent: its
+    // counters and histograms are caught up.
+    let mut batch = Batch::new(2, Window::containing(late_at, 1_000));
+    pool.acquires = 7;
+    pool.releases = 7;
+    pool.timeouts = 2;
+    pool.acquire_wait = Default::default();
+    pool.hold_time = Default::default();
+    for us in [300, 5_000, 70_000] {
+        pool.acquire_wait.record(us);
+        pool.hold_time.record(us * 2);
+    }
     batch.pools.push(pool);
-    RawAgent::open(&a.endpoint(), &hello("svc-000", "pooled"))
-        .await
-        .send_acked(&batch)
-        .await;
+    pooled.send_acked(&batch).await;
 
     let calls = report_a.totals.calls_acked + report_b.totals.calls_acked + report_b2.totals.calls_acked + late;
     settles_at(
@@ -233,6 +246,28 @@ async fn two_collectors_write_exact_fleet_counts_through_an_outage_and_a_restart
         r#"sum(histogram_count(querypulse_query_duration_seconds{collector="a"}))"#,
         (report_a.totals.calls_acked + late) as f64,
         Duration::from_secs(10),
+    )
+    .await;
+
+    settles_at(
+        port,
+        r#"sum(querypulse_pool_acquires_total{collector="a"})"#,
+        47.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    settles_at(
+        port,
+        r#"sum(querypulse_pool_timeouts_total{collector="a"})"#,
+        3.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    settles_at(
+        port,
+        r#"sum(histogram_count(querypulse_pool_acquire_wait_seconds{collector="a"}))"#,
+        7.0,
+        Duration::from_secs(5),
     )
     .await;
 

@@ -749,8 +749,10 @@ impl Reader<'_> {
     /// [`RECHECK_INTERVALS`] intervals, each service's total over everything
     /// sent so far (one series read) is compared with the calls exported;
     /// where the store holds more, the service's statements over that span are
-    /// read again and each series catches up, bucket by bucket. The late calls
-    /// appear in the next samples, so the exported totals end exact.
+    /// read again and each series catches up, bucket by bucket. Every pool's
+    /// counters and histograms over that span are read and caught up the
+    /// same way. The late calls appear in the next samples, so the exported
+    /// totals end exact.
     fn fold_late(&self, state: &mut ExportState, until: i64) -> Result<(), String> {
         let Reader {
             store,
@@ -800,6 +802,28 @@ impl Reader<'_> {
                 }
                 state.late_calls += added;
             }
+        }
+        // Pools: their counters and histograms since the destination
+        // started, against what was exported. The gauges of a late window
+        // are not sent: a sample older than a series' latest is refused.
+        self.stopped()?;
+        for window in store.pools(from, until).map_err(|e| e.to_string())? {
+            let key = state::PoolKey {
+                service: window.service,
+                instance: window.instance_id,
+                pool: window.pool,
+            };
+            let pool = state
+                .pools
+                .entry(key)
+                .or_insert_with(|| state::Pool::new(map.schema(), until));
+            let stats = &window.stats;
+            pool.acquire_wait
+                .catch_up(&stats.acquire_wait, 0, map, destination.max_buckets);
+            pool.hold.catch_up(&stats.hold_time, 0, map, destination.max_buckets);
+            pool.acquires = pool.acquires.max(stats.acquires);
+            pool.timeouts = pool.timeouts.max(stats.timeouts);
+            pool.leaks = pool.leaks.max(stats.leaks);
         }
         Ok(())
     }
