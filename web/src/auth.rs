@@ -168,11 +168,27 @@ pub(crate) fn see_other(to: &str) -> Response {
     response
 }
 
-/// Only local paths, so `next` cannot send anyone elsewhere.
+/// Where to go after signing in: a path on this host only, so `next`
+/// cannot send anyone elsewhere. `next` is resolved as a browser resolves a
+/// `Location` (the WHATWG URL parser: tabs and newlines removed, `\\` read
+/// as `/`), and only a result on the same origin is kept, re-serialized,
+/// so `/\t/evil.example/` is refused like `//evil.example/`.
 fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
-        _ => "/settings".to_owned(),
+    const FALLBACK: &str = "/settings";
+    let Some(next) = next.filter(|n| n.starts_with('/')) else {
+        return FALLBACK.to_owned();
+    };
+    let base = url::Url::parse("http://querypulse.invalid/").expect("a valid base");
+    match base.join(next) {
+        Ok(url) if url.origin() == base.origin() => {
+            let mut path = url.path().to_owned();
+            if let Some(query) = url.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+            path
+        }
+        _ => FALLBACK.to_owned(),
     }
 }
 
@@ -293,5 +309,22 @@ mod tests {
         assert_eq!(local_path(Some("//evil.example/")), "/settings");
         assert_eq!(local_path(Some("https://evil.example/")), "/settings");
         assert_eq!(local_path(None), "/settings");
+        // What browsers normalize into another host.
+        for sneaky in [
+            "/\t/evil.example/x",
+            "/\n/evil.example/x",
+            "/\r\n/evil.example",
+            "/\\evil.example/x",
+            "\\/evil.example",
+            "/\\\\evil.example",
+            " //evil.example",
+            "\t//evil.example",
+        ] {
+            assert_eq!(local_path(Some(sneaky)), "/settings", "{sneaky:?}");
+        }
+        // Local paths survive, re-serialized (nothing to inject into the header).
+        assert_eq!(local_path(Some("/queries/abc#top")), "/queries/abc");
+        assert_eq!(local_path(Some("/a/../pools")), "/pools");
+        assert_eq!(local_path(Some("/x y")), "/x%20y");
     }
 }
