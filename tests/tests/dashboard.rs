@@ -330,7 +330,7 @@ async fn every_page_shows_the_apis_numbers_escapes_and_links_only_to_pages_that_
         "{markdown}"
     );
     assert!(
-        markdown.contains(&format!("| {balance} | `{BALANCE}` | ledger |")),
+        markdown.contains(&format!("| {balance} | ` {BALANCE} ` | ledger |")),
         "{markdown}"
     );
     assert!(markdown.contains("## Alerts") && !markdown.contains(querypulse_web::ALERTS_NOT_YET));
@@ -445,6 +445,18 @@ async fn settings_forms_need_a_sign_in_and_its_csrf_token() {
         post(&collector, "/login", None, &[("token", "wrong")]).await.status(),
         401
     );
+
+    // After signing in, only a path on this host: what a browser would
+    // normalize into another host (a tab, a backslash) goes to /settings.
+    for (next, location) in [
+        ("/\t/evil.example/x", "/settings"),
+        ("/\\evil.example/x", "/settings"),
+        ("/queries?range=24h", "/queries?range=24h"),
+    ] {
+        let login = post(&collector, "/login", None, &[("token", "s3cret&token"), ("next", next)]).await;
+        assert_eq!(login.status(), 303);
+        assert_eq!(login.headers()["location"], location, "next={next:?}");
+    }
 
     // Signing in sets a strict, script-proof cookie.
     let login = post(
@@ -567,5 +579,55 @@ async fn an_empty_collector_says_what_to_do() {
     let (status, missing) = collector.get("/nothing-here").await;
     assert_eq!(status, 404);
     assert!(missing.contains("There is no page here"));
+    collector.stop().await;
+}
+
+/// Names agents choose (service, instance, pool) reach the Markdown report
+/// as plain text: a reader's Markdown viewer shows them, never follows or
+/// renders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_markdown_report_shows_agent_names_as_text() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    let service = "[pay](http://evil.example/)";
+    let pool = "<img src=x onerror=alert(1)>";
+    let mut agent = RawAgent::open(&collector.endpoint(), &hello(service, "**x**")).await;
+    let mut batch = window(1, now(), &[(ORDERS, 50, 800, Some((10, "<b>23505</b>")))]);
+    batch.pools.push(PoolStats {
+        pool: pool.into(),
+        max_size: 4,
+        acquires: 10,
+        releases: 10,
+        size: Gauge { last: 4, peak: 4 },
+        in_use: Gauge { last: 4, peak: 4 },
+        waiting: Gauge { last: 2, peak: 3 },
+        ..Default::default()
+    });
+    agent.send_acked(&batch).await;
+    let (status, markdown) = collector
+        .get(&format!(
+            "/report?service={}&range=1h&format=md",
+            "%5Bpay%5D(http%3A%2F%2Fevil.example%2F)"
+        ))
+        .await;
+    assert_eq!(status, 200, "{markdown}");
+    assert!(markdown.contains("## Pools"), "{markdown}");
+    for raw in ["](http", "**x**"] {
+        assert!(!markdown.contains(raw), "{raw} reached the Markdown as is:\n{markdown}");
+    }
+    assert!(
+        markdown
+            .match_indices('<')
+            .all(|(at, _)| markdown[..at].ends_with('\\')),
+        "an unescaped < (HTML) in the Markdown:\n{markdown}"
+    );
+    assert!(
+        markdown.contains("\\[pay\\]\\(http\\:\\/\\/evil\\.example\\/\\)"),
+        "the service, escaped:\n{markdown}"
+    );
+    assert!(
+        markdown.contains("\\<img src\\=x onerror\\=alert\\(1\\)\\>"),
+        "the pool, escaped:\n{markdown}"
+    );
     collector.stop().await;
 }

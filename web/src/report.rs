@@ -181,7 +181,7 @@ impl Report {
     pub fn to_markdown(&self) -> String {
         let view = ReportView::new(self, "");
         let mut out = String::new();
-        out.push_str(&format!("# {}\n\n{}\n\n", view.title, view.subtitle));
+        out.push_str(&format!("# {}\n\n{}\n\n", markdown_text(&view.title), view.subtitle));
         out.push_str(&format!("{}\n\n", view.totals_line));
         for section in &view.sections {
             out.push_str(&format!("## {}\n\n", section.title));
@@ -195,10 +195,10 @@ impl Report {
             out.push_str(if section.note.is_empty() { "\n" } else { "---|\n" });
             for r in &section.rows {
                 out.push_str(&format!(
-                    "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.fingerprint,
-                    markdown_cell(&r.text),
-                    markdown_cell(&r.service),
+                    markdown_code(&r.text),
+                    markdown_text(&r.service),
                     r.calls,
                     r.errors,
                     r.error_rate,
@@ -210,7 +210,7 @@ impl Report {
                 if section.note.is_empty() {
                     out.push('\n');
                 } else {
-                    out.push_str(&format!(" {} |\n", markdown_cell(&r.change)));
+                    out.push_str(&format!(" {} |\n", markdown_text(&r.change)));
                 }
             }
             out.push('\n');
@@ -224,8 +224,8 @@ impl Report {
             for p in &view.pools {
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    markdown_cell(&p.name),
-                    markdown_cell(&p.status),
+                    markdown_text(&p.name),
+                    markdown_text(&p.status),
                     p.max_size,
                     p.peak_in_use,
                     p.peak_waiting,
@@ -246,10 +246,10 @@ impl Report {
                 for a in alerts {
                     out.push_str(&format!(
                         "| {} | {} | {} | {} | {} | {} |\n",
-                        markdown_cell(&a.rule),
+                        markdown_text(&a.rule),
                         a.severity,
                         a.state,
-                        markdown_cell(&a.summary),
+                        markdown_text(&a.summary),
                         a.started,
                         a.resolved
                     ));
@@ -275,12 +275,33 @@ impl Report {
 pub const ALERTS_NOT_YET: &str =
     "This dashboard is mounted without the collector's alert engine, so the alerts active in the range are not listed.";
 
-/// SQL and names in a Markdown table: one line, pipes escaped.
-fn markdown_cell(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
-        .replace('`', "'")
+/// Text from agents (service, instance and pool names, error classes, and
+/// the sentences made of them) in Markdown: on one line, with every ASCII
+/// punctuation character backslash-escaped, so nothing in it becomes a
+/// link, an image, HTML, emphasis or a table column.
+fn markdown_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if c.is_ascii_punctuation() => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// SQL in a Markdown table cell: a code span (so it shows verbatim) whose
+/// fence is longer than any run of backticks in it, on one line, with
+/// pipes escaped as tables require.
+fn markdown_code(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ").replace('|', "\\|");
+    let longest_run = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest_run + 1);
+    format!("{fence} {text} {fence}")
 }
 
 /// A query line, formatted.
@@ -493,7 +514,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markdown_cells_stay_in_their_column() {
-        assert_eq!(markdown_cell("a | b\nc `x`"), "a \\| b c 'x'");
+    fn agent_names_are_plain_text_in_markdown() {
+        assert_eq!(markdown_text("a | b\nc `x`"), "a \\| b c \\`x\\`");
+        assert_eq!(
+            markdown_text("[click](http://evil.example) <img src=x> **b**"),
+            "\\[click\\]\\(http\\:\\/\\/evil\\.example\\) \\<img src\\=x\\> \\*\\*b\\*\\*"
+        );
+        assert_eq!(markdown_text("checkout-1 ünïcode"), "checkout\\-1 ünïcode");
+    }
+
+    #[test]
+    fn sql_is_a_code_span_in_its_column() {
+        assert_eq!(markdown_code("select 1"), "` select 1 `");
+        assert_eq!(markdown_code("select `a` | b\nfrom t"), "`` select `a` \\| b from t ``");
+        assert_eq!(markdown_code("x ``` y"), "```` x ``` y ````");
     }
 }
