@@ -221,7 +221,9 @@ impl Collector {
         let dashboard = querypulse_web::Dashboard::new(source.clone())
             .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
             .with_alerting(Arc::new(admin.alerts.clone()));
-        let app = http::router(source, admin).merge(dashboard.router());
+        let app = http::router(source, admin)
+            .merge(dashboard.router())
+            .layer(axum::middleware::map_response(http::security_headers));
         let http_stop = stopped(shutdown_rx);
         let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
 

@@ -306,8 +306,17 @@ async fn retention_changes_need_the_admin_token_are_validated_and_persist() {
         assert!(error["error"].as_str().unwrap().contains(needle), "{body}: {error}");
         assert_eq!(collector.get_json("/api/v1/retention").await, defaults, "a refused change changes nothing");
     }
+    // A body over the limit is 413, not a malformed request.
+    let huge = format!(r#"{{"raw_seconds": 86400, "pad": "{}"}}"#, "x".repeat(4 << 20));
+    let response = put(&collector, Some("admin-secret"), huge).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("too large"), "{error}");
+    assert_eq!(collector.get_json("/api/v1/retention").await, defaults);
     let response = put(&collector, Some("admin-secret"), good.to_string()).await.unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     assert_eq!(collector.get_json("/api/v1/retention").await, good);
     collector.stop().await;
 

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// use).
     #[error("{0}")]
     Conflict(String),
+    /// The request body is over the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// Something failed inside the collector; details go to the log only.
     #[error("internal error")]
     Internal(String),
@@ -55,7 +58,11 @@ impl From<QueryRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("request body too large: {}", rejection.body_text()))
+        } else {
+            ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
+        }
     }
 }
 
@@ -67,6 +74,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "API request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -83,6 +83,17 @@ pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
         .with_state(Api { source, admin })
 }
 
+/// Headers every HTTP response carries: `X-Content-Type-Options: nosniff`,
+/// so a browser never reads a JSON answer (which may quote what agents
+/// sent) as HTML or script.
+pub async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
