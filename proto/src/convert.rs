@@ -20,6 +20,19 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_ERROR_LEN: usize = 1024;
 /// Most leak samples per pool and window.
 pub const MAX_LEAK_SAMPLES: usize = 64;
+/// Largest pool a batch may describe (`max_size`, and its connections when
+/// `max_size` is not known); no pool comes near it.
+pub const MAX_POOL_SIZE: u32 = 1_000_000;
+/// Most tasks a batch may report waiting for one pool.
+pub const MAX_POOL_WAITERS: u32 = 100_000_000;
+/// Latest window start a batch may carry (9999-12-31T23:59:59.999Z): any
+/// later and its end would not be a time.
+pub const MAX_WINDOW_START_MS: i64 = 253_402_300_799_999;
+/// How far outside its window a slow-query sample may be stamped (a query
+/// recorded as its window closes, a clock stepping).
+pub const SAMPLE_SLACK_MS: i64 = 3_600_000;
+/// How long before its window a leaked connection may have been acquired.
+pub const MAX_LEAK_AGE_MS: i64 = 30 * 86_400_000;
 
 /// A field of a wire message that does not hold a valid value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,13 +243,52 @@ fn gauge(g: Option<wire::GaugeStats>) -> Gauge {
     }
 }
 
-fn pool_stats(at: &str, p: wire::PoolStats) -> Result<PoolStats> {
+fn pool_stats(at: &str, p: wire::PoolStats, window: Window) -> Result<PoolStats> {
     let field = |name: &str| format!("{at}.{name}");
+    for (i, leak) in p.leak_samples.iter().enumerate() {
+        let acquired = leak.acquired_at_unix_ms;
+        if acquired < window.start_ms - MAX_LEAK_AGE_MS || acquired > window.end_ms() + SAMPLE_SLACK_MS {
+            return Err(ValidationError::new(
+                field(&format!("leak_samples[{i}].acquired_at_unix_ms")),
+                format!("{acquired} is not within 30 days before the batch's window"),
+            ));
+        }
+    }
     check_name(&field("pool"), &p.pool, true)?;
     if p.leak_samples.len() > MAX_LEAK_SAMPLES {
         return Err(ValidationError::new(
             field("leak_samples"),
             format!("more than {MAX_LEAK_SAMPLES}"),
+        ));
+    }
+    let connections_limit = if p.max_size > 0 { p.max_size } else { MAX_POOL_SIZE };
+    if p.max_size > MAX_POOL_SIZE {
+        return Err(ValidationError::new(
+            field("max_size"),
+            format!("exceeds {MAX_POOL_SIZE}"),
+        ));
+    }
+    for (name, gauge) in [("size", &p.size), ("idle", &p.idle), ("in_use", &p.in_use)] {
+        let highest = gauge.as_ref().map_or(0, |g| g.peak.max(g.last));
+        if highest > connections_limit {
+            let limit = if p.max_size > 0 {
+                "max_size"
+            } else {
+                "the largest pool size"
+            };
+            return Err(ValidationError::new(
+                field(name),
+                format!("{highest} connections exceed {limit} ({connections_limit})"),
+            ));
+        }
+    }
+    if p.waiting
+        .as_ref()
+        .is_some_and(|g| g.peak.max(g.last) > MAX_POOL_WAITERS)
+    {
+        return Err(ValidationError::new(
+            field("waiting"),
+            format!("exceeds {MAX_POOL_WAITERS}"),
         ));
     }
     let acquire_wait = LatencyHistogram::decode(&p.acquire_wait_histogram)
@@ -292,8 +344,18 @@ fn health_check(at: &str, h: wire::HealthCheckStats) -> Result<HealthCheckStats>
     })
 }
 
-fn slow_sample(at: &str, s: wire::SlowQuerySample) -> Result<SlowQuerySample> {
+fn slow_sample(at: &str, s: wire::SlowQuerySample, window: Window) -> Result<SlowQuerySample> {
     let field = |name: &str| format!("{at}.{name}");
+    if s.at_unix_ms < window.start_ms - SAMPLE_SLACK_MS || s.at_unix_ms > window.end_ms() + SAMPLE_SLACK_MS {
+        return Err(ValidationError::new(
+            field("at_unix_ms"),
+            format!(
+                "{} is more than {} s outside the batch's window",
+                s.at_unix_ms,
+                SAMPLE_SLACK_MS / 1_000
+            ),
+        ));
+    }
     check_len(&field("error_class"), &s.error_class, MAX_ERROR_LEN)?;
     check_name(&field("pool"), &s.pool, false)?;
     check_len(&field("raw_text"), &s.raw_text, MAX_TEXT_LEN)?;
@@ -346,6 +408,16 @@ impl TryFrom<wire::Batch> for Batch {
                 format!("must be between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS}"),
             ));
         }
+        if !(0..=MAX_WINDOW_START_MS).contains(&batch.window_start_unix_ms) {
+            return Err(ValidationError::new(
+                "batch.window_start_unix_ms",
+                format!("must be between 0 and {MAX_WINDOW_START_MS}"),
+            ));
+        }
+        let window = Window {
+            start_ms: batch.window_start_unix_ms,
+            length_ms: batch.window_length_ms,
+        };
         let queries = unique(
             "batch.queries",
             "fingerprint",
@@ -353,7 +425,13 @@ impl TryFrom<wire::Batch> for Batch {
             |q| q.fingerprint,
             query_stats,
         )?;
-        let pools = unique("batch.pools", "pool", batch.pools, |p| p.pool.clone(), pool_stats)?;
+        let pools = unique(
+            "batch.pools",
+            "pool",
+            batch.pools,
+            |p| p.pool.clone(),
+            |at, p| pool_stats(at, p, window),
+        )?;
         let health_checks = unique(
             "batch.health_checks",
             "pool",
@@ -365,7 +443,7 @@ impl TryFrom<wire::Batch> for Batch {
             .slow_queries
             .into_iter()
             .enumerate()
-            .map(|(i, s)| slow_sample(&format!("batch.slow_queries[{i}]"), s))
+            .map(|(i, s)| slow_sample(&format!("batch.slow_queries[{i}]"), s, window))
             .collect::<Result<Vec<_>>>()?;
         let mut texts = Vec::with_capacity(batch.fingerprint_texts.len());
         for (i, t) in batch.fingerprint_texts.into_iter().enumerate() {
@@ -382,10 +460,7 @@ impl TryFrom<wire::Batch> for Batch {
         let c = batch.counters.unwrap_or_default();
         Ok(Batch {
             seq: batch.seq,
-            window: Window {
-                start_ms: batch.window_start_unix_ms,
-                length_ms: batch.window_length_ms,
-            },
+            window,
             queries,
             pools,
             health_checks,
@@ -666,6 +741,23 @@ mod tests {
     }
 
     #[test]
+    fn what_real_pools_and_samples_report_is_accepted() {
+        let mut wire = wire::Batch::from(&sample_batch());
+        // A full pool with a crowd waiting; a sample stamped as its window
+        // closed; a pool whose size is not known.
+        wire.pools[0].in_use = Some(wire::GaugeStats { last: 10, peak: 10 });
+        wire.pools[0].waiting = Some(wire::GaugeStats {
+            last: 5_000,
+            peak: 9_000,
+        });
+        wire.slow_queries[0].at_unix_ms = 1_700_000_010_050;
+        assert!(Batch::try_from(wire.clone()).is_ok());
+        wire.pools[0].max_size = 0;
+        wire.pools[0].in_use = Some(wire::GaugeStats { last: 40, peak: 64 });
+        assert!(Batch::try_from(wire).is_ok());
+    }
+
+    #[test]
     fn a_batch_survives_the_wire_unchanged() {
         let batch = sample_batch();
         let decoded = Batch::try_from(wire::Batch::from(&batch)).unwrap();
@@ -698,6 +790,50 @@ mod tests {
             "acquire_wait_histogram",
         );
         assert_rejected(|b| b.health_checks[0].failures = 2, "failures");
+        // Numbers that would show as nonsense: a pool more than full, a
+        // sample stamped at the ends of time, a window no clock can reach.
+        assert_rejected(
+            |b| b.pools[0].in_use.as_mut().unwrap().peak = u32::MAX,
+            "batch.pools[0].in_use",
+        );
+        assert_rejected(
+            |b| b.pools[0].size = Some(wire::GaugeStats { last: 11, peak: 11 }),
+            "size",
+        );
+        assert_rejected(|b| b.pools[0].max_size = u32::MAX, "max_size");
+        assert_rejected(
+            |b| {
+                b.pools[0].max_size = 0;
+                b.pools[0].idle = Some(wire::GaugeStats {
+                    last: 0,
+                    peak: u32::MAX,
+                });
+            },
+            "idle",
+        );
+        assert_rejected(
+            |b| {
+                b.pools[0].waiting = Some(wire::GaugeStats {
+                    last: u32::MAX,
+                    peak: u32::MAX,
+                })
+            },
+            "waiting",
+        );
+        assert_rejected(|b| b.slow_queries[0].at_unix_ms = i64::MAX, "at_unix_ms");
+        assert_rejected(|b| b.slow_queries[0].at_unix_ms = i64::MIN, "at_unix_ms");
+        assert_rejected(|b| b.window_start_unix_ms = i64::MAX, "window_start_unix_ms");
+        assert_rejected(|b| b.window_start_unix_ms = -1, "window_start_unix_ms");
+        assert_rejected(
+            |b| {
+                b.pools[0].leak_samples.push(wire::LeakSample {
+                    acquired_at_unix_ms: i64::MIN,
+                    held_ms: 1,
+                    last_fingerprint: 0,
+                })
+            },
+            "acquired_at_unix_ms",
+        );
         assert_rejected(|b| b.fingerprint_texts[0].text = String::new(), "fingerprint_texts");
         assert_rejected(
             |b| b.fingerprint_texts[0].text = "x".repeat(MAX_TEXT_LEN + 1),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use querypulse_agent::{Agent, Outcome};
 use querypulse_e2e::{TestCollector, assert_close, exact_quantile};
 use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
-use querypulse_proto::{Batch, Fingerprint, FingerprintText, Hello, QueryStats, Window};
+use querypulse_proto::{
+    Batch, Fingerprint, FingerprintText, Gauge, Hello, PoolStats, QueryStats, SlowQuerySample, Window,
+};
 use serde_json::Value;
 
 const SQL: &str = "SELECT * FROM invoices WHERE customer_id = 17 AND status = 'open'";
@@ -511,5 +513,126 @@ async fn malformed_streams_get_a_status_and_harm_no_other_stream() {
     let queries = collector.get_json("/api/v1/queries?service=billing").await;
     assert_eq!(find(&queries, text)["calls"], 1, "{queries}");
     assert_eq!(find(&queries, NORMALIZED)["calls"], 1, "{queries}");
+    collector.stop().await;
+}
+
+/// Batches whose numbers would show as nonsense are rejected by sequence
+/// number with the reason, the stream stays usable, and nothing of them is
+/// stored: a pool more than full, a slow sample stamped at the end of time,
+/// a window from an hour ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_numbers_are_rejected_and_a_second_hello_comes_after_the_acks_owed() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    let hello = Hello {
+        service: "ledger".into(),
+        instance_id: "absurd-1".into(),
+        ..Hello::default()
+    };
+    let text = "select balance from accounts where id = ?";
+    let fingerprint = Fingerprint::of_normalized(text);
+    let now = chrono::Utc::now().timestamp_millis();
+    let batch = |seq: u64, window: Window| {
+        let mut batch = Batch::new(seq, window);
+        let mut stats = QueryStats::new(fingerprint);
+        stats.record(1_500, 1, None);
+        batch.queries.push(stats);
+        batch.texts.push(FingerprintText {
+            fingerprint,
+            text: text.into(),
+        });
+        batch
+    };
+    let (tx, mut inbound) = open_stream(collector.endpoint(), &hello).await;
+    let rejected = |kind: wire::collector_message::Kind, seq: u64, needle: &str| match kind {
+        wire::collector_message::Kind::Reject(reject) => {
+            assert_eq!(reject.seq, seq);
+            assert!(reject.reason.contains(needle), "{needle}: {}", reject.reason);
+        }
+        other => panic!("batch {seq} ({needle}) should be rejected, got {other:?}"),
+    };
+
+    // A window that starts 299 s ahead (inside the clock-skew allowance)
+    // but lasts an hour would put data an hour ahead.
+    let ahead = Window {
+        start_ms: now + 299_000,
+        length_ms: 3_600_000,
+    };
+    rejected(
+        send_batch(&tx, &mut inbound, &batch(1, ahead)).await,
+        1,
+        "in the future",
+    );
+    // A pool with 4,294,967,295 connections in use out of 1.
+    let mut full = batch(2, Window::containing(now, 10_000));
+    full.pools.push(PoolStats {
+        pool: "main".into(),
+        max_size: 1,
+        in_use: Gauge {
+            last: u32::MAX,
+            peak: u32::MAX,
+        },
+        ..Default::default()
+    });
+    rejected(send_batch(&tx, &mut inbound, &full).await, 2, "in_use");
+    // A slow sample stamped at the end of time.
+    let mut stamped = batch(3, Window::containing(now, 10_000));
+    stamped.slow_queries.push(SlowQuerySample {
+        fingerprint,
+        at_ms: i64::MAX,
+        duration_us: 2_000_000,
+        rows: 0,
+        error_class: None,
+        pool: None,
+        raw_text: None,
+    });
+    rejected(send_batch(&tx, &mut inbound, &stamped).await, 3, "at_unix_ms");
+    // A window that has begun, sent before it ends (an agent flushing as it
+    // stops), is taken.
+    let begun = Window {
+        start_ms: now - 1_000,
+        length_ms: 3_600_000,
+    };
+    assert_eq!(
+        send_batch(&tx, &mut inbound, &batch(4, begun)).await,
+        wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 4,
+            duplicate: false
+        })
+    );
+
+    // A second hello right behind a batch: the batch's acknowledgement
+    // comes first, then the error.
+    for message in [
+        wire::agent_message::Kind::Batch((&batch(5, Window::containing(now, 10_000))).into()),
+        wire::agent_message::Kind::Hello((&hello).into()),
+    ] {
+        tx.send(wire::AgentMessage { kind: Some(message) }).await.unwrap();
+    }
+    let first = inbound.message().await.expect("the acknowledgement owed").unwrap();
+    assert_eq!(
+        first.kind,
+        Some(wire::collector_message::Kind::Ack(wire::Ack {
+            seq: 5,
+            duplicate: false
+        }))
+    );
+    let status = inbound.message().await.expect_err("then the error");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("hello sent twice"), "{status}");
+
+    let queries = collector.get_json("/api/v1/queries?service=ledger").await;
+    assert_eq!(
+        find(&queries, text)["calls"],
+        2,
+        "batches 4 and 5, nothing of the rejected ones"
+    );
+    let pools = collector.get_json("/api/v1/pools").await;
+    assert_eq!(pools["pools"].as_array().unwrap().len(), 0, "{pools}");
+    let slow = collector.get_json("/api/v1/slow-queries").await;
+    assert!(
+        !slow.to_string().contains(&i64::MAX.to_string()),
+        "the absurd sample was not stored: {slow}"
+    );
     collector.stop().await;
 }

@@ -352,9 +352,12 @@ impl StreamTask {
             let pending = match AgentMessage::try_from(message) {
                 Err(error) => reject(&hello, seq, error.to_string()),
                 Ok(AgentMessage::Hello(_)) => {
-                    let _ = self
-                        .out
-                        .send(Err(Status::invalid_argument("hello sent twice on one stream")))
+                    // The acknowledgements already due go out first.
+                    tracing::warn!(service = %hello.service, instance = %hello.instance_id, "hello sent twice on one stream");
+                    let _ = pending_tx
+                        .send(Pending::Fail(Status::invalid_argument(
+                            "hello sent twice on one stream",
+                        )))
                         .await;
                     break;
                 }
@@ -427,10 +430,20 @@ impl StreamTask {
 
     fn check_time(&self, batch: &Batch) -> Result<(), String> {
         let now = self.store.now_ms();
+        let max_future_ms = self.limits.max_future.as_millis() as i64;
         let future_ms = batch.window.start_ms.saturating_sub(now);
-        if future_ms > self.limits.max_future.as_millis() as i64 {
+        if future_ms > max_future_ms {
             return Err(format!(
                 "window starts {future_ms} ms in the future; check the agent host's clock"
+            ));
+        }
+        // A window that has begun may be sent before it ends (an agent
+        // flushing as it stops); one that has not begun comes from a clock
+        // running ahead, and must have ended by that clock.
+        let end_ahead_ms = batch.window.end_ms().saturating_sub(now);
+        if future_ms > 0 && end_ahead_ms > max_future_ms {
+            return Err(format!(
+                "window starts {future_ms} ms in the future and ends {end_ahead_ms} ms in the future; check the agent host's clock"
             ));
         }
         let age_ms = now.saturating_sub(batch.window.end_ms());
