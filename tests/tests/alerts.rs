@@ -806,3 +806,44 @@ async fn silenced_alerts_are_listed_as_silenced_and_dry_runs_change_nothing() {
     agent.shutdown().await.unwrap();
     collector.stop().await;
 }
+
+/// Testing a channel whose receiver accepts the connection and never
+/// answers takes one attempt's time, not every retry's, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testing_a_silent_webhook_answers_within_its_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Connections are accepted and held, never answered.
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            connections.push(socket);
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let collector = collector(data.path(), Duration::from_secs(60)).await;
+    let channel = create(
+        &collector,
+        "/api/v1/channels",
+        json!({"name": "silent", "kind": "webhook", "url": format!("http://127.0.0.1:{port}/hook"), "timeout": "2s"}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = call(
+        &collector,
+        Method::POST,
+        &format!("/api/v1/channels/{channel}/test"),
+        None,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["delivered"], json!(false));
+    assert!(body["error"].as_str().unwrap().contains("timed out after 2s"), "{body}");
+    assert!(
+        took < Duration::from_secs(4),
+        "answered after {took:?}; three attempts would take over 6 s"
+    );
+    held.abort();
+    collector.stop().await;
+}

@@ -128,6 +128,16 @@ pub enum ChannelSettings {
 }
 
 impl ChannelSettings {
+    /// How long one delivery attempt may take, for the kinds that say.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            ChannelSettings::Webhook(w) => Some(w.timeout),
+            ChannelSettings::Email(e) => Some(e.timeout),
+            ChannelSettings::Alertmanager(a) => Some(a.timeout),
+            ChannelSettings::Log | ChannelSettings::Custom { .. } => None,
+        }
+    }
+
     /// The kind's name in JSON.
     pub fn kind(&self) -> &'static str {
         match self {

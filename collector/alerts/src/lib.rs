@@ -203,7 +203,10 @@ impl Alerts {
         self.ask(|reply| Command::DryRun(id, reply)).await?
     }
 
-    /// Sends a test notification through channel `id`.
+    /// Sends a test notification through channel `id`. Someone is waiting
+    /// for the answer, so the whole delivery gets one attempt's time (the
+    /// channel's `timeout`, 10 s for kinds without one) instead of every
+    /// retry an alert would get.
     pub async fn test_channel(&self, id: i64) -> Result<(), AlertsError> {
         let channel = self
             .store
@@ -212,7 +215,14 @@ impl Alerts {
             .ok_or_else(|| AlertsError::NotFound(format!("no channel {id}")))?;
         let notifier = notify::notifier(&channel, &self.notifiers, &self.http);
         let notification = Notification::test(id, &channel.name, querypulse_domain::now_ms());
-        notifier.notify(&notification).await.map_err(AlertsError::Delivery)
+        let limit = channel.settings.timeout().unwrap_or(channels::DEFAULT_TIMEOUT);
+        match tokio::time::timeout(limit, notifier.notify(&notification)).await {
+            Ok(delivered) => delivered.map_err(AlertsError::Delivery),
+            Err(_) => Err(AlertsError::Delivery(NotifyError(format!(
+                "timed out after {}",
+                durations::format(limit)
+            )))),
+        }
     }
 
     // Changes: the JSON API and the dashboard's forms both go through these,
