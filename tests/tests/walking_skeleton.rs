@@ -457,13 +457,17 @@ async fn malformed_streams_get_a_status_and_harm_no_other_stream() {
     let oversized = [prefixed(&hello), vec![0], (1u32 << 20).to_be_bytes().to_vec()].concat();
     let garbage = [prefixed(&hello), vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]].concat();
     let cut = good[..good.len() - 2].to_vec();
+    // A hello whose service name is not UTF-8.
+    let mut not_utf8 = prefixed(&hello);
+    let at = not_utf8.windows(7).position(|w| w == b"billing").unwrap();
+    not_utf8[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
     for (name, path, encoding, body, code, needle) in [
         (
             "oversized",
             report,
             None,
             oversized,
-            tonic::Code::OutOfRange,
+            tonic::Code::ResourceExhausted,
             "exceeds the limit",
         ),
         (
@@ -471,7 +475,15 @@ async fn malformed_streams_get_a_status_and_harm_no_other_stream() {
             report,
             None,
             garbage,
-            tonic::Code::Internal,
+            tonic::Code::InvalidArgument,
+            "does not decode",
+        ),
+        (
+            "not UTF-8",
+            report,
+            None,
+            not_utf8,
+            tonic::Code::InvalidArgument,
             "does not decode",
         ),
         (
@@ -479,7 +491,7 @@ async fn malformed_streams_get_a_status_and_harm_no_other_stream() {
             report,
             None,
             cut,
-            tonic::Code::Internal,
+            tonic::Code::InvalidArgument,
             "ended inside a message",
         ),
         (

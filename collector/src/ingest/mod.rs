@@ -338,7 +338,7 @@ impl StreamTask {
                 Ok(Some(read)) => read,
                 Ok(None) => break,
                 Err(status) => {
-                    tracing::debug!(%status, instance = %hello.instance_id, "agent stream broke");
+                    tracing::warn!(%status, service = %hello.service, instance = %hello.instance_id, "agent stream ended with an error");
                     // After the acknowledgements already due, the agent
                     // learns why (if it is still there to hear it).
                     let _ = pending_tx.send(Pending::Fail(status)).await;

@@ -133,19 +133,19 @@ impl MessageReader {
             return if self.buffered == 0 {
                 Ok(None)
             } else {
-                Err(Status::internal("the stream ended inside a message prefix"))
+                Err(Status::invalid_argument("the stream ended inside a message prefix"))
             };
         }
         let mut prefix = [0u8; PREFIX_BYTES];
         self.take(PREFIX_BYTES).copy_to_slice(&mut prefix);
         if prefix[0] != 0 {
-            return Err(Status::internal(
+            return Err(Status::invalid_argument(
                 "protocol error: a compressed message without a grpc-encoding",
             ));
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.max_message_bytes {
-            return Err(Status::out_of_range(format!(
+            return Err(Status::resource_exhausted(format!(
                 "a message of {len} bytes exceeds the limit of {} bytes",
                 self.max_message_bytes
             )));
@@ -160,11 +160,11 @@ impl MessageReader {
             return Err(Status::internal("a message body was read before its prefix"));
         };
         if !self.fill(len).await? {
-            return Err(Status::internal("the stream ended inside a message"));
+            return Err(Status::invalid_argument("the stream ended inside a message"));
         }
         self.pending = None;
         wire::AgentMessage::decode(self.take(len))
-            .map_err(|error| Status::internal(format!("a message does not decode: {error}")))
+            .map_err(|error| Status::invalid_argument(format!("a message does not decode: {error}")))
     }
 
     /// Reads frames until `bytes` are buffered; `false` if the body ended first.
@@ -397,14 +397,14 @@ mod tests {
             bytes
         };
         let cases: [(&str, Vec<u8>, Code, &str); 5] = [
-            ("oversized", oversized, Code::OutOfRange, "exceeds the limit"),
-            ("compressed", compressed, Code::Internal, "compressed"),
-            ("garbage", garbage, Code::Internal, "does not decode"),
-            ("cut in the prefix", good[..3].to_vec(), Code::Internal, "prefix"),
+            ("oversized", oversized, Code::ResourceExhausted, "exceeds the limit"),
+            ("compressed", compressed, Code::InvalidArgument, "compressed"),
+            ("garbage", garbage, Code::InvalidArgument, "does not decode"),
+            ("cut in the prefix", good[..3].to_vec(), Code::InvalidArgument, "prefix"),
             (
                 "cut in the body",
                 good[..good.len() - 1].to_vec(),
-                Code::Internal,
+                Code::InvalidArgument,
                 "inside a message",
             ),
         ];
