@@ -648,3 +648,122 @@ async fn absurd_numbers_are_rejected_and_a_second_hello_comes_after_the_acks_owe
     );
     collector.stop().await;
 }
+
+/// Fingerprint texts a stream sends without ever referring to them are held
+/// for it only up to a budget per stream and one for all streams: past
+/// either, the stream ends with RESOURCE_EXHAUSTED after the
+/// acknowledgements it is owed, what it held is freed, and other agents go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprint_texts_a_stream_holds_are_bounded() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = querypulse_collector::Config::ephemeral(data.path());
+    config.limits.stream_text_bytes = 256 << 10;
+    config.limits.text_bytes = 1 << 20;
+    let collector = TestCollector::start_with(config).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    // Ten texts of 16 KiB, referred to by nothing.
+    let texts_only = |seq: u64, salt: &str| {
+        let mut batch = Batch::new(seq, Window::containing(now, 10_000));
+        for i in 0..10 {
+            let text = format!("select '{salt}-{seq}-{i}' from t where x = ? {}", "-".repeat(16 << 10));
+            batch.texts.push(FingerprintText {
+                fingerprint: Fingerprint::of_normalized(&text),
+                text,
+            });
+        }
+        batch
+    };
+    let hello = |instance: &str| Hello {
+        service: "texts".into(),
+        instance_id: instance.into(),
+        ..Hello::default()
+    };
+    let acked = |kind: wire::collector_message::Kind, seq: u64| {
+        assert_eq!(
+            kind,
+            wire::collector_message::Kind::Ack(wire::Ack { seq, duplicate: false })
+        )
+    };
+
+    // One stream: the first 160 KiB are held, the next 160 KiB cross its
+    // 256 KiB.
+    let (tx, mut inbound) = open_stream(collector.endpoint(), &hello("hoarder-0")).await;
+    acked(send_batch(&tx, &mut inbound, &texts_only(1, "a")).await, 1);
+    tx.send(wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Batch((&texts_only(2, "a")).into())),
+    })
+    .await
+    .unwrap();
+    let status = inbound.message().await.expect_err("the stream ends");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(
+        status.message().contains("this stream holds more than 262144 bytes"),
+        "{status}"
+    );
+    drop(tx);
+    // Its task gives back what it held as it ends, just after the status.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Six streams of 160 KiB each cross the 1 MiB of all streams.
+    let mut open = Vec::new();
+    let mut refused = None;
+    for i in 1..=7 {
+        let (tx, mut inbound) = open_stream(collector.endpoint(), &hello(&format!("hoarder-{i}"))).await;
+        tx.send(wire::AgentMessage {
+            kind: Some(wire::agent_message::Kind::Batch(
+                (&texts_only(1, &format!("s{i}"))).into(),
+            )),
+        })
+        .await
+        .unwrap();
+        match inbound.message().await {
+            Ok(Some(reply)) => {
+                acked(reply.kind.unwrap(), 1);
+                open.push((tx, inbound));
+            }
+            Err(status) => {
+                refused = Some((i, status));
+                break;
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+        }
+    }
+    let (at, status) = refused.expect("the shared budget refuses a stream");
+    assert_eq!(at, 7, "six streams of 160 KiB fit in 1 MiB, the seventh does not");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(
+        status.message().contains("the collector holds more than 1048576 bytes"),
+        "{status}"
+    );
+
+    // Once those streams end, what they held is freed for others.
+    drop(open);
+    let member = agent(&collector.endpoint());
+    member.record_query(SQL, Duration::from_millis(1), Outcome::OK);
+    member.flush().await.expect("a real agent is still served");
+    member.shutdown().await.unwrap();
+    let released = querypulse_e2e::eventually(Duration::from_secs(10), || async {
+        let (tx, mut inbound) = open_stream(collector.endpoint(), &hello("hoarder-8")).await;
+        let kind = send_batch_or_status(&tx, &mut inbound, &texts_only(1, "late")).await?;
+        Some(kind)
+    })
+    .await
+    .expect("texts are accepted again once the other streams ended");
+    acked(released, 1);
+    collector.stop().await;
+}
+
+/// Sends `batch`; the reply, or `None` if the stream ended with an error.
+async fn send_batch_or_status(
+    tx: &tokio::sync::mpsc::Sender<wire::AgentMessage>,
+    inbound: &mut tonic::Streaming<wire::CollectorMessage>,
+    batch: &Batch,
+) -> Option<wire::collector_message::Kind> {
+    tx.send(wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Batch(batch.into())),
+    })
+    .await
+    .ok()?;
+    inbound.message().await.ok()??.kind
+}

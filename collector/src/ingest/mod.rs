@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,8 +35,6 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 const WRITER_QUEUE: usize = 1_024;
 /// Unacknowledged batches per stream before the stream stops reading.
 const PIPELINE: usize = 64;
-/// Fingerprint texts one stream may introduce.
-const MAX_STREAM_TEXTS: usize = 100_000;
 
 /// Limits on what the ingest accepts. The oldest window accepted follows the
 /// store's raw retention.
@@ -50,6 +49,13 @@ pub struct IngestLimits {
     /// the collector's memory; decoded, a batch takes several times its
     /// encoded size.
     pub pending_bytes: usize,
+    /// Bytes of fingerprint texts one stream may hold until the store has
+    /// them (an agent sends each text once per stream, with the first batch
+    /// that refers to it, so this is at most about one message's worth); a
+    /// stream that sends more gets `RESOURCE_EXHAUSTED`.
+    pub stream_text_bytes: usize,
+    /// The same over all streams.
+    pub text_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -57,7 +63,77 @@ impl Default for IngestLimits {
         IngestLimits {
             max_future: Duration::from_secs(300),
             pending_bytes: 8 << 20,
+            stream_text_bytes: 16 << 20,
+            text_bytes: 256 << 20,
         }
+    }
+}
+
+/// The fingerprint texts a stream holds until the store has them, counted
+/// in bytes against the stream's limit and, through `total`, against the
+/// limit of all streams; what a stream held is given back when it ends.
+struct StreamTexts {
+    texts: HashMap<Fingerprint, String>,
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl StreamTexts {
+    fn new(total: Arc<AtomicUsize>) -> StreamTexts {
+        StreamTexts {
+            texts: HashMap::new(),
+            bytes: 0,
+            total,
+        }
+    }
+
+    fn cost(text: &str) -> usize {
+        text.len() + 64
+    }
+
+    /// Keeps `text`, or says which limit it would cross.
+    fn insert(&mut self, fingerprint: Fingerprint, text: &str, limits: &IngestLimits) -> Result<(), Status> {
+        if self.texts.contains_key(&fingerprint) {
+            return Ok(());
+        }
+        let cost = StreamTexts::cost(text);
+        if self.bytes + cost > limits.stream_text_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "this stream holds more than {} bytes of fingerprint texts the store does not have yet; send each text with the first batch that refers to it",
+                limits.stream_text_bytes
+            )));
+        }
+        let before = self.total.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > limits.text_bytes {
+            self.total.fetch_sub(cost, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "the collector holds more than {} bytes of fingerprint texts the store does not have yet; retry later",
+                limits.text_bytes
+            )));
+        }
+        self.bytes += cost;
+        self.texts.insert(fingerprint, text.to_owned());
+        Ok(())
+    }
+
+    /// Forgets the texts not in `keep`.
+    fn retain(&mut self, keep: &HashSet<Fingerprint>) {
+        let mut freed = 0;
+        self.texts.retain(|fingerprint, text| {
+            let kept = keep.contains(fingerprint);
+            if !kept {
+                freed += StreamTexts::cost(text);
+            }
+            kept
+        });
+        self.bytes -= freed;
+        self.total.fetch_sub(freed, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamTexts {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -178,6 +254,8 @@ pub(crate) struct IngestService {
     settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
     budget: Arc<Semaphore>,
+    /// Bytes of fingerprint texts all streams hold.
+    text_bytes: Arc<AtomicUsize>,
 }
 
 impl IngestService {
@@ -194,6 +272,7 @@ impl IngestService {
             store,
             token,
             budget: Arc::new(Semaphore::new(limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS))),
+            text_bytes: Arc::new(AtomicUsize::new(0)),
             limits,
             settings,
             shutdown,
@@ -229,6 +308,7 @@ impl IngestService {
             settings: self.settings.clone(),
             shutdown: self.shutdown.clone(),
             budget: self.budget.clone(),
+            text_bytes: self.text_bytes.clone(),
         };
         tokio::spawn(stream.run());
         rx
@@ -260,6 +340,7 @@ struct StreamTask {
     settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
     budget: Arc<Semaphore>,
+    text_bytes: Arc<AtomicUsize>,
 }
 
 /// Reads the next message once its share of the ingest budget is reserved
@@ -316,7 +397,7 @@ impl StreamTask {
                 .await;
         }
         let acker = tokio::spawn(acknowledge(pending_rx, self.out.clone()));
-        let mut texts: HashMap<Fingerprint, String> = HashMap::new();
+        let mut texts = StreamTexts::new(self.text_bytes.clone());
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.wait_for(|stop| *stop) => break,
@@ -367,20 +448,30 @@ impl StreamTask {
                         // A text is kept until the store has it: then the
                         // stream needs it no more (thousands of streams would
                         // otherwise each hold every text of their service).
-                        if !texts.is_empty() {
-                            let lacking: HashSet<Fingerprint> =
-                                self.store.lacking_texts(texts.keys().copied()).into_iter().collect();
-                            texts.retain(|fp, _| lacking.contains(fp));
+                        if !texts.texts.is_empty() {
+                            let lacking: HashSet<Fingerprint> = self
+                                .store
+                                .lacking_texts(texts.texts.keys().copied())
+                                .into_iter()
+                                .collect();
+                            texts.retain(&lacking);
                         }
                         let new_texts: HashSet<Fingerprint> = self
                             .store
                             .lacking_texts(batch.texts.iter().map(|t| t.fingerprint))
                             .into_iter()
                             .collect();
-                        for text in batch.texts.iter().filter(|t| new_texts.contains(&t.fingerprint)) {
-                            if texts.len() < MAX_STREAM_TEXTS || texts.contains_key(&text.fingerprint) {
-                                texts.insert(text.fingerprint, text.text.clone());
-                            }
+                        let kept = batch
+                            .texts
+                            .iter()
+                            .filter(|t| new_texts.contains(&t.fingerprint))
+                            .try_for_each(|t| texts.insert(t.fingerprint, &t.text, &self.limits));
+                        if let Err(status) = kept {
+                            // Nothing of this batch is applied; the
+                            // acknowledgements owed go out first.
+                            tracing::warn!(service = %hello.service, instance = %hello.instance_id, %status, "refused a stream's fingerprint texts");
+                            let _ = pending_tx.send(Pending::Fail(status)).await;
+                            break;
                         }
                         // Only the texts the store lacks travel on: after
                         // the first windows that is none.
@@ -389,7 +480,7 @@ impl StreamTask {
                             .lacking_texts(batch.referenced_fingerprints())
                             .into_iter()
                             .filter_map(|fp| {
-                                texts.get(&fp).map(|text| FingerprintText {
+                                texts.texts.get(&fp).map(|text| FingerprintText {
                                     fingerprint: fp,
                                     text: text.clone(),
                                 })
