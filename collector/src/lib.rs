@@ -31,6 +31,7 @@ pub use adapters::source::StoreSource;
 pub use cli::main;
 pub use config::Config;
 pub use demo::Demo;
+pub use http::serve::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS};
 use ingest::{IngestGrpc, IngestService, Writer};
 pub use outbound::{http_client, http_client_builder};
 use querypulse_store::{Store, StoreError};
@@ -224,8 +225,7 @@ impl Collector {
         let app = http::router(source, admin)
             .merge(dashboard.router())
             .layer(axum::middleware::map_response(http::security_headers));
-        let http_stop = stopped(shutdown_rx);
-        let http = tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(http_stop).await });
+        let http = tokio::spawn(http::serve::serve(http_listener, app, shutdown_rx));
 
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "collector started");
         Ok(Collector {

@@ -767,3 +767,65 @@ async fn send_batch_or_status(
     .ok()?;
     inbound.message().await.ok()??.kind
 }
+
+/// Connections that start a request and never finish its headers cannot
+/// hold the collector: with 600 of them open, `/healthz` and agent ingest
+/// still answer, and the collector closes them once the header-read
+/// timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_starve_nothing_and_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let data = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start(data.path()).await;
+    let address = collector
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        idle.push(socket);
+    }
+    let opened = std::time::Instant::now();
+
+    let started = std::time::Instant::now();
+    let (status, body) = collector.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/healthz took {:?}",
+        started.elapsed()
+    );
+    let member = agent(&collector.endpoint());
+    member.record_query(SQL, Duration::from_millis(1), Outcome::OK);
+    tokio::time::timeout(Duration::from_secs(5), member.flush())
+        .await
+        .expect("ingest answers while the idle connections are open")
+        .expect("acknowledged");
+    member.shutdown().await.unwrap();
+
+    // Each idle connection is closed by the collector (EOF) once the
+    // header-read timeout has passed, and not before.
+    let limit = querypulse_collector::HEADER_READ_TIMEOUT;
+    for socket in &mut idle {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(limit + Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("the collector closes an idle connection");
+        // A 408 may precede the close; then the close itself.
+        if let Ok(n) = read
+            && n > 0
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+        }
+    }
+    assert!(
+        opened.elapsed() >= limit - Duration::from_secs(1),
+        "closed after {:?}, before the {limit:?} timeout",
+        opened.elapsed()
+    );
+    collector.stop().await;
+}

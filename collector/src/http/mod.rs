@@ -12,6 +12,7 @@ pub(crate) mod metrics;
 mod params;
 mod pools;
 mod queries;
+pub(crate) mod serve;
 mod storage;
 
 use std::sync::Arc;

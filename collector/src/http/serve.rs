@@ -1,0 +1,93 @@
+//! The HTTP listener: axum's router on hyper, with the limits a server on a
+//! network needs and `axum::serve` does not set.
+//!
+//! - **Header-read timeout.** A connection must send a request's headers
+//!   within [`HEADER_READ_TIMEOUT`] of starting to, and an idle keep-alive
+//!   connection must start its next request within it, or it is closed: a
+//!   client that opens connections and never finishes a request cannot
+//!   hold them.
+//! - **A cap on connections.** At most [`MAX_CONNECTIONS`] are served at
+//!   once; past it the listener stops accepting, so further connections
+//!   wait in the kernel's backlog instead of taking file descriptors the
+//!   agents' gRPC listener needs.
+//! - **HTTP/2 keep-alive pings**, so a peer that vanished is noticed.
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// How long a connection may take to send a request's headers, or stay idle
+/// between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 1_024;
+/// How often an HTTP/2 connection is pinged, and how long the answer may
+/// take.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` turns true, then lets the
+/// requests in progress finish.
+pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE);
+    let connections = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut warned_full = false;
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, most likely: wait for some to
+                // be given back rather than spin.
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if connections.available_permits() == 0 {
+            if !warned_full {
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "HTTP connections at their limit; new ones wait"
+                );
+                warned_full = true;
+            }
+        } else {
+            warned_full = false;
+        }
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            // Errors here are the client's (a reset, a timeout); nothing
+            // to report.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
