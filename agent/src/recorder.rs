@@ -753,11 +753,10 @@ mod tests {
         Batch::try_from(r.harvest(seq, window())).expect("a harvested batch decodes")
     }
 
+    /// The window open now, as the aggregator would harvest it (samples
+    /// carry the time they were recorded, which must lie in it).
     fn window() -> Window {
-        Window {
-            start_ms: 0,
-            length_ms: 10_000,
-        }
+        Window::containing(crate::now_ms(), 10_000)
     }
 
     /// Statistics of fingerprints held in the stripes, for memory tests.

@@ -294,6 +294,7 @@ impl Source for StoreSource {
             early_flushes: memtable.early_flushes,
             stalls: memtable.stalls,
             disk_bytes: self.store.disk_bytes(),
+            problems: self.store.problems(),
         }))
     }
 

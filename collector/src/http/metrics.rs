@@ -231,7 +231,7 @@ pub(crate) fn render(mut scrape: Scrape) -> String {
 
 /// The collector's own store: memory for open windows, flushes, waits, disk.
 fn render_store(x: &mut Exposition, store: &StoreHealth) {
-    let families: [(&str, &str, &str, u64); 7] = [
+    let families: [(&str, &str, &str, u64); 8] = [
         (
             "querypulse_store_memtable_bytes",
             "gauge",
@@ -273,6 +273,12 @@ fn render_store(x: &mut Exposition, store: &StoreHealth) {
             "gauge",
             "Bytes on disk, every file of the store.",
             store.disk_bytes,
+        ),
+        (
+            "querypulse_store_problems",
+            "gauge",
+            "Problems found with the store (damaged files, data lost); /healthz lists them.",
+            store.problems.len() as u64,
         ),
     ];
     for (name, kind, help, value) in families {

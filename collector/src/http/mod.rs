@@ -17,6 +17,7 @@ mod storage;
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use querypulse_domain::source::{Source, SourceError};
@@ -95,8 +96,19 @@ pub async fn security_headers(mut response: axum::response::Response) -> axum::r
     response
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// `ok`, or `degraded` with the problems found (the collector still serves
+/// and ingests; an operator should look). Always 200: the process is alive.
+async fn healthz(State(api): State<Api>) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = api.source.clone();
+    let problems = read(move || source.store_health())
+        .await?
+        .map(|health| health.problems)
+        .unwrap_or_default();
+    Ok(Json(if problems.is_empty() {
+        json!({ "status": "ok" })
+    } else {
+        json!({ "status": "degraded", "problems": problems })
+    }))
 }
 
 async fn unknown() -> ApiError {

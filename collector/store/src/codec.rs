@@ -759,6 +759,12 @@ pub(crate) fn encode_wal_into(entry: &WalEntry, out: &mut Out) {
     write_counters(out, &batch.counters);
 }
 
+/// The sequence number at the start of an encoded log entry, if it has
+/// one; reads nothing else.
+pub(crate) fn wal_seq_of(bytes: &[u8]) -> Option<u64> {
+    In::with_format(bytes, "log entry").ok()?.u().ok()
+}
+
 pub(crate) fn decode_wal(bytes: &[u8]) -> Result<WalEntry> {
     let mut input = In::with_format(bytes, "log entry")?;
     let wal_seq = input.u()?;

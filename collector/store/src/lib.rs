@@ -154,6 +154,9 @@ struct Shared {
     /// Windows from this time on are in the services' total series too
     /// (see [`registry::SeriesKey::Service`]).
     service_totals_since: i64,
+    /// What was found wrong on disk when the store opened (see
+    /// [`Store::problems`]).
+    problems: std::sync::Mutex<Vec<String>>,
 }
 
 /// The read side of the store. Cheap to clone.
@@ -206,13 +209,15 @@ impl Store {
                 limits,
                 clock,
                 service_totals_since,
+                problems: std::sync::Mutex::new(Vec::new()),
             }),
         };
         let mut applied = write::applied_log(store.shared.registry.meta())?;
         for partition in store.shared.partitions.all() {
             applied = applied.max(partition.applied_log()?);
         }
-        let (wal, entries) = Wal::open(&dir.join("wal"), applied + 1)?;
+        let (wal, entries, damage) = Wal::open(&dir.join("wal"), applied + 1)?;
+        store.shared.problems.lock().expect("problems lock").extend(damage);
         let mut writer = StoreWriter::new(store.clone(), wal);
         if !entries.is_empty() {
             tracing::info!(entries = entries.len(), "replaying the write-ahead log");
@@ -220,6 +225,14 @@ impl Store {
         }
         writer.checkpoint()?;
         Ok((store, writer))
+    }
+
+    /// What was found wrong on disk when the store opened and could not be
+    /// repaired without losing data (a damaged stretch of the write-ahead
+    /// log, with the entries lost), each already logged as an error. Empty
+    /// when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        self.shared.problems.lock().expect("problems lock").clone()
     }
 
     /// Current retention settings.

@@ -440,6 +440,56 @@ fn instances_silent_past_every_retention_are_forgotten() {
 }
 
 #[test]
+fn a_damaged_log_entry_loses_only_itself_and_the_store_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut writer) = open(dir.path());
+        write(&mut writer, vec![request("a", batch(1, NOW - MINUTE, &[100]))]);
+        // Three entries logged but not applied (a crash), the middle one
+        // then damaged on disk.
+        for (seq, latencies) in [(2, &[200, 300][..]), (3, &[400, 500, 600][..]), (4, &[700; 4][..])] {
+            let mut entries = vec![super::codec::WalEntry {
+                wal_seq: 0,
+                received_ms: NOW,
+                service: "orders".into(),
+                instance_id: "a".into(),
+                batch: batch(seq, NOW - MINUTE + 10_000 * seq as i64, latencies),
+            }];
+            writer.wal.append(&mut entries).unwrap();
+        }
+    }
+    let segment = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let frame_len = |at: usize| 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (mut at, mut starts) = (0, Vec::new());
+    while at < bytes.len() {
+        starts.push(at);
+        at += frame_len(at);
+    }
+    let damaged = starts[starts.len() - 2];
+    bytes[damaged + 20] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (store, _) = open(dir.path());
+    let summary = store
+        .query(service(&store), fingerprint(), NOW - HOUR, NOW)
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.calls, 1 + 2 + 4, "everything but the damaged entry");
+    let problems = store.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("damaged") && problems[0].contains("lost"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn the_log_is_replayed_into_databases_that_missed_it() {
     let dir = tempfile::tempdir().unwrap();
     {

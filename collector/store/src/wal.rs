@@ -8,11 +8,11 @@
 //! last frame (a crash mid-append) is cut off when the log is opened.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
-use super::codec::{Out, WalEntry, decode_wal, encode_wal_into};
+use super::codec::{Out, WalEntry, decode_wal, encode_wal_into, wal_seq_of};
 
 /// A segment is closed once it grows past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -46,9 +46,11 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 
 impl Wal {
     /// Opens the log in `dir` and returns every intact entry in it, oldest
-    /// first. `min_next_seq` is the lowest sequence number new entries may
-    /// use (the highest number any database has applied, plus one).
-    pub(crate) fn open(dir: &Path, min_next_seq: u64) -> Result<(Wal, Vec<WalEntry>), StoreError> {
+    /// first, and a description of each damaged stretch found between
+    /// intact entries (see [`read_segment`]). `min_next_seq` is the lowest
+    /// sequence number new entries may use (the highest number any database
+    /// has applied, plus one).
+    pub(crate) fn open(dir: &Path, min_next_seq: u64) -> Result<(Wal, Vec<WalEntry>, Vec<String>), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
         let mut segments: Vec<Segment> = std::fs::read_dir(dir)
             .map_err(|e| io("listing", dir, e))?
@@ -65,8 +67,9 @@ impl Wal {
         segments.sort_by_key(|s| s.first_seq);
 
         let mut entries = Vec::new();
+        let mut damage = Vec::new();
         for segment in &segments {
-            read_segment(&segment.path, &mut entries)?;
+            read_segment(&segment.path, segment.first_seq, &mut entries, &mut damage)?;
         }
         let next_seq = entries.last().map_or(0, |e| e.wal_seq + 1).max(min_next_seq).max(1);
         // New entries always go to a fresh segment: an old one may end in a
@@ -93,6 +96,7 @@ impl Wal {
                 next_seq,
             },
             entries,
+            damage,
         ))
     }
 
@@ -170,45 +174,87 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io("syncing", dir, e))
 }
 
-/// Reads the intact frames of a segment; a torn or corrupt tail is cut off
-/// (it was never acknowledged: acknowledgements follow a successful sync).
-fn read_segment(path: &Path, entries: &mut Vec<WalEntry>) -> Result<(), StoreError> {
-    let file = File::open(path).map_err(|e| io("opening", path, e))?;
-    let mut reader = BufReader::new(file);
-    let mut good_bytes = 0u64;
-    loop {
-        let mut header = [0u8; 8];
-        match reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io("reading", path, e)),
+/// Reads a segment's frames. A bad frame (wrong checksum, length past the
+/// end, an entry that does not decode) followed by nothing readable is a
+/// torn tail, left by a crash mid-append and never acknowledged (an
+/// acknowledgement follows a successful sync): it is cut off. A bad frame
+/// followed by good ones is damage to entries that may have been
+/// acknowledged: the good frames after it are found again by their own
+/// length, checksum and sequence number and kept, and what was lost is
+/// described in `damage` and logged as an error; the file is left as it
+/// is.
+fn read_segment(
+    path: &Path,
+    first_seq: u64,
+    entries: &mut Vec<WalEntry>,
+    damage: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let data = std::fs::read(path).map_err(|e| io("reading", path, e))?;
+    let mut last_seq = None;
+    let mut at = 0;
+    while at < data.len() {
+        if let Some((entry, next)) = frame_at(&data, at, None) {
+            last_seq = Some(entry.wal_seq);
+            entries.push(entry);
+            at = next;
+            continue;
         }
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if len > MAX_FRAME {
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
-            break;
-        }
-        match decode_wal(&payload) {
-            Ok(entry) => entries.push(entry),
-            Err(_) => break,
-        }
-        good_bytes += 8 + len as u64;
-    }
-    let actual = std::fs::metadata(path).map_err(|e| io("inspecting", path, e))?.len();
-    if actual > good_bytes {
-        tracing::warn!(path = %path.display(), cut = actual - good_bytes, "cutting a torn tail off the write-ahead log");
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| io("opening", path, e))?;
-        file.set_len(good_bytes).map_err(|e| io("truncating", path, e))?;
-        file.sync_all().map_err(|e| io("syncing", path, e))?;
+        // Where do good frames start again, if anywhere?
+        let lowest = last_seq.map_or(first_seq, |s| s + 1);
+        let resumed =
+            (at + 1..data.len()).find_map(|start| frame_at(&data, start, Some(lowest)).map(|found| (start, found)));
+        let Some((start, (entry, next))) = resumed else {
+            tracing::warn!(path = %path.display(), cut = data.len() - at, "cutting a torn tail off the write-ahead log");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io("opening", path, e))?;
+            file.set_len(at as u64).map_err(|e| io("truncating", path, e))?;
+            file.sync_all().map_err(|e| io("syncing", path, e))?;
+            return Ok(());
+        };
+        let lost = match entry.wal_seq.checked_sub(lowest) {
+            Some(0) | None => "no entry".to_owned(),
+            Some(1) => format!("entry {lowest}"),
+            Some(_) => format!("entries {lowest} to {}", entry.wal_seq - 1),
+        };
+        let message = format!(
+            "write-ahead log {}: bytes {at} to {start} are damaged, {lost} lost; the log after them was read",
+            path.display()
+        );
+        tracing::error!("{message}");
+        damage.push(message);
+        last_seq = Some(entry.wal_seq);
+        entries.push(entry);
+        at = next;
     }
     Ok(())
+}
+
+/// The entry framed at `at` and where the next frame starts, if the frame
+/// is whole, its checksum matches and it decodes; with `lowest`, only an
+/// entry numbered from `lowest` on (below `lowest` + 2^32) counts, which
+/// is checked before the checksum so a search through damaged bytes is
+/// cheap.
+fn frame_at(data: &[u8], at: usize, lowest: Option<u64>) -> Option<(WalEntry, usize)> {
+    let header = data.get(at..at + 8)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > MAX_FRAME {
+        return None;
+    }
+    let payload = data.get(at + 8..at + 8 + len)?;
+    if let Some(lowest) = lowest {
+        let seq = wal_seq_of(payload)?;
+        if seq < lowest || seq - lowest > u64::from(u32::MAX) {
+            return None;
+        }
+    }
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let entry = decode_wal(payload).ok()?;
+    Some((entry, at + 8 + len))
 }
 
 #[cfg(test)]
@@ -236,7 +282,7 @@ mod tests {
     #[test]
     fn entries_survive_reopening_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, old) = Wal::open(dir.path(), 0).unwrap();
+        let (mut wal, old, _) = Wal::open(dir.path(), 0).unwrap();
         assert!(old.is_empty());
         let mut entries = vec![entry(1), entry(2), entry(3)];
         wal.append(&mut entries).unwrap();
@@ -248,20 +294,21 @@ mod tests {
         file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(file);
 
-        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        let (mut wal, replay, damage) = Wal::open(dir.path(), 0).unwrap();
+        assert!(damage.is_empty(), "a torn tail is not damage: {damage:?}");
         assert_eq!(replay.iter().map(|e| e.batch.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         let mut more = vec![entry(4)];
         wal.append(&mut more).unwrap();
         assert_eq!(more[0].wal_seq, 4);
         drop(wal);
-        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        let (_, replay, _) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.len(), 4);
     }
 
     #[test]
     fn truncation_deletes_what_every_database_has() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 10).unwrap();
+        let (mut wal, _, _) = Wal::open(dir.path(), 10).unwrap();
         let mut first = vec![entry(1), entry(2)];
         wal.append(&mut first).unwrap();
         assert_eq!(first[0].wal_seq, 10);
@@ -269,7 +316,60 @@ mod tests {
         let mut second = vec![entry(3)];
         wal.append(&mut second).unwrap();
         drop(wal);
-        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        let (_, replay, _) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.iter().map(|e| e.wal_seq).collect::<Vec<_>>(), vec![12]);
+    }
+
+    #[test]
+    fn a_damaged_frame_in_the_middle_loses_only_itself_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _, _) = Wal::open(dir.path(), 0).unwrap();
+        let mut entries: Vec<WalEntry> = (1..=6).map(entry).collect();
+        wal.append(&mut entries).unwrap();
+        let current = wal.segments.last().unwrap().path.clone();
+        drop(wal);
+        // Flip a byte inside the third frame's payload.
+        let mut bytes = std::fs::read(&current).unwrap();
+        let mut at = 0;
+        for _ in 0..2 {
+            at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        }
+        let third = at;
+        bytes[third + 12] ^= 0x5a;
+        std::fs::write(&current, &bytes).unwrap();
+
+        let (_, replay, damage) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(
+            replay.iter().map(|e| e.batch.seq).collect::<Vec<_>>(),
+            vec![1, 2, 4, 5, 6],
+            "the frames after the damaged one are kept"
+        );
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert!(damage[0].contains("entry 3 lost"), "{damage:?}");
+        assert_eq!(
+            std::fs::read(&current).unwrap(),
+            bytes,
+            "the damaged file is left as it was"
+        );
+        // Opening again finds the same, and loses nothing more.
+        let (_, again, damage) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(again.len(), 5);
+        assert_eq!(damage.len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_last_frame_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _, _) = Wal::open(dir.path(), 0).unwrap();
+        wal.append(&mut [entry(1), entry(2)]).unwrap();
+        let current = wal.segments.last().unwrap().path.clone();
+        drop(wal);
+        let mut bytes = std::fs::read(&current).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff;
+        std::fs::write(&current, &bytes).unwrap();
+        let (_, replay, damage) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.len(), 1);
+        assert!(damage.is_empty(), "{damage:?}");
     }
 }

@@ -742,7 +742,7 @@ pub struct RemoteWriteStatus {
 
 /// How the collector's store fares: its memory for open windows (the
 /// memtable) and its disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreHealth {
     /// Bytes of open windows held in memory now (approximate).
     pub memtable_bytes: u64,
@@ -759,6 +759,9 @@ pub struct StoreHealth {
     pub stalls: u64,
     /// Bytes on disk, every file of the store.
     pub disk_bytes: u64,
+    /// What is wrong with the store (damage found on disk, with what was
+    /// lost); empty when all is well.
+    pub problems: Vec<String>,
 }
 
 /// A read failed inside the collector.
