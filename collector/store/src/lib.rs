@@ -187,7 +187,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         let meta = partition::open_sled(sled::Config::new().path(dir.join("meta")).cache_capacity(16 << 20))?;
         let registry = Registry::load(meta)?;
-        let partitions = Partitions::open(&dir.join("partitions"))?;
+        let (partitions, damaged) = Partitions::open(&dir.join("partitions"))?;
         // A store written before service totals existed has windows without
         // them up to its newest raw partition's end at most.
         let newest = partitions
@@ -209,7 +209,7 @@ impl Store {
                 limits,
                 clock,
                 service_totals_since,
-                problems: std::sync::Mutex::new(Vec::new()),
+                problems: std::sync::Mutex::new(damaged),
             }),
         };
         let mut applied = write::applied_log(store.shared.registry.meta())?;
@@ -229,8 +229,9 @@ impl Store {
 
     /// What was found wrong on disk when the store opened and could not be
     /// repaired without losing data (a damaged stretch of the write-ahead
-    /// log, with the entries lost), each already logged as an error. Empty
-    /// when all is well.
+    /// log, with the entries lost; a partition too damaged to open, moved
+    /// to `quarantine/`), each already logged as an error. Empty when all
+    /// is well.
     pub fn problems(&self) -> Vec<String> {
         self.shared.problems.lock().expect("problems lock").clone()
     }

@@ -324,10 +324,11 @@ impl Partition {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Every entry of the sealed segment (not the overlay), read lazily;
-    /// empty for a live partition.
+    /// Every entry of the sealed segment (not the overlay), read lazily
+    /// from the file and checked, whatever the block cache holds; empty for
+    /// a live partition.
     pub(crate) fn sealed_entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        self.sealed.iter().flat_map(|segment| segment.iter())
+        self.sealed.iter().flat_map(|segment| segment.iter_from_disk())
     }
 
     /// Every entry of the sealed segment and the database (not the runs),
@@ -505,6 +506,21 @@ fn open_runs(dir: &Path) -> Result<Vec<Arc<Run>>, StoreError> {
     Ok(runs)
 }
 
+/// Moves a damaged partition's directory to `quarantine/` beside `root`,
+/// under a name no earlier quarantine took; returns where it went.
+fn quarantine(root: &Path, tier: Tier, start_ms: i64, dir: &Path) -> Result<PathBuf, StoreError> {
+    let parent = root.parent().unwrap_or(root).join("quarantine");
+    std::fs::create_dir_all(&parent).map_err(|e| StoreError::Io(format!("creating {}: {e}", parent.display())))?;
+    let target = (0..)
+        .map(|n| parent.join(format!("{}-{start_ms}-{n}", tier.name())))
+        .find(|candidate| !candidate.exists())
+        .expect("a free name");
+    std::fs::rename(dir, &target).map_err(|e| StoreError::Io(format!("moving {} aside: {e}", dir.display())))?;
+    sync_dir(&parent)?;
+    sync_dir(&root.join(tier.name()))?;
+    Ok(target)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -512,9 +528,14 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Partitions {
-    /// Opens every partition found under `root`.
-    pub(crate) fn open(root: &Path) -> Result<Partitions, StoreError> {
+    /// Opens every partition found under `root`, and says what it had to
+    /// leave out: a partition whose files are damaged beyond reading (a
+    /// segment or run whose index fails its checksum) is moved whole to
+    /// `quarantine/` beside `root`, kept for inspection, and the store
+    /// starts without it.
+    pub(crate) fn open(root: &Path) -> Result<(Partitions, Vec<String>), StoreError> {
         let mut open = BTreeMap::new();
+        let mut problems = Vec::new();
         for tier in Tier::ALL {
             let dir = root.join(tier.name());
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
@@ -525,14 +546,29 @@ impl Partitions {
                 let Some(start_ms) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
                     continue;
                 };
-                let partition = open_partition(tier, start_ms, entry.path())?;
+                let partition = match open_partition(tier, start_ms, entry.path()) {
+                    Ok(partition) => partition,
+                    Err(StoreError::Corrupt(reason)) => {
+                        let moved = quarantine(root, tier, start_ms, &entry.path())?;
+                        let problem = format!(
+                            "{} partition starting {start_ms} is damaged ({reason}); moved to {} and left out, so its windows are missing",
+                            tier.name(),
+                            moved.display()
+                        );
+                        tracing::error!("{problem}");
+                        problems.push(problem);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 open.insert((tier, start_ms), Arc::new(partition));
             }
         }
-        Ok(Partitions {
+        let partitions = Partitions {
             root: root.to_owned(),
             open: RwLock::new(open),
-        })
+        };
+        Ok((partitions, problems))
     }
 
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(Tier, i64), Arc<Partition>>> {
@@ -689,7 +725,7 @@ mod tests {
     #[test]
     fn removing_a_partition_deletes_its_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let partitions = Partitions::open(dir.path()).unwrap();
+        let (partitions, _) = Partitions::open(dir.path()).unwrap();
         let p = partitions.get_or_create(Tier::Raw, 7 * HOUR_MS).unwrap();
         assert_eq!(p.start_ms, 6 * HOUR_MS);
         // Bytes zstd cannot shrink.
@@ -712,7 +748,7 @@ mod tests {
         partitions.remove(Tier::Raw, 6 * HOUR_MS).unwrap();
         assert!(partitions.get(Tier::Raw, 7 * HOUR_MS).is_none());
         assert!(disk_bytes(dir.path()) + 50_000 < before);
-        let reopened = Partitions::open(dir.path()).unwrap();
+        let (reopened, _) = Partitions::open(dir.path()).unwrap();
         assert!(reopened.all().is_empty());
     }
 }

@@ -7,8 +7,10 @@
 //! an in-memory index of block first keys and decompress the few blocks a
 //! range touches.
 //!
-//! Layout: `magic` · blocks · index · footer. A block is zstd of a run of
-//! `(varint key length, key, varint value length, value)`. The index lists
+//! Layout: `magic` · blocks · index · footer. A block is a zstd frame, with
+//! a checksum of its content, of a run of `(varint key length, key, varint
+//! value length, value)` (segments written before checksums were added have
+//! frames without one, and still read). The index lists
 //! per block its first key, offset and compressed length; the footer holds the
 //! index offset and length, the index's CRC-32 and the magic again.
 
@@ -64,12 +66,19 @@ pub(crate) fn write(
     let mut block = Out::default();
     let mut first_key: Option<sled::IVec> = None;
     let mut previous: Option<sled::IVec> = None;
+    // Each block's zstd frame carries a checksum of its content, which
+    // decompression checks: a damaged block is an error, never other
+    // numbers.
+    let compressing = |e: std::io::Error| StoreError::Io(format!("compressing: {e}"));
+    let mut compressor = zstd::bulk::Compressor::new(level).map_err(compressing)?;
+    compressor
+        .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+        .map_err(compressing)?;
     let mut flush_block = |block: &mut Out, first_key: &mut Option<sled::IVec>, out: &mut BufWriter<File>| {
         let Some(first) = first_key.take() else {
             return Ok(());
         };
-        let compressed =
-            zstd::bulk::compress(&block.0, level).map_err(|e| StoreError::Io(format!("compressing: {e}")))?;
+        let compressed = compressor.compress(&block.0).map_err(compressing)?;
         out.write_all(&compressed).map_err(|e| io("writing", &temp, e))?;
         index.bytes(&first);
         index.u(offset);
@@ -133,6 +142,8 @@ pub(crate) struct Segment {
     file: File,
     blocks: Vec<Block>,
     cache: Mutex<Vec<(usize, Arc<Vec<Entry>>)>>,
+    /// Blocks found damaged (each logged once).
+    damaged: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl Segment {
@@ -186,6 +197,7 @@ impl Segment {
             file,
             blocks,
             cache: Mutex::new(Vec::new()),
+            damaged: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -196,26 +208,37 @@ impl Segment {
                 return Ok(entries.clone());
             }
         }
-        let block = &self.blocks[at];
-        let mut compressed = vec![0u8; block.len as usize];
-        self.file
-            .read_exact_at(&mut compressed, block.offset)
-            .map_err(|e| io("reading", &self.path, e))?;
-        let plain = zstd::bulk::decompress(&compressed, block.plain_len as usize)
-            .map_err(|e| StoreError::Corrupt(format!("{}: block {at}: {e}", self.path.display())))?;
-        let mut input = In(&plain);
-        let mut entries = Vec::new();
-        while !input.is_empty() {
-            let key = sled::IVec::from(input.bytes()?);
-            entries.push((key, sled::IVec::from(input.bytes()?)));
-        }
-        let entries = Arc::new(entries);
+        let entries = self.read_block(at)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHED_BLOCKS {
             cache.remove(0);
         }
         cache.push((at, entries.clone()));
         Ok(entries)
+    }
+
+    /// Block `at`, read from the file and checked (not from the cache).
+    fn read_block(&self, at: usize) -> Result<Arc<Vec<Entry>>, StoreError> {
+        let block = &self.blocks[at];
+        let mut compressed = vec![0u8; block.len as usize];
+        self.file
+            .read_exact_at(&mut compressed, block.offset)
+            .map_err(|e| io("reading", &self.path, e))?;
+        let plain = zstd::bulk::decompress(&compressed, block.plain_len as usize).map_err(|e| {
+            let error = format!("{}: block {at} is damaged ({e})", self.path.display());
+            // Once per block: reads touching it fail each time.
+            if self.damaged.lock().unwrap_or_else(|p| p.into_inner()).insert(at) {
+                tracing::error!("{error}; reads that need it fail, run `querypulse verify`");
+            }
+            StoreError::Corrupt(error)
+        })?;
+        let mut input = In(&plain);
+        let mut entries = Vec::new();
+        while !input.is_empty() {
+            let key = sled::IVec::from(input.bytes()?);
+            entries.push((key, sled::IVec::from(input.bytes()?)));
+        }
+        Ok(Arc::new(entries))
     }
 
     /// The blocks that may hold keys in `range`.
@@ -261,6 +284,15 @@ impl Segment {
     /// Every entry, in key order (for rewriting the segment).
     pub(crate) fn iter(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         (0..self.blocks.len()).flat_map(move |at| match self.block(at) {
+            Ok(entries) => entries.iter().cloned().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    }
+
+    /// Every entry, in key order, each block read from the file and
+    /// checked, whatever the cache holds (for `querypulse verify`).
+    pub(crate) fn iter_from_disk(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        (0..self.blocks.len()).flat_map(move |at| match self.read_block(at) {
             Ok(entries) => entries.iter().cloned().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         })
@@ -332,6 +364,36 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_block_fails_its_reads_and_never_changes_a_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.seg");
+        let written = entries(3_000);
+        write(&path, written.clone().into_iter().map(Ok), SEALED_LEVEL).unwrap();
+        let clean = std::fs::read(&path).unwrap();
+        let segment = Segment::open(&path).unwrap();
+        let blocks_end = segment.blocks.last().map(|b| b.offset + u64::from(b.len)).unwrap() as usize;
+        assert!(segment.blocks.len() > 1, "several blocks");
+        drop(segment);
+        let everything = b"".as_slice()..b"\xff\xff\xff\xff\xff".as_slice();
+        let mut failed = 0;
+        for at in (MAGIC.len()..blocks_end).step_by(97) {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            let segment = Segment::open(&path).expect("the index is intact");
+            match segment.range(everything.clone()) {
+                Err(StoreError::Corrupt(message)) => {
+                    assert!(message.contains("is damaged"), "{message}");
+                    failed += 1;
+                }
+                Err(other) => panic!("byte {at}: {other}"),
+                Ok(read) => assert_eq!(read, written, "byte {at} changed what the segment holds"),
+            }
+        }
+        assert!(failed > 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! resends, late windows, memtable flushes and runs, sealing, retention,
 //! crash recovery.
 
+use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 
 use querypulse_domain::{
@@ -949,9 +950,10 @@ fn verify_reads_every_sealed_block_and_reports_a_damaged_one() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.sealed_partitions, 1);
     assert!(report.sealed_entries > 0);
-    drop((store, writer));
 
-    // Flip bytes in the middle of the sealed file's first block.
+    // Flip bytes in the sealed file's block while the store has it open
+    // (the file is changed in place, as a failing disk would): verify,
+    // which reads every block from disk, finds it.
     let path = dir
         .path()
         .join("partitions/raw")
@@ -961,12 +963,87 @@ fn verify_reads_every_sealed_block_and_reports_a_damaged_one() {
     for b in &mut bytes[64..96] {
         *b ^= 0x5a;
     }
-    std::fs::write(&path, bytes).unwrap();
-    let (store, _writer) = open(dir.path());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&bytes[64..96], 64)
+        .unwrap();
     let report = super::verify(&store);
     let sealed: Vec<_> = report.problems.iter().filter(|p| p.check == "sealed block").collect();
     assert!(!sealed.is_empty(), "{report}");
     assert!(sealed[0].subject.starts_with("raw partition"), "{}", sealed[0]);
+    assert!(sealed[0].detail.contains("is damaged"), "{}", sealed[0]);
+    drop((store, writer));
+
+    // That block also holds the partition's own records, which a start
+    // reads: the partition is moved aside, the store opens without it and
+    // verify says so.
+    let (store, _writer) = open(dir.path());
+    let report = super::verify(&store);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.check == "damaged files" && p.detail.contains("quarantine")),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_partition_whose_index_is_damaged_is_quarantined_and_the_store_opens() {
+    let (dir, store, mut writer, hour, series) = closed_hour();
+    assert_eq!(writer.wait_for_sealing().unwrap(), 1);
+    let service = service(&store);
+    // A window in the partition before, untouched.
+    let before = floor(hour, 6 * HOUR) - HOUR;
+    write(&mut writer, vec![request("a", batch(90, before, &[100, 200]))]);
+    drop((store, writer));
+
+    let partition = dir
+        .path()
+        .join("partitions/raw")
+        .join(floor(hour, 6 * HOUR).to_string());
+    let path = partition.join("sealed.seg");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let (store, _writer) = open(dir.path());
+    let problems = store.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("raw partition") && problems[0].contains("quarantine"),
+        "{problems:?}"
+    );
+    assert!(!partition.exists(), "moved aside");
+    let kept = std::fs::read_dir(dir.path().join("quarantine")).unwrap().count();
+    assert_eq!(kept, 1, "kept for inspection");
+    // Its windows are missing from raw reads; the rest is there.
+    assert_eq!(
+        store
+            .query(service, fingerprint(), before, before + MINUTE)
+            .unwrap()
+            .unwrap()
+            .calls,
+        2
+    );
+    assert!(
+        store
+            .windows::<QueryStats>(Tier::Raw, series, hour, hour + HOUR)
+            .unwrap()
+            .is_empty(),
+        "the raw windows went with it (the rollups, in partitions of their own, remain)"
+    );
+    let report = super::verify(&store);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.check == "damaged files" && p.detail.contains("quarantine")),
+        "{report}"
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ use super::{Store, StoreError};
 pub struct Problem {
     /// `rollup raw→1m`, `rollup 1m→1h`, `service vs instances (raw)`,
     /// `service total vs statements (raw)`,
-    /// `sealed block`, …
+    /// `sealed block`, `damaged files` (found as the store opened), …
     pub check: String,
     /// The series (service and fingerprint, instance and pool) or partition.
     pub subject: String,
@@ -147,6 +147,16 @@ pub fn verify(store: &Store) -> VerifyReport {
 /// differ for a moment).
 pub fn verify_settled(store: &Store, retries: u32, pause: Duration) -> VerifyReport {
     let mut report = VerifyReport::default();
+    // What the store found damaged as it opened (and left out or lost).
+    for damage in store.problems() {
+        report.problems.push(Problem {
+            check: "damaged files".into(),
+            subject: "store".into(),
+            from_ms: 0,
+            to_ms: 0,
+            detail: damage,
+        });
+    }
     let units = units(store);
     report.series = store
         .registry()
