@@ -114,6 +114,8 @@ pub struct FileConfig {
     /// Memory for open windows (the memtable), MiB; see
     /// [`Limits::memtable_bytes`].
     pub memtable_mb: Option<u64>,
+    /// Free disk space kept, MiB; see [`Limits::min_free_disk_bytes`].
+    pub min_free_disk_mb: Option<u64>,
     /// `[[remote_write]]` destinations.
     pub remote_write: Option<Vec<RemoteWriteFile>>,
     /// The destinations of `remote_write`, validated by [`FileConfig::load`].
@@ -290,6 +292,9 @@ impl FileConfig {
         if let Some(v) = self.memtable_mb {
             let bytes = v.clamp(MIN_MEMTABLE_MB, MAX_MEMTABLE_MB) << 20;
             config.store_limits.memtable_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.min_free_disk_mb {
+            config.store_limits.min_free_disk_bytes = v.saturating_mul(1 << 20);
         }
     }
 }

@@ -294,6 +294,7 @@ impl Source for StoreSource {
             early_flushes: memtable.early_flushes,
             stalls: memtable.stalls,
             disk_bytes: self.store.disk_bytes(),
+            disk_free_bytes: self.store.free_disk_bytes().unwrap_or(0),
             problems: self.store.problems(),
         }))
     }

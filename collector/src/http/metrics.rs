@@ -231,7 +231,7 @@ pub(crate) fn render(mut scrape: Scrape) -> String {
 
 /// The collector's own store: memory for open windows, flushes, waits, disk.
 fn render_store(x: &mut Exposition, store: &StoreHealth) {
-    let families: [(&str, &str, &str, u64); 8] = [
+    let families: [(&str, &str, &str, u64); 9] = [
         (
             "querypulse_store_memtable_bytes",
             "gauge",
@@ -273,6 +273,12 @@ fn render_store(x: &mut Exposition, store: &StoreHealth) {
             "gauge",
             "Bytes on disk, every file of the store.",
             store.disk_bytes,
+        ),
+        (
+            "querypulse_store_disk_free_bytes",
+            "gauge",
+            "Bytes free on the store's file system; below min_free_disk_mb batches are refused.",
+            store.disk_free_bytes,
         ),
         (
             "querypulse_store_problems",

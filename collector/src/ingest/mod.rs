@@ -191,12 +191,68 @@ impl Writer {
 }
 
 fn storage_status(error: StoreError) -> Status {
-    tracing::error!(%error, "storage failed while ingesting");
-    Status::unavailable("the collector cannot store data right now; retry later")
+    match error {
+        // The writer logs the condition once, and a summary while it lasts.
+        StoreError::DiskFull(message) => Status::unavailable(format!("{message}; retry later")),
+        error => {
+            tracing::error!(%error, "storage failed while ingesting");
+            Status::unavailable("the collector cannot store data right now; retry later")
+        }
+    }
+}
+
+/// How often the writer reports, while the disk stays full, how much it
+/// refused.
+const DISK_FULL_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The writer's account of a full disk: logged when it starts, summarized
+/// every [`DISK_FULL_SUMMARY_EVERY`] while it lasts, and when it ends.
+#[derive(Default)]
+struct DiskFullLog {
+    since: Option<std::time::Instant>,
+    last_summary: Option<std::time::Instant>,
+    refused: u64,
+    refused_since_summary: u64,
+}
+
+impl DiskFullLog {
+    fn refused(&mut self, message: &str, requests: u64) {
+        let now = std::time::Instant::now();
+        if self.since.is_none() {
+            tracing::error!("{message}");
+            self.since = Some(now);
+            self.last_summary = Some(now);
+        }
+        self.refused += requests;
+        self.refused_since_summary += requests;
+        if self.last_summary.is_some_and(|at| now - at >= DISK_FULL_SUMMARY_EVERY) {
+            tracing::warn!(
+                refused = self.refused_since_summary,
+                "the disk is still full: {} batches and connections refused in the last {} s",
+                self.refused_since_summary,
+                DISK_FULL_SUMMARY_EVERY.as_secs()
+            );
+            self.last_summary = Some(now);
+            self.refused_since_summary = 0;
+        }
+    }
+
+    fn wrote(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                refused = self.refused,
+                "disk space is back: ingest resumed after {} s, {} batches and connections refused meanwhile (agents resend them)",
+                since.elapsed().as_secs(),
+                self.refused
+            );
+            *self = DiskFullLog::default();
+        }
+    }
 }
 
 fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut disk = DiskFullLog::default();
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -211,7 +267,13 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
         for request in group.drain(..) {
             match request {
                 WriteRequest::Hello { hello, reply } => {
-                    let _ = reply.send(writer.register(&hello));
+                    let registered = writer.register(&hello);
+                    match &registered {
+                        Err(StoreError::DiskFull(message)) => disk.refused(message, 1),
+                        Ok(()) => disk.wrote(),
+                        Err(_) => {}
+                    }
+                    let _ = reply.send(registered);
                 }
                 WriteRequest::Batch { request, reply } => {
                     batches.push(*request);
@@ -224,8 +286,15 @@ fn write_loop(mut writer: StoreWriter, mut rx: mpsc::Receiver<WriteRequest>) {
             // Acknowledge only what is logged on disk: one fsync covers the group.
             match writer.write(batches) {
                 Ok(outcomes) => {
+                    disk.wrote();
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(StoreError::DiskFull(message)) => {
+                    disk.refused(&message, replies.len() as u64);
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::DiskFull(message.clone())));
                     }
                 }
                 Err(error) => {
@@ -548,7 +617,13 @@ impl StreamTask {
     }
 
     async fn fail(self, status: Status) {
-        tracing::warn!(%status, "refused an agent stream");
+        // Refusals for a condition the writer reports (a full disk) would
+        // otherwise be logged once per agent and retry.
+        if status.code() == tonic::Code::Unavailable {
+            tracing::debug!(%status, "refused an agent stream");
+        } else {
+            tracing::warn!(%status, "refused an agent stream");
+        }
         let _ = self.out.send(Err(status)).await;
     }
 }

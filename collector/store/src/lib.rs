@@ -95,6 +95,9 @@ pub enum StoreError {
     /// A stored record does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The file system is (nearly) full: nothing was written.
+    #[error("disk full: {0}")]
+    DiskFull(String),
 }
 
 impl From<StoreError> for querypulse_domain::source::SourceError {
@@ -120,6 +123,12 @@ pub struct Limits {
     /// growing). A half should hold two windows of every statement series
     /// (about 600 bytes each), else flushes come before the interval ends.
     pub memtable_bytes: usize,
+    /// Free bytes kept on the store's file system: below them, batches and
+    /// new instances are refused with [`StoreError::DiskFull`] (nothing is
+    /// written, so nothing can be half written), and taken again as soon as
+    /// space returns. Running out for real would leave sled's databases
+    /// failing every write until a restart.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for Limits {
@@ -129,6 +138,7 @@ impl Default for Limits {
             max_instances_per_service: 5_000,
             max_slow_samples: 5_000,
             memtable_bytes: 1 << 30,
+            min_free_disk_bytes: 256 << 20,
         }
     }
 }
@@ -157,6 +167,8 @@ struct Shared {
     /// What was found wrong on disk when the store opened (see
     /// [`Store::problems`]).
     problems: std::sync::Mutex<Vec<String>>,
+    /// Set while the disk is too full to write (see [`Store::check_disk`]).
+    disk_full: std::sync::Mutex<Option<String>>,
 }
 
 /// The read side of the store. Cheap to clone.
@@ -210,6 +222,7 @@ impl Store {
                 clock,
                 service_totals_since,
                 problems: std::sync::Mutex::new(damaged),
+                disk_full: std::sync::Mutex::new(None),
             }),
         };
         let mut applied = write::applied_log(store.shared.registry.meta())?;
@@ -227,13 +240,49 @@ impl Store {
         Ok((store, writer))
     }
 
-    /// What was found wrong on disk when the store opened and could not be
-    /// repaired without losing data (a damaged stretch of the write-ahead
-    /// log, with the entries lost; a partition too damaged to open, moved
-    /// to `quarantine/`), each already logged as an error. Empty when all
-    /// is well.
+    /// What is wrong with the store: damage found on disk when it opened
+    /// that could not be repaired without losing data (a damaged stretch of
+    /// the write-ahead log, with the entries lost; a partition too damaged
+    /// to open, moved to `quarantine/`), each already logged as an error,
+    /// and, while it lasts, a full disk refusing writes. Empty when all is
+    /// well.
     pub fn problems(&self) -> Vec<String> {
-        self.shared.problems.lock().expect("problems lock").clone()
+        let mut problems = self.shared.problems.lock().expect("problems lock").clone();
+        if let Some(full) = self.shared.disk_full.lock().expect("disk lock").clone() {
+            problems.push(full);
+        }
+        problems
+    }
+
+    /// Bytes free for the store on its file system, if the system says.
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(&self.shared.dir).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// `Err(DiskFull)` while the store's file system has less than
+    /// [`Limits::min_free_disk_bytes`] free; the condition shows in
+    /// [`Store::problems`] until space returns.
+    pub(crate) fn check_disk(&self) -> Result<(), StoreError> {
+        let keep = self.shared.limits.min_free_disk_bytes;
+        let free = self.free_disk_bytes();
+        let mut full = self.shared.disk_full.lock().expect("disk lock");
+        match free {
+            Some(free) if free < keep => {
+                let message = format!(
+                    "the disk of {} has {} MiB free, under the {} MiB kept free: batches are refused until space is freed",
+                    self.shared.dir.display(),
+                    free >> 20,
+                    keep >> 20
+                );
+                *full = Some(message.clone());
+                Err(StoreError::DiskFull(message))
+            }
+            _ => {
+                *full = None;
+                Ok(())
+            }
+        }
     }
 
     /// Current retention settings.

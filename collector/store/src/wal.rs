@@ -38,6 +38,8 @@ pub(crate) struct Wal {
     current: File,
     current_bytes: u64,
     next_seq: u64,
+    /// A failed append could not be taken back: start a new segment.
+    rotate_after_failure: bool,
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -94,6 +96,7 @@ impl Wal {
                 current,
                 current_bytes: 0,
                 next_seq,
+                rotate_after_failure: false,
             },
             entries,
             damage,
@@ -105,8 +108,9 @@ impl Wal {
         if entries.is_empty() {
             return Ok(());
         }
-        if self.current_bytes > SEGMENT_BYTES {
+        if self.current_bytes > SEGMENT_BYTES || self.rotate_after_failure {
             self.rotate()?;
+            self.rotate_after_failure = false;
         }
         let mut frames = Out(Vec::new());
         for entry in entries.iter_mut() {
@@ -123,10 +127,24 @@ impl Wal {
         }
         let frames = frames.0;
         let path = &self.segments.last().expect("a current segment").path;
-        self.current
+        let written = self
+            .current
             .write_all(&frames)
-            .map_err(|e| io("appending to", path, e))?;
-        self.current.sync_data().map_err(|e| io("syncing", path, e))?;
+            .map_err(|e| io("appending to", path, e))
+            .and_then(|()| self.current.sync_data().map_err(|e| io("syncing", path, e)));
+        if let Err(error) = written {
+            // Nothing of a failed append may stay (a disk that filled up
+            // mid-write): later frames would follow a partial one. If even
+            // that fails, the next append goes to a fresh segment.
+            if self.current.set_len(self.current_bytes).is_err() {
+                self.rotate_after_failure = true;
+            }
+            for entry in entries.iter_mut() {
+                entry.wal_seq = 0;
+            }
+            self.next_seq -= entries.len() as u64;
+            return Err(error);
+        }
         self.current_bytes += frames.len() as u64;
         Ok(())
     }

@@ -160,6 +160,7 @@ struct Resolved<'a> {
 impl StoreWriter {
     /// Records an agent's `Hello`.
     pub fn register(&mut self, hello: &Hello) -> Result<(), StoreError> {
+        self.store.check_disk()?;
         self.store.registry().register(hello, self.store.now_ms())
     }
 
@@ -167,6 +168,7 @@ impl StoreWriter {
     /// group. Outcomes are in request order. An error means nothing of the
     /// group may be acknowledged (the agents resend; duplicates are caught).
     pub fn write(&mut self, requests: Vec<BatchRequest>) -> Result<Vec<ApplyOutcome>, StoreError> {
+        self.store.check_disk()?;
         let now_ms = self.store.now_ms();
         let registry = self.store.registry();
         let limits = self.store.limits();

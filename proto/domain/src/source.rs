@@ -759,6 +759,8 @@ pub struct StoreHealth {
     pub stalls: u64,
     /// Bytes on disk, every file of the store.
     pub disk_bytes: u64,
+    /// Bytes free on the store's file system (0 when unknown).
+    pub disk_free_bytes: u64,
     /// What is wrong with the store (damage found on disk, with what was
     /// lost); empty when all is well.
     pub problems: Vec<String>,
