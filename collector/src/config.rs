@@ -37,8 +37,12 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Address of the HTTP API and dashboard; port 0 picks a free port.
     pub http_listen: SocketAddr,
-    /// When set, agents must present this bearer token.
+    /// When set, agents must present this bearer token (or one of
+    /// `ingest_tokens`); it may report for any service.
     pub ingest_token: Option<String>,
+    /// Tokens that may report only for some services (`[[ingest_tokens]]`).
+    /// When any token is set, agents must present one.
+    pub ingest_tokens: Vec<ScopedToken>,
     /// Token for changes through the API; without it the API is read-only.
     pub admin_token: Option<String>,
     /// Largest gRPC message accepted.
@@ -67,6 +71,7 @@ impl Config {
             grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default address"),
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
             ingest_token: None,
+            ingest_tokens: Vec::new(),
             admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             limits: IngestLimits::default(),
@@ -87,6 +92,57 @@ impl Config {
     }
 }
 
+/// An ingest token that may report only for some services: a stream whose
+/// `Hello` names another service is refused with `PERMISSION_DENIED`, so a
+/// leaked token cannot pollute or impersonate the rest of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// The bearer token.
+    pub token: String,
+    /// Service names it may report for; `*` matches any run of characters
+    /// (`billing-*`).
+    pub services: Vec<String>,
+}
+
+impl ScopedToken {
+    /// Whether the token may report for `service`.
+    pub fn allows(&self, service: &str) -> bool {
+        self.services.iter().any(|pattern| glob_matches(pattern, service))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.token.trim().is_empty() {
+            return Err("token must not be empty".into());
+        }
+        if self.services.is_empty() || self.services.iter().any(|s| s.is_empty()) {
+            return Err("services must list at least one service name or pattern, none empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else
+/// matches itself.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// The config file (`querypulse.toml`); every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +155,8 @@ pub struct FileConfig {
     pub http_listen: Option<SocketAddr>,
     /// See [`Config::ingest_token`].
     pub ingest_token: Option<String>,
+    /// See [`Config::ingest_tokens`].
+    pub ingest_tokens: Option<Vec<ScopedToken>>,
     /// See [`Config::admin_token`].
     pub admin_token: Option<String>,
     /// See [`Config::max_message_bytes`].
@@ -250,6 +308,12 @@ impl FileConfig {
             }
             file.destinations = destinations;
         }
+        for (i, scoped) in file.ingest_tokens.iter().flatten().enumerate() {
+            scoped.validate().map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message: format!("[[ingest_tokens]] {}: {message}", i + 1),
+            })?;
+        }
         if let Some(retention) = &file.retention {
             retention.validate().map_err(|e| ConfigError::Parse {
                 path: path.into(),
@@ -272,6 +336,9 @@ impl FileConfig {
         }
         if let Some(v) = self.ingest_token {
             config.ingest_token = Some(v);
+        }
+        if let Some(v) = self.ingest_tokens {
+            config.ingest_tokens = v;
         }
         if let Some(v) = self.admin_token {
             config.admin_token = Some(v);
@@ -304,6 +371,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scoped_tokens_match_names_and_patterns() {
+        let token = ScopedToken {
+            token: "t".into(),
+            services: vec!["checkout".into(), "billing-*".into(), "*-eu".into(), "a*b*c".into()],
+        };
+        for allowed in [
+            "checkout",
+            "billing-",
+            "billing-us",
+            "orders-eu",
+            "abc",
+            "aXbYc",
+            "abbc",
+        ] {
+            assert!(token.allows(allowed), "{allowed}");
+        }
+        for refused in ["checkout2", "xcheckout", "billing", "ledger", "eu", "ab", "acb", "abcd"] {
+            assert!(!token.allows(refused), "{refused}");
+        }
+        assert!(
+            ScopedToken {
+                token: "".into(),
+                services: vec!["a".into()]
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ScopedToken {
+                token: "t".into(),
+                services: vec![]
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
     fn the_example_config_file_parses() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/querypulse.toml");
         let file = FileConfig::load(&example).unwrap();
@@ -311,6 +416,31 @@ mod tests {
         file.apply(&mut config);
         assert_eq!(config.grpc_listen.port(), 7171);
         assert_eq!(config.store_limits.memtable_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn ingest_tokens_tables_are_scoped_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            "ingest_token = \"fleet\"\n[[ingest_tokens]]\ntoken = \"t1\"\nservices = [\"checkout\", \"billing-*\"]\n",
+        )
+        .unwrap();
+        let mut config = Config::new(DEFAULT_DATA_DIR);
+        FileConfig::load(&path).unwrap().apply(&mut config);
+        assert_eq!(config.ingest_token.as_deref(), Some("fleet"));
+        assert_eq!(config.ingest_tokens.len(), 1);
+        assert!(config.ingest_tokens[0].allows("billing-eu"));
+        for bad in [
+            "[[ingest_tokens]]\ntoken = \"\"\nservices = [\"a\"]\n",
+            "[[ingest_tokens]]\ntoken = \"t\"\nservices = []\n",
+            "[[ingest_tokens]]\ntoken = \"t\"\n",
+            "[[ingest_tokens]]\ntoken = \"t\"\nservices = [\"a\"]\nscope = 1\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(FileConfig::load(&path).is_err(), "{bad}");
+        }
     }
 
     #[test]

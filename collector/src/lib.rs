@@ -29,7 +29,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use adapters::source::StoreSource;
 pub use cli::main;
-pub use config::Config;
+pub use config::{Config, ScopedToken};
 pub use demo::Demo;
 pub use http::serve::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS};
 use ingest::{IngestGrpc, IngestService, Writer};
@@ -174,6 +174,7 @@ impl Collector {
             writer,
             store.clone(),
             config.ingest_token.clone(),
+            config.ingest_tokens.clone(),
             config.limits,
             agent_settings_rx,
             shutdown_rx.clone(),

@@ -829,3 +829,79 @@ async fn idle_http_connections_starve_nothing_and_are_closed() {
     );
     collector.stop().await;
 }
+
+/// Opens a stream with `token` and says `hello`; the status the collector
+/// ends it with, if it refuses it, or `None` when it stays open.
+async fn hello_with_token(endpoint: &str, token: &str, service: &str) -> Option<tonic::Status> {
+    let mut client = IngestClient::connect(endpoint.to_owned()).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = Hello {
+        service: service.into(),
+        instance_id: format!("{service}-1"),
+        ..Hello::default()
+    };
+    tx.send(wire::AgentMessage {
+        kind: Some(wire::agent_message::Kind::Hello((&hello).into())),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut inbound = match client.report(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Some(status),
+    };
+    // A refused hello ends the stream at once; an accepted one keeps it
+    // open (nothing to read until a batch).
+    match tokio::time::timeout(Duration::from_millis(500), inbound.message()).await {
+        Ok(Err(status)) => Some(status),
+        Ok(Ok(_)) | Err(_) => {
+            drop(tx);
+            None
+        }
+    }
+}
+
+/// A token scoped to some services reports for them only: a leaked one
+/// cannot pollute or impersonate the rest of the fleet. The fleet-wide
+/// token reports for any service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_ingest_tokens_report_only_for_their_services() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = querypulse_collector::Config::ephemeral(data.path());
+    config.ingest_token = Some("fleet".into());
+    config.ingest_tokens = vec![querypulse_collector::ScopedToken {
+        token: "checkout-team".into(),
+        services: vec!["checkout".into(), "billing-*".into()],
+    }];
+    let collector = TestCollector::start_with(config).await;
+    let endpoint = collector.endpoint();
+
+    assert!(hello_with_token(&endpoint, "checkout-team", "checkout").await.is_none());
+    assert!(
+        hello_with_token(&endpoint, "checkout-team", "billing-eu")
+            .await
+            .is_none()
+    );
+    let denied = hello_with_token(&endpoint, "checkout-team", "ledger")
+        .await
+        .expect("another service is refused");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    assert!(denied.message().contains("ledger"), "{denied}");
+    assert!(hello_with_token(&endpoint, "fleet", "ledger").await.is_none());
+    let unknown = hello_with_token(&endpoint, "guess", "checkout").await.expect("refused");
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown}");
+
+    // A real agent with the scoped token reports for its own service.
+    let member = Agent::builder("checkout")
+        .endpoint(endpoint.clone())
+        .token("checkout-team")
+        .start()
+        .unwrap();
+    member.record_query("select 1", Duration::from_millis(1), Outcome::OK);
+    member.flush().await.expect("acknowledged for its own service");
+    member.shutdown().await.unwrap();
+    collector.stop().await;
+}

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tonic::Status;
 
 use crate::agent_settings::AgentSettings;
+use crate::config::ScopedToken;
 use querypulse_store::{ApplyOutcome, BatchRequest, Store, StoreError, StoreWriter};
 pub(crate) use wire_format::IngestGrpc;
 use wire_format::MessageReader;
@@ -319,6 +320,7 @@ pub(crate) struct IngestService {
     writer: Writer,
     store: Store,
     token: Option<String>,
+    scoped: Vec<Arc<ScopedToken>>,
     limits: IngestLimits,
     settings: watch::Receiver<AgentSettings>,
     shutdown: watch::Receiver<bool>,
@@ -332,6 +334,7 @@ impl IngestService {
         writer: Writer,
         store: Store,
         token: Option<String>,
+        scoped: Vec<ScopedToken>,
         limits: IngestLimits,
         settings: watch::Receiver<AgentSettings>,
         shutdown: watch::Receiver<bool>,
@@ -340,6 +343,7 @@ impl IngestService {
             writer,
             store,
             token,
+            scoped: scoped.into_iter().map(Arc::new).collect(),
             budget: Arc::new(Semaphore::new(limits.pending_bytes.clamp(1, Semaphore::MAX_PERMITS))),
             text_bytes: Arc::new(AtomicUsize::new(0)),
             limits,
@@ -348,28 +352,38 @@ impl IngestService {
         }
     }
 
-    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Status> {
-        let Some(expected) = &self.token else {
-            return Ok(());
-        };
+    /// Checks the stream's bearer token; returns the services it may
+    /// report for (`None`: any).
+    pub(crate) fn authorize(&self, headers: &http::HeaderMap) -> Result<Option<Arc<ScopedToken>>, Status> {
+        if self.token.is_none() && self.scoped.is_empty() {
+            return Ok(None);
+        }
         let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
-        if querypulse_domain::token::tokens_match(presented, expected) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("the bearer token is not valid"))
+        let matches = |expected: &str| querypulse_domain::token::tokens_match(presented, expected);
+        if self.token.as_deref().is_some_and(matches) {
+            return Ok(None);
+        }
+        match self.scoped.iter().find(|scoped| matches(&scoped.token)) {
+            Some(scoped) => Ok(Some(scoped.clone())),
+            None => Err(Status::unauthenticated("the bearer token is not valid")),
         }
     }
 
     /// Serves one `Report` stream from its own task; the receiver carries
     /// the replies, ending with an error status if the stream fails.
-    fn open_stream(&self, inbound: MessageReader) -> mpsc::Receiver<Result<wire::CollectorMessage, Status>> {
+    fn open_stream(
+        &self,
+        inbound: MessageReader,
+        scope: Option<Arc<ScopedToken>>,
+    ) -> mpsc::Receiver<Result<wire::CollectorMessage, Status>> {
         let (out, rx) = mpsc::channel(PIPELINE);
         let stream = StreamTask {
             inbound,
+            scope,
             out,
             writer: self.writer.clone(),
             store: self.store.clone(),
@@ -402,6 +416,8 @@ enum Pending {
 
 struct StreamTask {
     inbound: MessageReader,
+    /// The services the stream's token may report for (`None`: any).
+    scope: Option<Arc<ScopedToken>>,
     out: Outbound,
     writer: Writer,
     store: Store,
@@ -452,6 +468,16 @@ impl StreamTask {
                 Err(error) => return self.fail(Status::invalid_argument(error.to_string())).await,
             },
         };
+        if let Some(scope) = self.scope.clone()
+            && !scope.allows(&hello.service)
+        {
+            return self
+                .fail(Status::permission_denied(format!(
+                    "this ingest token may report only for the services {:?}, not {:?}",
+                    scope.services, hello.service
+                )))
+                .await;
+        }
         if let Err(status) = self.writer.register(hello.clone()).await {
             return self.fail(status).await;
         }

@@ -65,9 +65,9 @@ impl IngestGrpc {
                 "message encoding {encoding:?} is not supported; send identity"
             )));
         }
-        self.service.authorize(headers)?;
+        let scope = self.service.authorize(headers)?;
         let inbound = MessageReader::new(request.into_body(), self.max_message_bytes);
-        let replies = self.service.open_stream(inbound);
+        let replies = self.service.open_stream(inbound, scope);
         let mut response = http::Response::new(Body::new(ReplyBody {
             replies,
             ending: None,
