@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Bearer token for changes through the API (retention, rules, …); without it the API is read-only
     #[arg(long, env = "QUERYPULSE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Bearer token for reading (the API, the dashboard, /metrics; the admin token reads too); without it reads are open
+    #[arg(long, env = "QUERYPULSE_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
     /// Seconds between alert rule evaluations [default: 10]
     #[arg(long, env = "QUERYPULSE_ALERT_EVALUATION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     alert_evaluation_secs: Option<u64>,
@@ -224,6 +227,9 @@ impl ServeArgs {
         }
         if let Some(token) = self.admin_token.filter(|t| !t.is_empty()) {
             config.admin_token = Some(token);
+        }
+        if let Some(token) = self.read_token.filter(|t| !t.is_empty()) {
+            config.read_token = Some(token);
         }
         if let Some(secs) = self.alert_evaluation_secs {
             config.alerts.evaluation_interval = std::time::Duration::from_secs(secs);

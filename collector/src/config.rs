@@ -45,6 +45,10 @@ pub struct Config {
     pub ingest_tokens: Vec<ScopedToken>,
     /// Token for changes through the API; without it the API is read-only.
     pub admin_token: Option<String>,
+    /// Token for reading (the API, the dashboard, `/metrics`; the admin
+    /// token reads too); without it reads are open to whoever reaches the
+    /// HTTP listener (by default on loopback only). `/healthz` stays open.
+    pub read_token: Option<String>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
     /// Time bounds on accepted windows.
@@ -72,6 +76,7 @@ impl Config {
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
             ingest_token: None,
             ingest_tokens: Vec::new(),
+            read_token: None,
             admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             limits: IngestLimits::default(),
@@ -159,6 +164,8 @@ pub struct FileConfig {
     pub ingest_tokens: Option<Vec<ScopedToken>>,
     /// See [`Config::admin_token`].
     pub admin_token: Option<String>,
+    /// See [`Config::read_token`].
+    pub read_token: Option<String>,
     /// See [`Config::max_message_bytes`].
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
@@ -342,6 +349,9 @@ impl FileConfig {
         }
         if let Some(v) = self.admin_token {
             config.admin_token = Some(v);
+        }
+        if let Some(v) = self.read_token.filter(|t| !t.is_empty()) {
+            config.read_token = Some(v);
         }
         if let Some(v) = self.max_message_bytes {
             config.max_message_bytes = v;

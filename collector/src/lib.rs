@@ -221,10 +221,14 @@ impl Collector {
             remote_write: remote_write_status,
         };
         let dashboard = querypulse_web::Dashboard::new(source.clone())
+            .with_read_token(config.read_token.clone())
             .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
             .with_alerting(Arc::new(admin.alerts.clone()));
-        let app = http::router(source, admin)
-            .merge(dashboard.router())
+        if config.read_token.is_none() && !http_addr.ip().is_loopback() {
+            tracing::warn!(%http_addr, "reads (the API, the dashboard, /metrics) are open to the network: set --read-token");
+        }
+        let app = dashboard
+            .guard_reads(http::router(source, admin).merge(dashboard.clone().router()))
             .layer(axum::middleware::map_response(http::security_headers));
         let http = tokio::spawn(http::serve::serve(http_listener, app, shutdown_rx));
 

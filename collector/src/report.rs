@@ -41,6 +41,9 @@ pub struct ReportArgs {
     /// The collector's HTTP address
     #[arg(long, env = "QUERYPULSE_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    /// The collector's read token (or admin token), when reads need one
+    #[arg(long, env = "QUERYPULSE_READ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Start of the range: RFC 3339 (2026-11-27T10:00:00Z) or Unix epoch milliseconds [default: 24 h before --to]
     #[arg(long)]
     pub from: Option<String>,
@@ -80,8 +83,11 @@ pub async fn fetch(args: &ReportArgs) -> anyhow::Result<String> {
     }
     let url = reqwest::Url::parse_with_params(&format!("{}/report", args.url.trim_end_matches('/')), &query)
         .with_context(|| format!("--url {:?} is not a URL", args.url))?;
-    let response = crate::http_client()
-        .get(url)
+    let mut request = crate::http_client().get(url);
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("asking the collector at {} for the report (is it running?)", args.url))?;

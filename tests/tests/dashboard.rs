@@ -317,6 +317,7 @@ async fn every_page_shows_the_apis_numbers_escapes_and_links_only_to_pages_that_
     );
     let markdown = querypulse_collector::fetch_report(&ReportArgs {
         url: collector.url(""),
+        token: None,
         from: Some(from.to_string()),
         to: Some(to.to_string()),
         service: None,
@@ -629,5 +630,89 @@ async fn the_markdown_report_shows_agent_names_as_text() {
         markdown.contains("\\<img src\\=x onerror\\=alert\\(1\\)\\>"),
         "the pool, escaped:\n{markdown}"
     );
+    collector.stop().await;
+}
+
+/// With a read token, reading needs it (or the admin token): the API and
+/// `/metrics` answer 401 without it, dashboard pages send the browser to
+/// sign in, and signing in with the read token opens a session that reads
+/// but cannot change anything. `/healthz` stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_closes_reads_to_everyone_without_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::ephemeral(data.path());
+    config.read_token = Some("reader".into());
+    config.admin_token = Some("admin".into());
+    let collector = querypulse_e2e::TestCollector::start_with(config).await;
+    let client = no_redirects();
+    let get = |path: &str, token: Option<&str>, cookie: Option<&str>| {
+        let mut request = client.get(collector.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+
+    assert_eq!(get("/healthz", None, None).await.unwrap().status(), 200);
+    for path in ["/api/v1/queries", "/api/v1/services", "/metrics"] {
+        let refused = get(path, None, None).await.unwrap();
+        assert_eq!(refused.status(), 401, "{path}");
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        assert_eq!(get(path, Some("guess"), None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(path, Some("reader"), None).await.unwrap().status(), 200, "{path}");
+        assert_eq!(get(path, Some("admin"), None).await.unwrap().status(), 200, "{path}");
+    }
+    let page = get("/queries?range=1h", None, None).await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login?next=%2Fqueries%3Frange%3D1h");
+    let login = get("/login", None, None).await.unwrap();
+    assert_eq!(login.status(), 200);
+    assert!(login.text().await.unwrap().contains("Read or admin token"));
+
+    // Signing in with the read token: pages read, changes are refused.
+    let signed_in = post(
+        &collector,
+        "/login",
+        None,
+        &[("token", "reader"), ("next", "/queries?range=1h")],
+    )
+    .await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/queries?range=1h");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        get("/queries?range=1h", None, Some(&cookie)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(get("/api/v1/queries", None, Some(&cookie)).await.unwrap().status(), 200);
+    let settings = get("/settings", None, Some(&cookie))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !settings.contains("name=\"csrf\""),
+        "a read session gets no form to change things"
+    );
+    let change = post(
+        &collector,
+        "/settings/retention",
+        Some(&cookie),
+        &[("csrf", "x"), ("raw_hours", "36")],
+    )
+    .await;
+    assert_eq!(change.status(), 403);
+    let wrong = post(&collector, "/login", None, &[("token", "guess")]).await;
+    assert_eq!(wrong.status(), 401);
     collector.stop().await;
 }

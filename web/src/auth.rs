@@ -1,9 +1,15 @@
-//! Signing in to change settings from the dashboard.
+//! Signing in to the dashboard, and who may read.
 //!
 //! The admin token is asked for once; signing in sets an `HttpOnly`,
 //! `SameSite=Strict` session cookie, and every form that changes something
-//! carries the session's CSRF token. Without a session the dashboard is
-//! read-only; without an admin token configured nobody can sign in.
+//! carries the session's CSRF token. Without an admin session the dashboard
+//! is read-only; without an admin token configured nobody can change
+//! anything.
+//!
+//! With a read token configured, reading needs it too (see
+//! [`guard_reads`]): the dashboard asks for it (or the admin token) at sign
+//! in, and the API and `/metrics` take either as a bearer token.
+//! `/healthz` and the sign-in page stay open.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -33,12 +39,16 @@ const MAX_SESSIONS: usize = 1_000;
 struct Session {
     csrf: String,
     expires_ms: i64,
+    /// Opened with the admin token (may change things), not the read token.
+    admin: bool,
 }
 
-/// The signed-in sessions, and the token that opens one.
+/// The signed-in sessions, and the tokens that open one.
 #[derive(Debug)]
 pub(crate) struct Sessions {
-    token: Option<String>,
+    pub(crate) token: Option<String>,
+    /// When set, reading needs this token (or the admin token).
+    pub(crate) read_token: Option<String>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -75,11 +85,31 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Sessions {
-    pub fn new(token: Option<String>) -> Sessions {
+    pub fn new(token: Option<String>, read_token: Option<String>) -> Sessions {
         Sessions {
             token: token.filter(|t| !t.is_empty()),
+            read_token: read_token.filter(|t| !t.is_empty()),
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `headers` may read: no read token is configured, or they
+    /// carry a live session or the read or admin token as a bearer token.
+    pub fn may_read(&self, headers: &HeaderMap) -> bool {
+        let Some(read_token) = &self.read_token else {
+            return true;
+        };
+        let now = now_ms();
+        if cookie(headers).is_some_and(|id| self.sessions().get(&id).is_some_and(|s| s.expires_ms > now)) {
+            return true;
+        }
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        bearer.is_some_and(|presented| {
+            tokens_match(presented, read_token) || self.token.as_deref().is_some_and(|t| tokens_match(presented, t))
+        })
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -91,7 +121,10 @@ impl Sessions {
         let now = now_ms();
         let csrf = cookie(headers).and_then(|id| {
             let sessions = self.sessions();
-            sessions.get(&id).filter(|s| s.expires_ms > now).map(|s| s.csrf.clone())
+            sessions
+                .get(&id)
+                .filter(|s| s.expires_ms > now && s.admin)
+                .map(|s| s.csrf.clone())
         });
         Visitor {
             csrf: csrf.filter(|_| self.token.is_some()),
@@ -120,10 +153,10 @@ impl Sessions {
         Ok(())
     }
 
-    /// Opens a session for a correct token; returns its id.
+    /// Opens a session for a correct token (admin or read); returns its id.
     fn open(&self, token: &str) -> Option<String> {
-        let expected = self.token.as_deref()?;
-        if !tokens_match(expected, token) {
+        let admin = self.token.as_deref().is_some_and(|t| tokens_match(t, token));
+        if !admin && !self.read_token.as_deref().is_some_and(|t| tokens_match(t, token)) {
             return None;
         }
         let now = now_ms();
@@ -147,6 +180,7 @@ impl Sessions {
             Session {
                 csrf: random_token(),
                 expires_ms: now + SESSION_MS,
+                admin,
             },
         );
         Some(id)
@@ -157,6 +191,41 @@ impl Sessions {
             self.sessions().remove(&id);
         }
     }
+}
+
+/// Paths anyone may request, whatever the read token says.
+fn always_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/login" | "/logout")
+}
+
+/// Lets a request through when it may read (see [`Sessions::may_read`]);
+/// otherwise the API and `/metrics` answer 401 and dashboard pages send the
+/// browser to sign in.
+pub(crate) async fn guard_reads(
+    State(dashboard): State<Dashboard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if always_open(path) || dashboard.sessions.may_read(request.headers()) {
+        return next.run(request).await;
+    }
+    if path.starts_with("/api/") || path == "/metrics" {
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({
+                "error": "reading needs the read token (or the admin token) as `Authorization: Bearer <token>`"
+            })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let next_param: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+    see_other(&format!("/login?next={next_param}"))
 }
 
 /// A redirect after a form (303, so a reload does not post again).
@@ -198,15 +267,18 @@ struct LoginPage {
     layout: Layout,
     next: String,
     error: Option<String>,
+    /// A read token is configured: signing in is needed to read.
+    reads_closed: bool,
 }
 
-pub(crate) async fn login_page(request: Request) -> Result<Response, PageError> {
+pub(crate) async fn login_page(State(dashboard): State<Dashboard>, request: Request) -> Result<Response, PageError> {
     let next = request.params.get("next").cloned();
     let layout = request.layout("Sign in", "settings", "/login", &[]);
     html(LoginPage {
         layout,
         next: local_path(next.as_deref()),
         error: None,
+        reads_closed: dashboard.sessions.read_token.is_some(),
     })
 }
 
@@ -223,7 +295,7 @@ pub(crate) async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let next = local_path(form.next.as_deref());
-    if dashboard.sessions.token.is_none() {
+    if dashboard.sessions.token.is_none() && dashboard.sessions.read_token.is_none() {
         return Err(PageError::Forbidden(
             "Changes are disabled: start the collector with --admin-token (or QUERYPULSE_ADMIN_TOKEN).".into(),
         ));
@@ -233,7 +305,12 @@ pub(crate) async fn login(
         let mut response = html(LoginPage {
             layout,
             next,
-            error: Some("That is not the admin token.".into()),
+            reads_closed: dashboard.sessions.read_token.is_some(),
+            error: Some(if dashboard.sessions.read_token.is_some() {
+                "That is neither the read token nor the admin token.".into()
+            } else {
+                "That is not the admin token.".into()
+            }),
         })?;
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(response);
@@ -287,7 +364,7 @@ mod tests {
 
     #[test]
     fn sessions_need_the_token_and_forms_need_the_sessions_csrf() {
-        let sessions = Sessions::new(Some("secret".into()));
+        let sessions = Sessions::new(Some("secret".into()), None);
         assert!(sessions.open("wrong").is_none());
         assert!(!sessions.visitor(&HeaderMap::new()).signed_in());
         let id = sessions.open("secret").unwrap();
@@ -298,7 +375,7 @@ mod tests {
         assert!(sessions.check_form(&with_cookie("guess"), &csrf).is_err());
         sessions.close(&headers);
         assert!(sessions.check_form(&headers, &csrf).is_err());
-        let read_only = Sessions::new(None);
+        let read_only = Sessions::new(None, None);
         assert!(read_only.open("").is_none());
         assert!(!read_only.visitor(&headers).writes_enabled);
     }

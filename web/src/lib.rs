@@ -47,7 +47,7 @@ impl Dashboard {
             source,
             settings: None,
             alerting: None,
-            sessions: Arc::new(auth::Sessions::new(None)),
+            sessions: Arc::new(auth::Sessions::new(None, None)),
             cache: Arc::new(cache::Cache::new(cache::DEFAULT_TTL)),
         }
     }
@@ -64,8 +64,23 @@ impl Dashboard {
     /// without one the settings are shown read-only.
     pub fn with_settings(mut self, settings: Arc<dyn Settings>, admin_token: Option<String>) -> Dashboard {
         self.settings = Some(settings);
-        self.sessions = Arc::new(auth::Sessions::new(admin_token));
+        self.sessions = Arc::new(auth::Sessions::new(admin_token, self.sessions.read_token.clone()));
         self
+    }
+
+    /// Closes reading to those with `read_token` (or the admin token):
+    /// routes wrapped by [`Dashboard::guard_reads`] answer others 401 (the
+    /// API, `/metrics`) or send them to sign in (pages). `/healthz` stays
+    /// open.
+    pub fn with_read_token(mut self, read_token: Option<String>) -> Dashboard {
+        self.sessions = Arc::new(auth::Sessions::new(self.sessions.token.clone(), read_token));
+        self
+    }
+
+    /// Wraps `router` (the dashboard's, the API's, or both merged) so that
+    /// reading needs the read token when one is set.
+    pub fn guard_reads(&self, router: Router) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(self.clone(), auth::guard_reads))
     }
 
     /// Shows the alert engine's alerts, rules, channels and silences; a
