@@ -72,6 +72,15 @@ struct ServeArgs {
     /// Bearer token for reading (the API, the dashboard, /metrics; the admin token reads too); without it reads are open
     #[arg(long, env = "QUERYPULSE_READ_TOKEN", hide_env_values = true)]
     read_token: Option<String>,
+    /// PEM certificate chain: serve both listeners over TLS (with --tls-key); reloaded on SIGHUP
+    #[arg(long, env = "QUERYPULSE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "QUERYPULSE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA: agents must present a client certificate signed by it (needs --tls-cert)
+    #[arg(long, env = "QUERYPULSE_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Seconds between alert rule evaluations [default: 10]
     #[arg(long, env = "QUERYPULSE_ALERT_EVALUATION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     alert_evaluation_secs: Option<u64>,
@@ -152,6 +161,9 @@ struct LoadgenArgs {
     /// Bearer token for the collector
     #[arg(long, env = "QUERYPULSE_INGEST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA the collector's certificate chains to, for an https:// endpoint [default: the system's roots]
+    #[arg(long, env = "QUERYPULSE_CA_CERT", value_name = "PATH")]
+    ca_cert: Option<PathBuf>,
     /// Send to this Prometheus remote-write URL instead of a collector, as
     /// classic histograms with the default buckets
     #[arg(long, value_name = "URL")]
@@ -188,7 +200,7 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 impl LoadgenArgs {
-    fn config(self) -> LoadgenConfig {
+    fn config(self) -> anyhow::Result<LoadgenConfig> {
         let target = match self.prometheus_remote_write {
             Some(url) => Target::PrometheusRemoteWrite {
                 url,
@@ -208,7 +220,11 @@ impl LoadgenArgs {
         config.backfill_ending = self.backfill_ending;
         config.in_flight = self.in_flight;
         config.report_every = Some(self.report_every);
-        config
+        if let Some(path) = &self.ca_cert {
+            config.ca_cert_pem =
+                Some(std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?);
+        }
+        Ok(config)
     }
 }
 
@@ -230,6 +246,15 @@ impl ServeArgs {
         }
         if let Some(token) = self.read_token.filter(|t| !t.is_empty()) {
             config.read_token = Some(token);
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self
+                    .client_ca
+                    .or_else(|| config.tls.as_ref().and_then(|t| t.client_ca.clone())),
+            });
         }
         if let Some(secs) = self.alert_evaluation_secs {
             config.alerts.evaluation_interval = std::time::Duration::from_secs(secs);
@@ -352,7 +377,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let summary_json = args.summary_json.clone();
-    let config = args.config();
+    let config = args.config()?;
     let target = match &config.target {
         Target::Collector { endpoint, .. } => format!("collector {endpoint}"),
         Target::PrometheusRemoteWrite { url, native: false } => format!("Prometheus remote write {url}"),
@@ -421,7 +446,7 @@ mod tests {
         else {
             panic!("1.5m is a duration")
         };
-        assert_eq!(args.config().duration, Duration::from_secs(90));
+        assert_eq!(args.config().unwrap().duration, Duration::from_secs(90));
         let refused = parse("-5s").expect_err("a negative duration is refused").to_string();
         assert!(refused.contains("must not be negative"), "{refused}");
     }
@@ -433,7 +458,7 @@ mod tests {
         let Command::Loadgen(args) = cli.command else {
             panic!("not loadgen")
         };
-        let config = args.config();
+        let config = args.config().unwrap();
         assert_eq!(
             (config.instances, config.fingerprints, config.services),
             (2000, 1000, 100)

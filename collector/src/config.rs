@@ -49,6 +49,8 @@ pub struct Config {
     /// token reads too); without it reads are open to whoever reaches the
     /// HTTP listener (by default on loopback only). `/healthz` stays open.
     pub read_token: Option<String>,
+    /// TLS on both listeners; `None` serves plain HTTP and h2c.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
     /// Time bounds on accepted windows.
@@ -77,6 +79,7 @@ impl Config {
             ingest_token: None,
             ingest_tokens: Vec::new(),
             read_token: None,
+            tls: None,
             admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             limits: IngestLimits::default(),
@@ -166,6 +169,12 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// See [`Config::read_token`].
     pub read_token: Option<String>,
+    /// PEM certificate chain for both listeners (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that agents' client certificates must be signed by.
+    pub client_ca: Option<PathBuf>,
     /// See [`Config::max_message_bytes`].
     pub max_message_bytes: Option<usize>,
     /// A window may start at most this many seconds in the future.
@@ -321,6 +330,18 @@ impl FileConfig {
                 message: format!("[[ingest_tokens]] {}: {message}", i + 1),
             })?;
         }
+        if file.tls_cert.is_some() != file.tls_key.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "tls_cert and tls_key go together".into(),
+            });
+        }
+        if file.client_ca.is_some() && file.tls_cert.is_none() {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "client_ca needs tls_cert and tls_key".into(),
+            });
+        }
         if let Some(retention) = &file.retention {
             retention.validate().map_err(|e| ConfigError::Parse {
                 path: path.into(),
@@ -352,6 +373,13 @@ impl FileConfig {
         }
         if let Some(v) = self.read_token.filter(|t| !t.is_empty()) {
             config.read_token = Some(v);
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.client_ca,
+            });
         }
         if let Some(v) = self.max_message_bytes {
             config.max_message_bytes = v;

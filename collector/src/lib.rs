@@ -14,6 +14,7 @@ mod report;
 mod settings_db;
 #[cfg(test)]
 mod store_model;
+pub mod tls;
 mod verify_cmd;
 
 use std::future::Future;
@@ -181,16 +182,30 @@ impl Collector {
         );
         let grpc_service = IngestGrpc::new(ingest, config.max_message_bytes);
         let grpc_stop = stopped(shutdown_rx.clone());
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                // What one agent may have in flight before the collector reads
-                // it: bounds the memory thousands of connections can fill.
-                .initial_connection_window_size(Some(GRPC_WINDOW_BYTES))
-                .initial_stream_window_size(Some(GRPC_WINDOW_BYTES))
-                .add_service(grpc_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop),
-        );
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = tls::Tls::load(files).map_err(CollectorError::Serve)?;
+                tls.reload_on_sighup(shutdown_rx.clone());
+                Some(tls)
+            }
+            None => None,
+        };
+        let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // What one agent may have in flight before the collector reads
+            // it: bounds the memory thousands of connections can fill.
+            .initial_connection_window_size(Some(GRPC_WINDOW_BYTES))
+            .initial_stream_window_size(Some(GRPC_WINDOW_BYTES))
+            .add_service(grpc_service);
+        let grpc = match &tls {
+            Some(tls) => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
+                http::serve::tls_incoming(grpc_listener, tls.grpc.clone(), shutdown_rx.clone()),
+                grpc_stop,
+            )),
+            None => {
+                tokio::spawn(grpc_server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop))
+            }
+        };
 
         let (alerts, alerts_task) =
             querypulse_alerts::Alerts::start(store.clone(), settings_db.pool(), &config.alerts, shutdown_rx.clone())
@@ -230,7 +245,12 @@ impl Collector {
         let app = dashboard
             .guard_reads(http::router(source, admin).merge(dashboard.clone().router()))
             .layer(axum::middleware::map_response(http::security_headers));
-        let http = tokio::spawn(http::serve::serve(http_listener, app, shutdown_rx));
+        let http = tokio::spawn(http::serve::serve(
+            http_listener,
+            app,
+            tls.map(|tls| tls.http),
+            shutdown_rx,
+        ));
 
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "collector started");
         Ok(Collector {

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use model::{ExactTally, Workload, statement_text};
 use querypulse_proto::now_ms;
@@ -100,6 +100,9 @@ pub struct LoadgenConfig {
     pub in_flight: usize,
     /// Print a progress line this often; `None` prints nothing.
     pub report_every: Option<Duration>,
+    /// PEM CA the collector's certificate must chain to, for an `https://`
+    /// endpoint; without it the system's roots are used.
+    pub ca_cert_pem: Option<Vec<u8>>,
 }
 
 impl LoadgenConfig {
@@ -118,6 +121,7 @@ impl LoadgenConfig {
             backfill_ending: Duration::ZERO,
             in_flight: DEFAULT_IN_FLIGHT,
             report_every: None,
+            ca_cert_pem: None,
         }
     }
 
@@ -467,9 +471,18 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
     let mut tasks = tokio::task::JoinSet::new();
     let samples_per_window = match &config.target {
         Target::Collector { endpoint, token } => {
-            let endpoint = Endpoint::from_shared(endpoint.clone())
+            let mut endpoint = Endpoint::from_shared(endpoint.clone())
                 .map_err(|e| LoadgenError::Endpoint(format!("{endpoint}: {e}")))?
                 .tcp_nodelay(true);
+            if endpoint.uri().scheme_str() == Some("https") {
+                let tls = match &config.ca_cert_pem {
+                    Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                    None => ClientTlsConfig::new().with_native_roots(),
+                };
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| LoadgenError::Endpoint(format!("TLS: {e}")))?;
+            }
             let token = token
                 .as_ref()
                 .map(|t| AsciiMetadataValue::try_from(format!("Bearer {t}")))

@@ -11,6 +11,8 @@
 //!   wait in the kernel's backlog instead of taking file descriptors the
 //!   agents' gRPC listener needs.
 //! - **HTTP/2 keep-alive pings**, so a peer that vanished is noticed.
+//! - **TLS** when configured (see [`crate::tls`]): then plain HTTP and h2c
+//!   are not served.
 
 use std::time::Duration;
 
@@ -31,9 +33,61 @@ pub const MAX_CONNECTIONS: usize = 1_024;
 /// take.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` turns true, then lets the
-/// requests in progress finish.
-pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections of `listener` once their TLS handshake with `acceptor` is
+/// done, for the gRPC server. Handshakes run side by side, so a slow client
+/// holds up no other; a failed one is dropped.
+pub(crate) fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                break;
+            }
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "agent TLS handshake failed"),
+                    Err(_) => tracing::debug!("agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set: then plain HTTP
+/// is not served) until `shutdown` turns true, then lets the requests in
+/// progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -79,14 +133,29 @@ pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Rece
         }
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            // Errors here are the client's (a reset, a timeout); nothing
-            // to report.
-            let _ = connection.await;
-            drop(permit);
-        });
+        match &tls {
+            None => {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    // Errors here are the client's (a reset, a timeout);
+                    // nothing to report.
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+                        return;
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection.into_owned()).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     graceful.shutdown().await;
     Ok(())

@@ -1,0 +1,244 @@
+//! TLS end to end: `querypulse serve --tls-cert --tls-key --read-token
+//! --admin-token` (its own process) answers HTTPS, refuses plain HTTP,
+//! closes reads without the token, takes the load generator's batches over
+//! gRPC with TLS, and after a SIGHUP serves a renewed certificate to new
+//! connections while the agents' streams stay up. Certificates are made by
+//! the `openssl` command for the test.
+
+#![cfg(unix)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use querypulse_loadgen::{LoadgenConfig, Target};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A test CA (`ca.pem`, `ca.key`) in `dir`.
+fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=querypulse test CA",
+        ],
+    );
+}
+
+/// A certificate for 127.0.0.1 named `cn`, signed by the CA, written to
+/// `server.pem` / `server.key`.
+fn make_server_cert(dir: &Path, cn: &str) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "next.key",
+            "-out",
+            "next.csr",
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "next.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "next.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    std::fs::rename(dir.join("next.pem"), dir.join("server.pem")).unwrap();
+    std::fs::rename(dir.join("next.key"), dir.join("server.key")).unwrap();
+}
+
+/// The certificate a new HTTPS connection is served (a client of its own:
+/// a resumed TLS session would show the certificate of the first).
+async fn served_certificate(ca: &[u8], http: u16) -> Vec<u8> {
+    let client = querypulse_collector::http_client_builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca).unwrap()])
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("https://127.0.0.1:{http}/healthz"))
+        .send()
+        .await
+        .expect("HTTPS answers");
+    assert_eq!(response.status(), 200);
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate().map(<[u8]>::to_vec))
+        .expect("the peer certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_and_grpc_refuses_plain_http_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path());
+    make_server_cert(dir.path(), "first-certificate");
+    let (grpc, http) = (free_port(), free_port());
+    let collector = Process(
+        Command::new(env!("CARGO_BIN_EXE_querypulse"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--tls-cert")
+            .arg(dir.path().join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .args(["--read-token", "reader", "--admin-token", "admin"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let client = querypulse_collector::http_client_builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("https://127.0.0.1:{http}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the collector did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = served_certificate(&ca, http).await;
+    assert!(first.windows(17).any(|w| w == b"first-certificate"));
+
+    // Plain HTTP is not served; reads need the token.
+    let plain = querypulse_collector::http_client()
+        .get(format!("http://127.0.0.1:{http}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP answered"
+    );
+    let read = |token: Option<&'static str>| {
+        let mut request = client.get(format!("https://127.0.0.1:{http}/api/v1/services"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(read(None).await.unwrap().status(), 401);
+    assert_eq!(read(Some("reader")).await.unwrap().status(), 200);
+
+    // Agents over gRPC with TLS, across a certificate reload.
+    let mut load = LoadgenConfig::new(
+        4,
+        20,
+        Duration::from_secs(1),
+        Duration::from_secs(8),
+        Target::Collector {
+            endpoint: format!("https://127.0.0.1:{grpc}"),
+            token: None,
+        },
+    );
+    load.ca_cert_pem = Some(ca.clone());
+    let load = tokio::spawn(querypulse_loadgen::run(load));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    make_server_cert(dir.path(), "renewed-certificate");
+    let hup = Command::new("kill")
+        .args(["-HUP", &collector.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = served_certificate(&ca, http).await;
+        if served.windows(19).any(|w| w == b"renewed-certificate") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the renewed certificate was not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = load.await.unwrap().expect("the load generator runs over TLS");
+    assert!(report.totals.batches_acked > 0, "{:?}", report.totals);
+    assert_eq!(report.totals.unacked_at_end, 0, "{:?}", report.totals);
+    assert_eq!(
+        report.totals.reconnects, 0,
+        "the reload dropped agent streams: {:?}",
+        report.totals
+    );
+
+    // A plain-text gRPC agent is not served.
+    let mut plain = LoadgenConfig::new(
+        1,
+        5,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        Target::Collector {
+            endpoint: format!("http://127.0.0.1:{grpc}"),
+            token: None,
+        },
+    );
+    plain.services = 1;
+    let plain = querypulse_loadgen::run(plain).await.expect("the load generator runs");
+    assert_eq!(plain.totals.batches_acked, 0, "{:?}", plain.totals);
+}
