@@ -47,6 +47,8 @@ pub struct AgentBuilder {
     service: String,
     endpoint: String,
     token: Option<String>,
+    /// PEM CA for an `https://` endpoint (else the system's roots).
+    tls_ca_cert: Option<Vec<u8>>,
     interval: Duration,
     db_system: DbSystem,
     labels: BTreeMap<String, String>,
@@ -68,6 +70,7 @@ impl AgentBuilder {
             service,
             endpoint: DEFAULT_ENDPOINT.to_owned(),
             token: None,
+            tls_ca_cert: None,
             interval: DEFAULT_INTERVAL,
             db_system: DbSystem::Unspecified,
             labels: BTreeMap::new(),
@@ -91,6 +94,7 @@ impl AgentBuilder {
     /// | `QUERYPULSE_SERVICE` | service name (overrides `service`) |
     /// | `QUERYPULSE_ENDPOINT` | [`endpoint`](Self::endpoint) |
     /// | `QUERYPULSE_TOKEN` | [`token`](Self::token) |
+    /// | `QUERYPULSE_CA_CERT` | [`tls_ca_cert`](Self::tls_ca_cert), read from this PEM file |
     /// | `QUERYPULSE_INTERVAL_MS` | [`interval`](Self::interval) |
     /// | `QUERYPULSE_SLOW_THRESHOLD_MS` | [`slow_threshold`](Self::slow_threshold) |
     /// | `QUERYPULSE_MAX_FINGERPRINTS` | [`max_fingerprints`](Self::max_fingerprints) |
@@ -115,6 +119,12 @@ impl AgentBuilder {
             builder.endpoint = v;
         }
         builder.token = get("QUERYPULSE_TOKEN").filter(|t| !t.is_empty());
+        if let Some(path) = get("QUERYPULSE_CA_CERT").filter(|p| !p.is_empty()) {
+            builder.tls_ca_cert = Some(
+                std::fs::read(&path)
+                    .map_err(|e| AgentError::InvalidConfig(format!("QUERYPULSE_CA_CERT {path}: {e}")))?,
+            );
+        }
         if let Some(v) = get("QUERYPULSE_INTERVAL_MS") {
             builder.interval = Duration::from_millis(parse("QUERYPULSE_INTERVAL_MS", v)?);
         }
@@ -150,6 +160,13 @@ impl AgentBuilder {
     /// Bearer token the collector requires (its `--ingest-token`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// PEM certificate of the CA the collector's certificate chains to, for
+    /// an `https://` endpoint; without it the system's roots are used.
+    pub fn tls_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_cert = Some(pem.into());
         self
     }
 
@@ -237,12 +254,22 @@ impl AgentBuilder {
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return Err(AgentError::InvalidConfig("backoff needs 0 < initial <= max".into()));
         }
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| AgentError::InvalidEndpoint(format!("{}: {e}", self.endpoint)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if endpoint.uri().scheme_str() == Some("https") {
+            let tls = match &self.tls_ca_cert {
+                Some(pem) => tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| AgentError::InvalidEndpoint(format!("{}: TLS: {e}", self.endpoint)))?;
+        }
         let token = self
             .token
             .as_ref()

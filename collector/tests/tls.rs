@@ -227,6 +227,16 @@ async fn tls_serves_https_and_grpc_refuses_plain_http_and_reloads_on_sighup() {
         report.totals
     );
 
+    // The embedded agent, given the CA.
+    let agent = querypulse_agent::Agent::builder("tls-service")
+        .endpoint(format!("https://127.0.0.1:{grpc}"))
+        .tls_ca_cert(ca.clone())
+        .start()
+        .unwrap();
+    agent.record_query("select 1", Duration::from_millis(2), querypulse_agent::Outcome::OK);
+    agent.flush().await.expect("acknowledged over TLS");
+    agent.shutdown().await.unwrap();
+
     // A plain-text gRPC agent is not served.
     let mut plain = LoadgenConfig::new(
         1,
