@@ -49,6 +49,9 @@ pub struct AgentBuilder {
     token: Option<String>,
     /// PEM CA for an `https://` endpoint (else the system's roots).
     tls_ca_cert: Option<Vec<u8>>,
+    /// PEM certificate chain and key presented to a collector that asks
+    /// for client certificates.
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     interval: Duration,
     db_system: DbSystem,
     labels: BTreeMap<String, String>,
@@ -71,6 +74,7 @@ impl AgentBuilder {
             endpoint: DEFAULT_ENDPOINT.to_owned(),
             token: None,
             tls_ca_cert: None,
+            tls_identity: None,
             interval: DEFAULT_INTERVAL,
             db_system: DbSystem::Unspecified,
             labels: BTreeMap::new(),
@@ -95,6 +99,7 @@ impl AgentBuilder {
     /// | `QUERYPULSE_ENDPOINT` | [`endpoint`](Self::endpoint) |
     /// | `QUERYPULSE_TOKEN` | [`token`](Self::token) |
     /// | `QUERYPULSE_CA_CERT` | [`tls_ca_cert`](Self::tls_ca_cert), read from this PEM file |
+    /// | `QUERYPULSE_CLIENT_CERT`, `QUERYPULSE_CLIENT_KEY` | [`tls_client_identity`](Self::tls_client_identity), read from these PEM files |
     /// | `QUERYPULSE_INTERVAL_MS` | [`interval`](Self::interval) |
     /// | `QUERYPULSE_SLOW_THRESHOLD_MS` | [`slow_threshold`](Self::slow_threshold) |
     /// | `QUERYPULSE_MAX_FINGERPRINTS` | [`max_fingerprints`](Self::max_fingerprints) |
@@ -119,6 +124,26 @@ impl AgentBuilder {
             builder.endpoint = v;
         }
         builder.token = get("QUERYPULSE_TOKEN").filter(|t| !t.is_empty());
+        let read = |variable: &str, path: &str| {
+            std::fs::read(path).map_err(|e| AgentError::InvalidConfig(format!("{variable} {path}: {e}")))
+        };
+        match (
+            get("QUERYPULSE_CLIENT_CERT").filter(|p| !p.is_empty()),
+            get("QUERYPULSE_CLIENT_KEY").filter(|p| !p.is_empty()),
+        ) {
+            (Some(cert), Some(key)) => {
+                builder.tls_identity = Some((
+                    read("QUERYPULSE_CLIENT_CERT", &cert)?,
+                    read("QUERYPULSE_CLIENT_KEY", &key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(AgentError::InvalidConfig(
+                    "QUERYPULSE_CLIENT_CERT and QUERYPULSE_CLIENT_KEY go together".into(),
+                ));
+            }
+        }
         if let Some(path) = get("QUERYPULSE_CA_CERT").filter(|p| !p.is_empty()) {
             builder.tls_ca_cert = Some(
                 std::fs::read(&path)
@@ -167,6 +192,13 @@ impl AgentBuilder {
     /// an `https://` endpoint; without it the system's roots are used.
     pub fn tls_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_ca_cert = Some(pem.into());
+        self
+    }
+
+    /// PEM certificate chain and private key presented to a collector that
+    /// asks agents for client certificates (its `--client-ca`).
+    pub fn tls_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -261,11 +293,14 @@ impl AgentBuilder {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if endpoint.uri().scheme_str() == Some("https") {
-            let tls = match &self.tls_ca_cert {
+            let mut tls = match &self.tls_ca_cert {
                 Some(pem) => tonic::transport::ClientTlsConfig::new()
                     .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
                 None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
             };
+            if let Some((cert, key)) = &self.tls_identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| AgentError::InvalidEndpoint(format!("{}: TLS: {e}", self.endpoint)))?;

@@ -164,6 +164,12 @@ struct LoadgenArgs {
     /// PEM CA the collector's certificate chains to, for an https:// endpoint [default: the system's roots]
     #[arg(long, env = "QUERYPULSE_CA_CERT", value_name = "PATH")]
     ca_cert: Option<PathBuf>,
+    /// PEM client certificate for a collector that asks for one (its --client-ca)
+    #[arg(long, env = "QUERYPULSE_CLIENT_CERT", value_name = "PATH", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(long, env = "QUERYPULSE_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Send to this Prometheus remote-write URL instead of a collector, as
     /// classic histograms with the default buckets
     #[arg(long, value_name = "URL")]
@@ -220,6 +226,10 @@ impl LoadgenArgs {
         config.backfill_ending = self.backfill_ending;
         config.in_flight = self.in_flight;
         config.report_every = Some(self.report_every);
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+            config.client_identity_pem = Some((read(cert)?, read(key)?));
+        }
         if let Some(path) = &self.ca_cert {
             config.ca_cert_pem =
                 Some(std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?);

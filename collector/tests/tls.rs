@@ -107,6 +107,49 @@ fn make_server_cert(dir: &Path, cn: &str) {
     std::fs::rename(dir.join("next.key"), dir.join("server.key")).unwrap();
 }
 
+/// A client certificate named `cn`, signed by the CA: `client.pem`,
+/// `client.key`.
+fn make_client_cert(dir: &Path, cn: &str) {
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+}
+
 /// The certificate a new HTTPS connection is served (a client of its own:
 /// a resumed TLS session would show the certificate of the first).
 async fn served_certificate(ca: &[u8], http: u16) -> Vec<u8> {
@@ -251,4 +294,91 @@ async fn tls_serves_https_and_grpc_refuses_plain_http_and_reloads_on_sighup() {
     plain.services = 1;
     let plain = querypulse_loadgen::run(plain).await.expect("the load generator runs");
     assert_eq!(plain.totals.batches_acked, 0, "{:?}", plain.totals);
+}
+
+/// With `--client-ca`, agents must present a certificate signed by that CA:
+/// without one nothing gets through, with one the load generator and the
+/// embedded agent report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_with_a_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path());
+    make_server_cert(dir.path(), "collector");
+    make_client_cert(dir.path(), "agent-1");
+    let (grpc, http) = (free_port(), free_port());
+    let _collector = Process(
+        Command::new(env!("CARGO_BIN_EXE_querypulse"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--tls-cert")
+            .arg(dir.path().join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .arg("--client-ca")
+            .arg(dir.path().join("ca.pem"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let identity = (
+        std::fs::read(dir.path().join("client.pem")).unwrap(),
+        std::fs::read(dir.path().join("client.key")).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_certificate_or_none(&ca, http).await.is_none() {
+        assert!(Instant::now() < deadline, "the collector did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = |identity: Option<(Vec<u8>, Vec<u8>)>| {
+        let mut load = LoadgenConfig::new(
+            2,
+            5,
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            Target::Collector {
+                endpoint: format!("https://127.0.0.1:{grpc}"),
+                token: None,
+            },
+        );
+        load.services = 1;
+        load.ca_cert_pem = Some(ca.clone());
+        load.client_identity_pem = identity;
+        querypulse_loadgen::run(load)
+    };
+    let without = run(None).await.expect("the load generator runs");
+    assert_eq!(without.totals.batches_acked, 0, "{:?}", without.totals);
+    let with = run(Some(identity.clone())).await.expect("the load generator runs");
+    assert!(with.totals.batches_acked > 0, "{:?}", with.totals);
+    assert_eq!(with.totals.unacked_at_end, 0, "{:?}", with.totals);
+
+    let agent = querypulse_agent::Agent::builder("mtls-service")
+        .endpoint(format!("https://127.0.0.1:{grpc}"))
+        .tls_ca_cert(ca.clone())
+        .tls_client_identity(identity.0, identity.1)
+        .start()
+        .unwrap();
+    agent.record_query("select 1", Duration::from_millis(2), querypulse_agent::Outcome::OK);
+    agent.flush().await.expect("acknowledged with a client certificate");
+    agent.shutdown().await.unwrap();
+}
+
+/// Whether the HTTPS listener answers yet.
+async fn served_certificate_or_none(ca: &[u8], http: u16) -> Option<()> {
+    let client = querypulse_collector::http_client_builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca).unwrap()])
+        .build()
+        .unwrap();
+    client
+        .get(format!("https://127.0.0.1:{http}/healthz"))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())
+        .map(|_| ())
 }

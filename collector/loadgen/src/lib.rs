@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use model::{ExactTally, Workload, statement_text};
 use querypulse_proto::now_ms;
@@ -103,6 +103,9 @@ pub struct LoadgenConfig {
     /// PEM CA the collector's certificate must chain to, for an `https://`
     /// endpoint; without it the system's roots are used.
     pub ca_cert_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and key presented to a collector that asks
+    /// for client certificates.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl LoadgenConfig {
@@ -122,6 +125,7 @@ impl LoadgenConfig {
             in_flight: DEFAULT_IN_FLIGHT,
             report_every: None,
             ca_cert_pem: None,
+            client_identity_pem: None,
         }
     }
 
@@ -475,10 +479,13 @@ pub async fn run(config: LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
                 .map_err(|e| LoadgenError::Endpoint(format!("{endpoint}: {e}")))?
                 .tcp_nodelay(true);
             if endpoint.uri().scheme_str() == Some("https") {
-                let tls = match &config.ca_cert_pem {
+                let mut tls = match &config.ca_cert_pem {
                     Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                     None => ClientTlsConfig::new().with_native_roots(),
                 };
+                if let Some((cert, key)) = &config.client_identity_pem {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
                 endpoint = endpoint
                     .tls_config(tls)
                     .map_err(|e| LoadgenError::Endpoint(format!("TLS: {e}")))?;
