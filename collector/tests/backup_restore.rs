@@ -7,26 +7,14 @@
 
 #![cfg(unix)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::{Process, free_port, total_calls as calls};
 use querypulse_loadgen::{LoadgenConfig, Target};
-use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(data: &Path, grpc: u16, http: u16) -> Process {
     Process(
@@ -42,33 +30,6 @@ fn serve(data: &Path, grpc: u16, http: u16) -> Process {
             .spawn()
             .unwrap(),
     )
-}
-
-async fn calls(client: &reqwest::Client, http: u16) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = querypulse_domain::now_ms();
-        let answer = client
-            .get(format!(
-                "http://127.0.0.1:{http}/api/v1/queries?from={}&to={}",
-                now - 3_600_000,
-                now + 60_000
-            ))
-            .send()
-            .await;
-        if let Ok(response) = answer
-            && let Ok(queries) = response.json::<Value>().await
-        {
-            return queries["queries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|q| q["calls"].as_u64().unwrap())
-                .sum();
-        }
-        assert!(Instant::now() < deadline, "the collector on {http} does not answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Freezes `process`, copies `from` to `to` (`cp -a`), thaws it.

@@ -11,17 +11,15 @@
 
 #![cfg(target_os = "linux")]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Process, free_port, text, total_calls};
 use querypulse_loadgen::{LoadgenConfig, Target};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(tempfile::TempDir);
@@ -48,15 +46,6 @@ fn mount_tmpfs(size_mb: u32) -> Option<Tmpfs> {
     }
     eprintln!("skipped: mounting a tmpfs needs root; set QUERYPULSE_TEST_DISK_FULL=1 where it is available");
     None
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_kib(path: &Path) -> u64 {
@@ -154,39 +143,9 @@ async fn a_full_disk_refuses_batches_and_ingest_resumes_once_space_returns() {
     let full = health(&client, http).await;
     assert_eq!(full["status"], "degraded", "{full}");
     assert!(full["problems"][0].as_str().unwrap().contains("MiB free"), "{full}");
-    let metrics = client
-        .get(format!("http://127.0.0.1:{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, &format!("http://127.0.0.1:{http}/metrics")).await;
     assert!(metrics.contains("\nquerypulse_store_problems 1\n"), "{metrics}");
-    let calls = |queries: &Value| -> u64 {
-        queries["queries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|q| q["calls"].as_u64().unwrap())
-            .sum()
-    };
-    let read_calls = || async {
-        let now = querypulse_domain::now_ms();
-        let queries: Value = client
-            .get(format!(
-                "http://127.0.0.1:{http}/api/v1/queries?from={}&to={}",
-                now - 3_600_000,
-                now + 60_000
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        calls(&queries)
-    };
+    let read_calls = || total_calls(&client, http);
     let while_full = read_calls().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(

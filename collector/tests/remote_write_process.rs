@@ -9,27 +9,15 @@
 //!   `/metrics`, and afterwards no interval is missing and the counts are
 //!   exact.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Process, free_port, text, wait_ok};
 use querypulse_loadgen::{LoadgenConfig, Target};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(config: &Path, data: &Path, grpc: u16, http: u16) -> Process {
     Process(
@@ -51,19 +39,6 @@ fn serve(config: &Path, data: &Path, grpc: u16, http: u16) -> Process {
             .spawn()
             .expect("the collector starts"),
     )
-}
-
-async fn wait_ok(client: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(url).send().await
-            && response.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} did not answer within 30 s");
 }
 
 async fn query(client: &reqwest::Client, port: u16, promql: &str) -> Vec<Value> {
@@ -272,14 +247,7 @@ async fn a_minute_long_outage_keeps_memory_flat_and_leaves_no_gap() {
         rss.push(resident_mib(pid));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let metrics = client
-        .get(format!("http://127.0.0.1:{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, &format!("http://127.0.0.1:{http}/metrics")).await;
     let lag: f64 = metrics
         .lines()
         .find(|l| l.starts_with("querypulse_remote_write_lag_seconds{"))

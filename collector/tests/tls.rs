@@ -7,25 +7,14 @@
 
 #![cfg(unix)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Process, free_port};
 use querypulse_loadgen::{LoadgenConfig, Target};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -150,6 +139,29 @@ fn make_client_cert(dir: &Path, cn: &str) {
     );
 }
 
+/// `querypulse serve` with TLS from `dir`'s `server.pem` and `server.key`,
+/// and `extra` arguments.
+fn serve_tls(dir: &Path, grpc: u16, http: u16, extra: &[&std::ffi::OsStr]) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_querypulse"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--tls-cert")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// The certificate a new HTTPS connection is served (a client of its own:
 /// a resumed TLS session would show the certificate of the first).
 async fn served_certificate(ca: &[u8], http: u16) -> Vec<u8> {
@@ -177,24 +189,8 @@ async fn tls_serves_https_and_grpc_refuses_plain_http_and_reloads_on_sighup() {
     make_ca(dir.path());
     make_server_cert(dir.path(), "first-certificate");
     let (grpc, http) = (free_port(), free_port());
-    let collector = Process(
-        Command::new(env!("CARGO_BIN_EXE_querypulse"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .arg("--tls-cert")
-            .arg(dir.path().join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.path().join("server.key"))
-            .args(["--read-token", "reader", "--admin-token", "admin"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let tokens = ["--read-token", "reader", "--admin-token", "admin"].map(std::ffi::OsStr::new);
+    let collector = serve_tls(dir.path(), grpc, http, &tokens);
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
     let client = querypulse_collector::http_client_builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
@@ -306,24 +302,12 @@ async fn client_certificates_are_required_with_a_client_ca() {
     make_server_cert(dir.path(), "collector");
     make_client_cert(dir.path(), "agent-1");
     let (grpc, http) = (free_port(), free_port());
-    let _collector = Process(
-        Command::new(env!("CARGO_BIN_EXE_querypulse"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .arg("--tls-cert")
-            .arg(dir.path().join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.path().join("server.key"))
-            .arg("--client-ca")
-            .arg(dir.path().join("ca.pem"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let client_ca = dir.path().join("ca.pem");
+    let _collector = serve_tls(
+        dir.path(),
+        grpc,
+        http,
+        &[std::ffi::OsStr::new("--client-ca"), client_ca.as_os_str()],
     );
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
     let identity = (
