@@ -51,10 +51,10 @@ fn make_ca(dir: &Path) {
     );
 }
 
-/// A certificate for 127.0.0.1 named `cn`, signed by the CA, written to
-/// `server.pem` / `server.key`.
-fn make_server_cert(dir: &Path, cn: &str) {
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+/// A certificate named `cn`, signed by the CA, with the X.509 extensions
+/// `ext`, written to `{name}.pem` and `{name}.key`.
+fn make_cert(dir: &Path, cn: &str, name: &str, ext: &str) {
+    std::fs::write(dir.join("cert.ext"), ext).unwrap();
     openssl(
         dir,
         &[
@@ -89,54 +89,22 @@ fn make_server_cert(dir: &Path, cn: &str) {
             "-days",
             "2",
             "-extfile",
-            "san.ext",
+            "cert.ext",
         ],
     );
-    std::fs::rename(dir.join("next.pem"), dir.join("server.pem")).unwrap();
-    std::fs::rename(dir.join("next.key"), dir.join("server.key")).unwrap();
+    // Renamed into place, as a certificate renewal does.
+    std::fs::rename(dir.join("next.pem"), dir.join(format!("{name}.pem"))).unwrap();
+    std::fs::rename(dir.join("next.key"), dir.join(format!("{name}.key"))).unwrap();
 }
 
-/// A client certificate named `cn`, signed by the CA: `client.pem`,
-/// `client.key`.
+/// A certificate for 127.0.0.1 named `cn`: `server.pem` / `server.key`.
+fn make_server_cert(dir: &Path, cn: &str) {
+    make_cert(dir, cn, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+}
+
+/// A client certificate named `cn`: `client.pem` / `client.key`.
 fn make_client_cert(dir: &Path, cn: &str) {
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ],
-    );
+    make_cert(dir, cn, "client", "extendedKeyUsage=clientAuth\n");
 }
 
 /// `querypulse serve` with TLS from `dir`'s `server.pem` and `server.key`,
