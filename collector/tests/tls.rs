@@ -130,15 +130,20 @@ fn serve_tls(dir: &Path, grpc: u16, http: u16, extra: &[&std::ffi::OsStr]) -> Pr
     )
 }
 
-/// The certificate a new HTTPS connection is served (a client of its own:
-/// a resumed TLS session would show the certificate of the first).
-async fn served_certificate(ca: &[u8], http: u16) -> Vec<u8> {
-    let client = querypulse_collector::http_client_builder()
+/// A fresh HTTPS client trusting only `ca`, reporting the peer's
+/// certificate.
+fn https_client(ca: &[u8]) -> reqwest::Client {
+    querypulse_collector::http_client_builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca).unwrap()])
         .tls_info(true)
         .build()
-        .unwrap();
-    let response = client
+        .unwrap()
+}
+
+/// The certificate a new HTTPS connection is served (a client of its own:
+/// a resumed TLS session would show the certificate of the first).
+async fn served_certificate(ca: &[u8], http: u16) -> Vec<u8> {
+    let response = https_client(ca)
         .get(format!("https://127.0.0.1:{http}/healthz"))
         .send()
         .await
@@ -322,11 +327,7 @@ async fn client_certificates_are_required_with_a_client_ca() {
 
 /// Whether the HTTPS listener answers yet.
 async fn served_certificate_or_none(ca: &[u8], http: u16) -> Option<()> {
-    let client = querypulse_collector::http_client_builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca).unwrap()])
-        .build()
-        .unwrap();
-    client
+    https_client(ca)
         .get(format!("https://127.0.0.1:{http}/healthz"))
         .send()
         .await
