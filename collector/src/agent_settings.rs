@@ -10,7 +10,13 @@ const MAX_SLOW_THRESHOLD_MS: u64 = 3_600_000;
 const MAX_SAMPLES: u32 = 10_000;
 
 /// Agent settings; `null` leaves an agent's own setting alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "slow_threshold_ms": 500,
+    "max_samples_per_fingerprint": 5,
+    "max_samples_per_window": 100,
+    "interval_ms": null
+}))]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettings {
     /// Executions at least this slow are sampled as slow queries.

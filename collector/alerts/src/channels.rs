@@ -215,6 +215,15 @@ impl Channel {
 
 /// A channel as the API receives it.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "name": "ops",
+    "kind": "webhook",
+    "url": "http://127.0.0.1:9/querypulse",
+    "timeout": "2s",
+    "max_attempts": 1,
+    "repeat_interval": "1h"
+})))]
 #[serde(deny_unknown_fields)]
 pub struct ChannelInput {
     /// See [`Channel::name`].

@@ -25,6 +25,7 @@ pub struct StoredRule {
 /// One stored entry of the alert history: its id and what it records (the
 /// dashboard's [`HistoryEntry`], so both speak of the same fields).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {
     /// Id.
     pub id: i64,

@@ -142,6 +142,7 @@ fn trim(value: f64) -> String {
 
 /// Which series a rule looks at; unset fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     /// Only this service.
@@ -216,6 +217,19 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(3_600);
 /// A rule as the API receives it: every field optional so that what is
 /// missing or wrong can be named.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "name": "checkout p95",
+    "kind": "query_latency",
+    "percentile": 95,
+    "threshold": 250,
+    "window": "5m",
+    "for": "2m",
+    "scope": {"service": "checkout"},
+    "severity": "critical",
+    "labels": {"team": "payments"},
+    "channels": []
+})))]
 #[serde(deny_unknown_fields)]
 pub struct RuleInput {
     /// See [`Rule::name`].

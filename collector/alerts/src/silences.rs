@@ -128,6 +128,13 @@ impl Silence {
 
 /// A silence as the API receives it.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "matchers": [{"name": "service", "value": "checkout"}, {"name": "alertname", "op": "=~", "value": "Pool.*"}],
+    "duration": "2h",
+    "created_by": "ana",
+    "comment": "database migration"
+})))]
 #[serde(deny_unknown_fields)]
 pub struct SilenceInput {
     /// `[{"name": "service", "op": "=", "value": "checkout"}, …]`.

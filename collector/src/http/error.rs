@@ -6,7 +6,6 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use querypulse_domain::source::SourceError;
-use serde_json::json;
 
 /// Every API failure, as JSON `{"error": "..."}` with a fitting status.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +79,9 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let body = super::openapi::ErrorBody {
+            error: self.to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }

@@ -21,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use querypulse_domain::source::{QueryFilter, TimeRange};
 
 use super::error::ApiError;
-use super::params::{Parameters, Params, parse_step, summary_range};
+use super::openapi::ReadErrors;
+use super::params::{MetricsParams, Parameters, Params, parse_step, summary_range};
 use super::{Api, read};
 use crate::remote_write::DestinationStatus;
 use querypulse_domain::now_ms;
@@ -508,11 +509,21 @@ fn render_agents(x: &mut Exposition, agents: &[AgentSummary], now_ms: i64) {
 /// Statements `/metrics` exports unless `limit` says otherwise.
 pub(super) const METRICS_LIMIT: usize = 500;
 
-/// The Prometheus exposition . `window`: the trailing
-/// window, 1 minute to 1 day (default 5m); `limit`: statements exported, the
-/// ones with the most total time (1 to 100,000; default 500).
+/// The Prometheus text exposition: fleet-wide statement and pool series over
+/// a trailing window, and the collector's own health.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "collector",
+    params(MetricsParams),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
+        ReadErrors,
+    ),
+    security((), ("read_token" = []), ("admin_token" = [])),
+)]
 pub(super) async fn metrics(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
-    let params = Parameters::new(params, &["window", "limit"])?;
+    let params = Parameters::new::<MetricsParams>(params)?;
     let window_ms = match params.get("window") {
         Some(window) => parse_step(window)?,
         None => 300_000,

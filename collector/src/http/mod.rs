@@ -9,6 +9,7 @@ mod alerts;
 mod auth;
 mod error;
 pub(crate) mod metrics;
+mod openapi;
 mod params;
 mod pools;
 mod queries;
@@ -18,11 +19,12 @@ mod storage;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use querypulse_domain::source::{Source, SourceError};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::agent_settings::AgentSettings;
 use crate::settings_db::SettingsDb;
@@ -30,7 +32,7 @@ use querypulse_store::Store;
 
 pub(crate) use auth::authorize;
 pub use error::ApiError;
-pub(crate) use params::{parse_range, parse_time};
+pub(crate) use params::parse_time;
 
 /// What the API needs besides the read source: where settings live.
 #[derive(Debug, Clone)]
@@ -53,36 +55,44 @@ pub struct Admin {
 pub(crate) struct Api {
     source: Arc<dyn Source>,
     pub(crate) admin: Admin,
+    /// The OpenAPI document, as served.
+    openapi: bytes::Bytes,
+}
+
+/// The API routes and their OpenAPI document. Every route is registered
+/// through `routes!`, which takes its path and methods from the handler's
+/// `#[utoipa::path]`: a route cannot exist without its description.
+fn documented_routes() -> (Router<Api>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(queries::services))
+        .routes(routes!(queries::queries))
+        .routes(routes!(queries::query_detail))
+        .routes(routes!(queries::query_series))
+        .routes(routes!(queries::slow_queries))
+        .routes(routes!(pools::pools))
+        .routes(routes!(pools::pool_series))
+        .routes(routes!(agents::agents))
+        .routes(routes!(agents::get_agent_settings, agents::put_agent_settings))
+        .routes(routes!(storage::get_retention, storage::put_retention))
+        .routes(routes!(storage::verify_store))
+        .merge(alerts::routes())
+        .split_for_parts()
 }
 
 /// The API routes.
 pub fn router(source: Arc<dyn Source>, admin: Admin) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/v1/services", get(queries::services))
-        .route("/api/v1/queries", get(queries::queries))
-        .route("/api/v1/queries/{fingerprint}", get(queries::query_detail))
-        .route("/api/v1/queries/{fingerprint}/series", get(queries::query_series))
-        .route("/api/v1/pools", get(pools::pools))
-        .route(
-            "/api/v1/pools/{service}/{instance}/{pool}/series",
-            get(pools::pool_series),
-        )
-        .route("/api/v1/slow-queries", get(queries::slow_queries))
-        .route("/api/v1/agents", get(agents::agents))
-        .route(
-            "/api/v1/retention",
-            get(storage::get_retention).put(storage::put_retention),
-        )
-        .route("/api/v1/verify", get(storage::verify_store))
-        .route(
-            "/api/v1/agent-settings",
-            get(agents::get_agent_settings).put(agents::put_agent_settings),
-        )
-        .merge(alerts::routes())
+    let (routes, document) = documented_routes();
+    let openapi = document
+        .to_json()
+        .expect("the OpenAPI document serializes")
+        .into_bytes()
+        .into();
+    routes
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
-        .with_state(Api { source, admin })
+        .with_state(Api { source, admin, openapi })
 }
 
 /// Headers every HTTP response carries: `X-Content-Type-Options: nosniff`,
@@ -96,19 +106,36 @@ pub async fn security_headers(mut response: axum::response::Response) -> axum::r
     response
 }
 
+/// Whether the collector is well.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok`, or `degraded` when something needs an operator (the collector
+    /// still serves and ingests what it can).
+    #[schema(pattern = "^(ok|degraded)$")]
+    status: &'static str,
+    /// What is wrong, when degraded: a full disk, damaged files set aside,
+    /// a log that had to be resynchronized.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
+}
+
 /// `ok`, or `degraded` with the problems found (the collector still serves
-/// and ingests; an operator should look). Always 200: the process is alive.
-async fn healthz(State(api): State<Api>) -> Result<Json<serde_json::Value>, ApiError> {
+/// and ingests; an operator should look). Always 200 while the process is
+/// alive, and open even when reads need a token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "collector",
+    responses((status = 200, description = "OK.", body = Health)),
+)]
+async fn healthz(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
     let source = api.source.clone();
     let problems = read(move || source.store_health())
         .await?
         .map(|health| health.problems)
         .unwrap_or_default();
-    Ok(Json(if problems.is_empty() {
-        json!({ "status": "ok" })
-    } else {
-        json!({ "status": "degraded", "problems": problems })
-    }))
+    let status = if problems.is_empty() { "ok" } else { "degraded" };
+    Ok(Json(Health { status, problems }))
 }
 
 async fn unknown() -> ApiError {
@@ -124,9 +151,12 @@ async fn read<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-#[derive(Serialize)]
+/// A history in steps over a range.
+#[derive(Serialize, ToSchema)]
 struct SeriesResponse<T> {
+    /// Start of the range covered (RFC 3339).
     from: String,
+    /// End of the range covered (exclusive).
     to: String,
     #[serde(flatten)]
     series: T,

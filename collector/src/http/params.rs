@@ -13,6 +13,7 @@ use querypulse_domain::source::{Source, TimeRange};
 use super::error::ApiError;
 use super::read;
 use querypulse_domain::now_ms;
+use utoipa::IntoParams;
 
 /// Default range of reads: the last hour.
 pub(super) const DEFAULT_RANGE_MS: i64 = 3_600_000;
@@ -27,9 +28,12 @@ pub(super) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 pub(super) struct Parameters(HashMap<String, String>);
 
 impl Parameters {
-    pub(super) fn new(params: Params, known: &[&str]) -> Result<Parameters, ApiError> {
+    /// The parameters of a request whose handler accepts those `P`
+    /// describes (the same list the OpenAPI document shows).
+    pub(super) fn new<P: IntoParams>(params: Params) -> Result<Parameters, ApiError> {
         let Query(params) = params?;
-        if let Some(key) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        let known = super::openapi::parameter_names::<P>();
+        if let Some(key) = params.keys().find(|k| !known.contains(k)) {
             return Err(ApiError::BadRequest(format!(
                 "unknown parameter {key:?}; expected one of {}",
                 known.join(", ")
@@ -74,7 +78,7 @@ pub(crate) fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
 }
 
 /// The `from`/`to` range of a request; the last hour by default.
-pub(crate) fn parse_range(params: &HashMap<String, String>) -> Result<TimeRange, ApiError> {
+pub(super) fn parse_range(params: &HashMap<String, String>) -> Result<TimeRange, ApiError> {
     let now = now_ms();
     let to = params
         .get("to")
@@ -160,6 +164,114 @@ pub(super) async fn known_service(source: &Arc<dyn Source>, service: &Option<Str
         Err(ApiError::NotFound(format!("unknown service {name:?}")))
     }
 }
+// The query parameters of each read, for the OpenAPI document and for
+// refusing the names a handler does not know. Handlers read the values by
+// name through `Parameters`; these types are never built.
+
+/// Parameters of a summary over a range.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct SummaryParams {
+    /// Only this service (404 when no agent of that name ever reported).
+    service: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-11-27T10:00:00Z`) or Unix epoch
+    /// milliseconds. Default: one hour before `to`.
+    from: Option<String>,
+    /// End of the range (exclusive), as `from`. Default: now.
+    to: Option<String>,
+}
+
+/// Parameters of a statement's history.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct QuerySeriesParams {
+    /// Only this service.
+    service: Option<String>,
+    /// Start of the range: RFC 3339 or Unix epoch milliseconds. Default: one
+    /// hour before `to`.
+    from: Option<String>,
+    /// End of the range (exclusive). Default: now.
+    to: Option<String>,
+    /// Step: seconds, or a duration such as `10s`, `5m`, `1h`, `1d`; at
+    /// least 1s and at most 11,000 steps. Default: about 120 steps.
+    step: Option<String>,
+}
+
+/// Parameters of a pool's history.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct PoolSeriesParams {
+    /// Start of the range: RFC 3339 or Unix epoch milliseconds. Default: one
+    /// hour before `to`.
+    from: Option<String>,
+    /// End of the range (exclusive). Default: now.
+    to: Option<String>,
+    /// Step, as for a statement's history.
+    step: Option<String>,
+}
+
+/// Parameters of the slow-query log.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct SlowParams {
+    /// Only this service.
+    service: Option<String>,
+    /// Only this statement: 16 lowercase hex digits.
+    #[param(pattern = "^[0-9a-f]{16}$")]
+    fingerprint: Option<String>,
+    /// Most samples returned, newest first. Default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Start of the range: RFC 3339 or Unix epoch milliseconds. Default: one
+    /// hour before `to`.
+    from: Option<String>,
+    /// End of the range (exclusive). Default: now.
+    to: Option<String>,
+}
+
+/// Parameters of the agent list.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct ServiceParams {
+    /// Only this service.
+    service: Option<String>,
+}
+
+/// Parameters of the Prometheus exposition.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct MetricsParams {
+    /// Trailing window the statement and pool series cover, 1m to 1d.
+    /// Default 5m.
+    window: Option<String>,
+    /// Statements exported: the ones with the most total time. Default 500.
+    #[param(minimum = 1, maximum = 100000)]
+    limit: Option<u32>,
+}
+
+/// Parameters of the alert history.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the parameters; never built")]
+pub(super) struct HistoryParams {
+    /// Only this rule's id.
+    rule: Option<i64>,
+    /// Start of the range: RFC 3339 or Unix epoch milliseconds. Default: one
+    /// hour before `to`.
+    from: Option<String>,
+    /// End of the range (exclusive). Default: now.
+    to: Option<String>,
+    /// Most entries returned, newest first. Default 500.
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,20 +4,37 @@ use axum::Json;
 use axum::extract::{Path, State};
 use querypulse_domain::source::{PoolSeries, PoolSummary};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::params::{Parameters, Params, known_service, rfc3339, step_for, summary_range};
+use super::openapi::ReadErrors;
+use super::params::{Parameters, Params, PoolSeriesParams, SummaryParams};
+use super::params::{known_service, rfc3339, step_for, summary_range};
 use super::{Api, SeriesResponse, read};
 
-#[derive(Serialize)]
+/// Pools over a range, the busiest first.
+#[derive(Serialize, ToSchema)]
 pub(super) struct PoolsResponse {
+    /// Start of the range covered (RFC 3339).
     from: String,
+    /// End of the range covered (exclusive).
     to: String,
+    /// One per instance and pool, by peak utilization.
     pools: Vec<PoolSummary>,
 }
 
+/// Connection pools: size, idle, in use, waiting, utilization, acquire
+/// waits, timeouts, leaks and health checks over a range.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools",
+    tag = "pools",
+    params(SummaryParams),
+    responses((status = 200, description = "OK.", body = PoolsResponse), ReadErrors),
+    security((), ("read_token" = []), ("admin_token" = [])),
+)]
 pub(super) async fn pools(State(api): State<Api>, params: Params) -> Result<Json<PoolsResponse>, ApiError> {
-    let params = Parameters::new(params, &["service", "from", "to"])?;
+    let params = Parameters::new::<SummaryParams>(params)?;
     let range = summary_range(params.range()?);
     let service = params.service();
     known_service(&api.source, &service).await?;
@@ -36,12 +53,26 @@ pub(super) async fn pools(State(api): State<Api>, params: Params) -> Result<Json
     }))
 }
 
+/// One pool's history in steps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/{service}/{instance}/{pool}/series",
+    tag = "pools",
+    params(
+        ("service" = String, Path, description = "Service name."),
+        ("instance" = String, Path, description = "Instance id."),
+        ("pool" = String, Path, description = "Pool name."),
+        PoolSeriesParams,
+    ),
+    responses((status = 200, description = "OK.", body = SeriesResponse<PoolSeries>), ReadErrors),
+    security((), ("read_token" = []), ("admin_token" = [])),
+)]
 pub(super) async fn pool_series(
     State(api): State<Api>,
     Path((service, instance, pool)): Path<(String, String, String)>,
     params: Params,
 ) -> Result<Json<SeriesResponse<PoolSeries>>, ApiError> {
-    let params = Parameters::new(params, &["from", "to", "step"])?;
+    let params = Parameters::new::<PoolSeriesParams>(params)?;
     let range = params.range()?;
     let step = step_for(&params, range)?;
     let source = api.source.clone();

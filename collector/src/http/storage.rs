@@ -8,12 +8,30 @@ use axum::http::HeaderMap;
 use super::Api;
 use super::auth::authorize;
 use super::error::ApiError;
-use querypulse_store::Retention;
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
+use querypulse_store::{Retention, VerifyReport};
 
+/// How long each resolution is kept, and the store's size cap.
+#[utoipa::path(
+    get,
+    path = "/api/v1/retention",
+    tag = "storage",
+    responses((status = 200, description = "OK.", body = Retention), ReadErrors),
+    security((), ("read_token" = []), ("admin_token" = [])),
+)]
 pub(super) async fn get_retention(State(api): State<Api>) -> Json<Retention> {
     Json(api.admin.store.retention())
 }
 
+/// Changes retention; applied at once, and kept across restarts.
+#[utoipa::path(
+    put,
+    path = "/api/v1/retention",
+    tag = "storage",
+    request_body = Retention,
+    responses((status = 200, description = "The retention now in force.", body = Retention), WriteErrors),
+    security(("admin_token" = [])),
+)]
 pub(super) async fn put_retention(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -25,12 +43,21 @@ pub(super) async fn put_retention(
     Ok(Json(retention))
 }
 
-/// Checks that the store's numbers agree (`querypulse verify --url`). Reads
-/// every window held, so it needs the admin token.
-pub(super) async fn verify_store(
-    State(api): State<Api>,
-    headers: HeaderMap,
-) -> Result<Json<querypulse_store::VerifyReport>, ApiError> {
+/// Checks that the store's numbers agree (`querypulse verify --url`): rollups
+/// against raw windows, services against instances, sealed blocks against
+/// their checksums. Reads every window held, so it needs the admin token.
+#[utoipa::path(
+    get,
+    path = "/api/v1/verify",
+    tag = "storage",
+    responses(
+        (status = 200, description = "What was checked, and every disagreement found.", body = VerifyReport),
+        (status = 401, description = "No or a wrong admin token.", body = ErrorBody),
+        (status = 403, description = "The collector has no admin token.", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(super) async fn verify_store(State(api): State<Api>, headers: HeaderMap) -> Result<Json<VerifyReport>, ApiError> {
     if api.admin.token.is_none() {
         return Err(ApiError::Forbidden(
             "verifying the store reads all of it, so it needs the admin token: start the collector with \

@@ -80,7 +80,7 @@ pub use write::{ApplyOutcome, BatchRequest};
 use partition::Partitions;
 use querypulse_domain::Clock;
 use registry::Registry;
-pub use retention::{MAX_RETENTION_SECS, MIN_MAX_BYTES, Retention, RetentionError};
+pub use retention::{MAX_MAX_BYTES, MAX_RETENTION_SECS, MIN_MAX_BYTES, Retention, RetentionError};
 use wal::Wal;
 
 /// A storage failure.

@@ -11,22 +11,39 @@ const DAY: u64 = 86_400;
 pub const MAX_RETENTION_SECS: u64 = 10 * 366 * DAY;
 /// Smallest size cap accepted.
 pub const MIN_MAX_BYTES: u64 = 64 << 20;
+/// Largest size cap accepted (1 EiB): beyond any disk, and within what the
+/// settings database stores.
+pub const MAX_MAX_BYTES: u64 = 1 << 60;
 
 /// Retention settings. Data is removed in whole time partitions (raw: 6 h,
 /// 1 m: 1 day, 1 h: 30 days), so up to one partition span more than the
 /// setting stays on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "raw_seconds": 172_800,
+    "minute_seconds": 1_209_600,
+    "hour_seconds": 34_560_000,
+    "max_bytes": null
+})))]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Raw windows (as the agents sent them), seconds. Default 2 days. Also
     /// the oldest window the collector accepts from an agent.
+    #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 316_224_000))]
     pub raw_seconds: u64,
     /// 1-minute rollups, seconds. Default 14 days.
+    #[cfg_attr(feature = "openapi", schema(minimum = 3_600, maximum = 316_224_000))]
     pub minute_seconds: u64,
     /// 1-hour rollups, seconds. Default 400 days.
+    #[cfg_attr(feature = "openapi", schema(minimum = 86_400, maximum = 316_224_000))]
     pub hour_seconds: u64,
     /// Total size of the store; beyond it the oldest partitions go first.
     /// `null` for no cap.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 67_108_864_u64, maximum = 1_152_921_504_606_846_976_u64)
+    )]
     pub max_bytes: Option<u64>,
 }
 
@@ -86,10 +103,10 @@ impl Retention {
             return fail("hour_seconds must not be shorter than minute_seconds: rollups outlive raw data".into());
         }
         if let Some(bytes) = self.max_bytes
-            && bytes < MIN_MAX_BYTES
+            && !(MIN_MAX_BYTES..=MAX_MAX_BYTES).contains(&bytes)
         {
             return fail(format!(
-                "max_bytes must be at least {MIN_MAX_BYTES} (64 MiB) or null, got {bytes}"
+                "max_bytes must be from {MIN_MAX_BYTES} (64 MiB) to {MAX_MAX_BYTES} (1 EiB), or null; got {bytes}"
             ));
         }
         Ok(())
@@ -152,6 +169,14 @@ mod tests {
             (
                 Retention {
                     max_bytes: Some(1_000),
+                    ..base
+                },
+                "max_bytes",
+            ),
+            (
+                // Past what the settings database stores (a 500 once).
+                Retention {
+                    max_bytes: Some(1 << 63),
                     ..base
                 },
                 "max_bytes",

@@ -33,6 +33,7 @@ use super::{Store, StoreError};
 
 /// One disagreement: which check, on what, where, and the numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// `rollup raw→1m`, `rollup 1m→1h`, `service vs instances (raw)`,
     /// `service total vs statements (raw)`,
@@ -71,6 +72,7 @@ fn time_text(ms: i64) -> String {
 
 /// What was checked, and what disagreed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyReport {
     /// Series whose rollups were compared.
     pub series: usize,

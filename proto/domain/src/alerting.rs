@@ -33,6 +33,7 @@ pub type Labels = BTreeMap<String, String>;
 /// A pending or firing alert, as the engine holds it now. Serialized, it is
 /// an element of `GET /api/v1/alerts`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActiveAlert {
     /// Rule id.
     pub rule_id: i64,
@@ -61,9 +62,11 @@ pub struct ActiveAlert {
     /// When the condition became true (Unix epoch milliseconds; RFC 3339
     /// `active_since` in JSON).
     #[serde(rename = "active_since", serialize_with = "rfc3339_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub active_since_ms: i64,
     /// When it started firing (`firing_since` in JSON).
     #[serde(rename = "firing_since", serialize_with = "optional_rfc3339_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub firing_since_ms: Option<i64>,
     /// Whether a silence mutes its notifications.
     pub silenced: bool,
@@ -73,6 +76,7 @@ pub struct ActiveAlert {
 
 /// One entry of the alert history: a transition or a delivery.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     /// When, Unix epoch milliseconds.
     pub at_ms: i64,
@@ -97,6 +101,7 @@ pub struct HistoryEntry {
 
 /// What a rule kind measures, for the rule form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleKindInfo {
     /// Name (`query_latency`, …).
     pub name: String,
@@ -110,6 +115,7 @@ pub struct RuleKindInfo {
 
 /// Which series a rule looks at; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleScope {
     /// Only this service.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +133,7 @@ pub struct RuleScope {
 
 /// A stored rule. Serialized, it is what `/api/v1/rules` returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleInfo {
     /// Id.
     pub id: i64,
@@ -213,6 +220,7 @@ pub struct RuleDraft {
 
 /// What a dry run found for one series.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewRow {
     /// Series labels.
     pub labels: Labels,
@@ -231,6 +239,7 @@ pub struct PreviewRow {
 /// A rule evaluated now without changing anything. Serialized, it is what
 /// `POST /api/v1/rules/{id}/evaluate` returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Evaluation {
     /// Rule id.
     pub rule_id: i64,
@@ -248,6 +257,7 @@ pub struct Evaluation {
 
 /// A setting of a channel, as JSON carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum SettingValue {
     /// Not set (`null`).
@@ -283,6 +293,7 @@ impl SettingValue {
 /// A stored notification channel, secrets redacted. Serialized, it is what
 /// `/api/v1/channels` returns: the kind's settings sit beside the name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChannelInfo {
     /// Id.
     pub id: i64,
@@ -318,6 +329,7 @@ pub struct ChannelDraft {
 
 /// One label matcher of a silence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatcherInfo {
     /// Label name.
     pub name: String,
@@ -329,6 +341,7 @@ pub struct MatcherInfo {
 
 /// Where a silence is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SilenceStatus {
     /// It starts later.
@@ -358,6 +371,7 @@ impl std::fmt::Display for SilenceStatus {
 
 /// A silence. Serialized, it is what `/api/v1/silences` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SilenceInfo {
     /// Id.
     pub id: i64,
@@ -365,9 +379,11 @@ pub struct SilenceInfo {
     pub matchers: Vec<MatcherInfo>,
     /// Start (Unix epoch milliseconds; RFC 3339 `starts_at` in JSON).
     #[serde(rename = "starts_at", serialize_with = "rfc3339_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub starts_at_ms: i64,
     /// End (`ends_at` in JSON).
     #[serde(rename = "ends_at", serialize_with = "rfc3339_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub ends_at_ms: i64,
     /// Who made it.
     pub created_by: String,

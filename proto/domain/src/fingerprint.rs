@@ -87,6 +87,21 @@ impl<'de> Deserialize<'de> for Fingerprint {
     }
 }
 
+/// A fingerprint in the API: 16 lowercase hex digits.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Fingerprint {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some("^[0-9a-f]{16}$"))
+            .description(Some("Statement fingerprint: 16 lowercase hex digits."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Fingerprint {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,3 +141,4 @@ mod tests {
         );
     }
 }
+

@@ -112,6 +112,7 @@ pub fn quantile_ms(histogram: &LatencyHistogram, quantile: f64, bounds: Option<(
 /// One fingerprint of one service over a time range, every instance and window
 /// merged. Percentiles come from the merged histogram.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuerySummary {
     /// 16 hex digits.
     pub fingerprint: Fingerprint,
@@ -180,6 +181,7 @@ impl QuerySummary {
 
 /// One step of a query's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueryPoint {
     /// Step start, Unix epoch milliseconds.
     pub start_ms: i64,
@@ -215,6 +217,7 @@ impl QueryPoint {
 
 /// A query's history in steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuerySeries {
     /// Resolution the steps were built from: `raw`, `1m` or `1h`.
     pub resolution: &'static str,
@@ -226,6 +229,7 @@ pub struct QuerySeries {
 
 /// One instance's share of a fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceBreakdown {
     /// Service name.
     pub service: String,
@@ -280,6 +284,7 @@ impl InstanceBreakdown {
 
 /// Everything known about one fingerprint over a range.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueryDetail {
     /// 16 hex digits.
     pub fingerprint: Fingerprint,
@@ -294,6 +299,7 @@ pub struct QueryDetail {
 
 /// Health checks of one pool over a range.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthSummary {
     /// Checks run.
     pub checks: u64,
@@ -335,6 +341,7 @@ impl HealthSummary {
 
 /// A gauge: value at the end of the range and highest value in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GaugeSummary {
     /// Value at the end of the range.
     pub last: u32,
@@ -344,6 +351,7 @@ pub struct GaugeSummary {
 
 /// One pool of one instance over a range.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolSummary {
     /// Service name.
     pub service: String,
@@ -446,6 +454,7 @@ impl PoolSummary {
 
 /// One step of a pool's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolPoint {
     /// Step start, Unix epoch milliseconds.
     pub start_ms: i64,
@@ -505,6 +514,7 @@ impl PoolPoint {
 
 /// A pool's history in steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolSeries {
     /// Resolution the steps were built from.
     pub resolution: &'static str,
@@ -529,6 +539,7 @@ pub struct SlowFilter {
 
 /// One slow execution.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlowQuery {
     /// When it finished, Unix epoch milliseconds.
     pub at_ms: i64,
@@ -554,6 +565,7 @@ pub struct SlowQuery {
 
 /// One agent instance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentSummary {
     /// Service name.
     pub service: String,
@@ -587,6 +599,7 @@ pub struct AgentSummary {
 
 /// One service seen by the collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSummary {
     /// Service name.
     pub name: String,
@@ -602,6 +615,7 @@ pub struct ServiceSummary {
 
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AlertSeverity {
     /// For information; does not change a service's status.
@@ -614,6 +628,7 @@ pub enum AlertSeverity {
 
 /// Where an alert is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     /// The condition holds but not yet for the rule's `for`.
@@ -672,6 +687,7 @@ impl std::fmt::Display for AlertState {
 /// One alert, as the dashboard shows it: on the overview (firing), on a
 /// query's page (those that reference it) and in the report (those in range).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertSummary {
     /// The rule's name.
     pub rule: String,
@@ -714,6 +730,7 @@ impl AlertSummary {
 
 /// How far one remote-write destination has got.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemoteWriteStatus {
     /// The destination's name.
     pub name: String,
@@ -743,6 +760,7 @@ pub struct RemoteWriteStatus {
 /// How the collector's store fares: its memory for open windows (the
 /// memtable) and its disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreHealth {
     /// Bytes of open windows held in memory now (approximate).
     pub memtable_bytes: u64,

@@ -454,6 +454,7 @@ pub struct FingerprintText {
 
 /// The agent's own counters, cumulative since it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentCounters {
     /// Batches dropped from a full outbox.
     pub dropped_batches: u64,
