@@ -33,6 +33,9 @@ pub const MAX_CONNECTIONS: usize = 1_024;
 /// take.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
+/// How often, at most, reaching the connection cap is logged.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,7 +103,9 @@ pub async fn serve(
         .keep_alive_timeout(KEEP_ALIVE);
     let connections = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
-    let mut warned_full = false;
+    // When the cap was last reported: at most once a minute, so a server
+    // that runs at its limit does not fill the log.
+    let mut warned_full: Option<tokio::time::Instant> = None;
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -120,16 +125,12 @@ pub async fn serve(
                 continue;
             }
         };
-        if connections.available_permits() == 0 {
-            if !warned_full {
-                tracing::warn!(
-                    limit = MAX_CONNECTIONS,
-                    "HTTP connections at their limit; new ones wait"
-                );
-                warned_full = true;
-            }
-        } else {
-            warned_full = false;
+        if connections.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                "HTTP connections at their limit; new ones wait"
+            );
+            warned_full = Some(tokio::time::Instant::now());
         }
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());

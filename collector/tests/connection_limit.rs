@@ -1,0 +1,136 @@
+//! The HTTP listener serves at most `MAX_HTTP_CONNECTIONS` connections at
+//! once. With more than that open against a `querypulse serve` process, the
+//! collector holds no more descriptors than the cap allows, says so once in
+//! its log, keeps acknowledging agents on its gRPC listener, and answers a
+//! waiting request as soon as idle connections are closed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Process, free_port, wait_ok};
+use querypulse_collector::{HEADER_READ_TIMEOUT, MAX_HTTP_CONNECTIONS};
+use querypulse_loadgen::{LoadgenConfig, Target};
+use tokio::io::AsyncWriteExt as _;
+
+/// Connections opened: past the cap by this many.
+const PAST_THE_CAP: usize = 76;
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// This process' limit on open files, which must leave room for the
+/// connections the test holds.
+fn file_limit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_without_taking_descriptors_or_starving_ingest() {
+    let wanted = MAX_HTTP_CONNECTIONS + PAST_THE_CAP;
+    assert!(
+        file_limit() > wanted + 256,
+        "the test holds {wanted} sockets: raise the open-file limit (ulimit -n) above {}",
+        wanted + 256
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let log = dir.path().join("serve.log");
+    let collector = Process(
+        Command::new(env!("CARGO_BIN_EXE_querypulse"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--grpc-listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the collector starts"),
+    );
+    let pid = collector.0.id();
+    let client = querypulse_collector::http_client();
+    wait_ok(&client, &format!("http://127.0.0.1:{http}/healthz")).await;
+    // The client's pooled connection is idle now; the collector's baseline
+    // includes it.
+    let baseline = open_descriptors(pid);
+
+    // Connections that start a request and never finish its headers.
+    let opened = Instant::now();
+    let mut idle = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.unwrap();
+        socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        idle.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = open_descriptors(pid) - baseline;
+    assert!(
+        held <= MAX_HTTP_CONNECTIONS,
+        "{wanted} connections open: the collector holds {held} more descriptors than before, past the cap of {MAX_HTTP_CONNECTIONS}"
+    );
+    assert!(
+        held + 8 >= MAX_HTTP_CONNECTIONS - 1,
+        "only {held} of the connections were accepted: the cap should be reached"
+    );
+
+    // Agents are still acknowledged on the gRPC listener.
+    let mut load = LoadgenConfig::new(
+        3,
+        10,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+        Target::Collector {
+            endpoint: format!("http://127.0.0.1:{grpc}"),
+            token: None,
+        },
+    );
+    load.services = 1;
+    let report = tokio::time::timeout(Duration::from_secs(20), querypulse_loadgen::run(load))
+        .await
+        .expect("the load generator finishes")
+        .unwrap();
+    assert!(report.totals.batches_acked >= 3, "{}", report.summary());
+    assert_eq!(
+        (report.totals.failures, report.totals.unacked_at_end),
+        (0, 0),
+        "{}",
+        report.summary()
+    );
+
+    // A request past the cap waits for a slot, and is answered once the idle
+    // connections' header-read timeout closes them.
+    let asked = Instant::now();
+    let fresh = querypulse_collector::http_client();
+    let response = tokio::time::timeout(
+        HEADER_READ_TIMEOUT + Duration::from_secs(15),
+        fresh.get(format!("http://127.0.0.1:{http}/healthz")).send(),
+    )
+    .await
+    .expect("answered once idle connections are closed")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        opened.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "answered {:?} after the cap was reached, before any idle connection timed out",
+        asked.elapsed()
+    );
+    drop(idle);
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("HTTP connections at their limit").count(),
+        1,
+        "said once:\n{log}"
+    );
+    drop(collector);
+}
