@@ -390,4 +390,87 @@ mod tests {
         assert_eq!(replay.len(), 1);
         assert!(damage.is_empty(), "{damage:?}");
     }
+
+    /// Where the child process of
+    /// `a_failed_append_leaves_no_partial_frame_and_loses_nothing` keeps its
+    /// log; set only in that child.
+    const CHILD_DIR: &str = "QUERYPULSE_WAL_APPEND_CHILD_DIR";
+
+    /// A disk that fills up mid-append (here: the file-size limit, EFBIG):
+    /// the append fails, nothing of it stays in the file, and every entry
+    /// appended before it is read back, with no damage reported.
+    #[test]
+    fn a_failed_append_leaves_no_partial_frame_and_loses_nothing() {
+        if let Ok(dir) = std::env::var(CHILD_DIR) {
+            // The child: append groups of entries until the limit cuts one.
+            let (mut wal, _, _) = Wal::open(Path::new(&dir), 0).unwrap();
+            let mut appended = 0u64;
+            for group in 0..10_000u64 {
+                let mut entries: Vec<WalEntry> = (0..16).map(|i| entry(group * 16 + i + 1)).collect();
+                if wal.append(&mut entries).is_err() {
+                    assert!(
+                        entries.iter().all(|e| e.wal_seq == 0),
+                        "a failed append numbers nothing"
+                    );
+                    // Trying the same again fails the same way, and leaves
+                    // nothing either.
+                    let mut again: Vec<WalEntry> = (0..16).map(|i| entry(group * 16 + i + 1)).collect();
+                    assert!(wal.append(&mut again).is_err());
+                    println!("appended {appended}");
+                    return;
+                }
+                appended += 16;
+            }
+            panic!("the file-size limit never cut an append");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // SIGXFSZ ignored (inherited across exec), so a write past the limit
+        // fails with EFBIG instead of killing the process.
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"trap "" XFSZ; ulimit -f 40; exec "$0" --exact "$1" --nocapture --test-threads 1"#)
+            .arg(std::env::current_exe().unwrap())
+            .arg("wal::tests::a_failed_append_leaves_no_partial_frame_and_loses_nothing")
+            .env(CHILD_DIR, dir.path())
+            .output()
+            .expect("bash runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let appended: u64 = stdout
+            .lines()
+            // libtest may print the test's name on the same line first.
+            .find_map(|l| l.split_once("appended ").map(|(_, n)| n.trim()))
+            .expect("the child reports what it appended")
+            .parse()
+            .unwrap();
+        assert!(appended >= 16, "{stdout}");
+
+        // The log ends exactly after its last whole frame.
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(file.unwrap().path()).unwrap();
+            let mut at = 0;
+            while at < bytes.len() {
+                let (_, next) = frame_at(&bytes, at, None)
+                    .unwrap_or_else(|| panic!("a partial frame at byte {at} of {}", bytes.len()));
+                at = next;
+            }
+        }
+        let (mut wal, replay, damage) = Wal::open(dir.path(), 0).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(
+            replay.iter().map(|e| e.batch.seq).collect::<Vec<_>>(),
+            (1..=appended).collect::<Vec<_>>()
+        );
+        // With room again, appends carry on after the last good entry.
+        let mut more = vec![entry(appended + 1)];
+        wal.append(&mut more).unwrap();
+        assert_eq!(more[0].wal_seq, appended + 1);
+        drop(wal);
+        let (_, replay, _) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.len() as u64, appended + 1);
+    }
 }
