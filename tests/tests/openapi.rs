@@ -90,6 +90,14 @@ async fn the_document_lists_every_endpoint_the_readme_documents() {
             );
         }
     }
+    // Descriptions speak to API users: no rustdoc links into the code.
+    let text = document.to_string();
+    if let Some(at) = text.find("[`") {
+        panic!(
+            "a rustdoc link in the document: …{}…",
+            &text[at.saturating_sub(80)..(at + 80).min(text.len())]
+        );
+    }
     // A parameter the document does not list is refused, as documented.
     let (status, body) = collector.get("/api/v1/queries?servce=checkout").await;
     assert_eq!(status, 400, "{body}");

@@ -226,7 +226,7 @@ impl Channel {
 })))]
 #[serde(deny_unknown_fields)]
 pub struct ChannelInput {
-    /// See [`Channel::name`].
+    /// Unique name; the `receiver` of webhook payloads. Required.
     pub name: Option<String>,
     /// `webhook`, `email`, `alertmanager`, `log` or `custom`.
     pub kind: Option<String>,
@@ -256,9 +256,10 @@ pub struct ChannelInput {
     pub to: Option<Vec<String>>,
     /// Custom.
     pub handler: Option<String>,
-    /// See [`Channel::send_resolved`].
+    /// Whether resolved alerts are notified (default: yes).
     pub send_resolved: Option<bool>,
-    /// See [`Channel::repeat_interval`].
+    /// How often a still-firing alert is notified again, as `4h` or
+    /// seconds.
     pub repeat_interval: Option<Value>,
     /// Read-only, ignored (a channel read with GET can be sent back).
     pub id: Option<Value>,

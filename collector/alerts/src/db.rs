@@ -23,7 +23,7 @@ pub struct StoredRule {
 }
 
 /// One stored entry of the alert history: its id and what it records (the
-/// dashboard's [`HistoryEntry`], so both speak of the same fields).
+/// same fields the dashboard's history shows).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {

@@ -232,38 +232,46 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(3_600);
 })))]
 #[serde(deny_unknown_fields)]
 pub struct RuleInput {
-    /// See [`Rule::name`].
+    /// Unique name; the `alertname` label. Required.
     pub name: Option<String>,
-    /// See [`Rule::kind`].
+    /// What it measures: `query_latency`, `query_error_rate`,
+    /// `slow_query_count`, `pool_utilization`, `pool_acquire_wait`,
+    /// `pool_timeouts`, `health_check_failures` or `agent_silent`. Required.
     pub kind: Option<String>,
-    /// See [`Rule::threshold`].
+    /// The condition is `value >= threshold`, in the kind's unit
+    /// (milliseconds, a 0..1 rate, a count, intervals). Required.
     pub threshold: Option<f64>,
-    /// See [`Rule::percentile`].
+    /// Percentile, 0..100 exclusive: required by the latency and
+    /// acquire-wait kinds, refused by the others.
     pub percentile: Option<f64>,
-    /// See [`Rule::min_calls`].
+    /// Series with fewer executions in the window are not judged (error
+    /// rate).
     pub min_calls: Option<u64>,
-    /// See [`Rule::slow_ms`].
+    /// Latency above which an execution counts as slow (slow-query count).
     pub slow_ms: Option<f64>,
-    /// See [`Rule::forget_after`].
+    /// Instances silent longer than this are forgotten (agent silence), as
+    /// `1h` or seconds.
     pub forget_after: Option<Value>,
-    /// See [`Rule::window`].
+    /// How far back each evaluation reads, as `5m` or seconds.
     pub window: Option<Value>,
-    /// See [`Rule::for_`].
+    /// How long the condition must hold before the alert fires.
     #[serde(rename = "for")]
     pub for_: Option<Value>,
-    /// See [`Rule::keep_firing_for`].
+    /// How long a firing alert keeps firing after the condition cleared.
     pub keep_firing_for: Option<Value>,
-    /// See [`Rule::scope`].
+    /// Which series: `service`, `fingerprint`, `pool`, `instance`; unset
+    /// fields match everything.
     pub scope: Option<Scope>,
-    /// See [`Rule::severity`].
+    /// `critical`, `warning` (default) or `info`; the `severity` label.
     pub severity: Option<String>,
-    /// See [`Rule::labels`].
-    pub labels: Option<Labels>,
-    /// See [`Rule::annotations`].
+    /// Extra labels on every alert of the rule.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `summary`, `description` and any other annotation, templated
+    /// (`{{ value }}`, `{{ labels.service }}`, …).
     pub annotations: Option<BTreeMap<String, String>>,
-    /// See [`Rule::channels`].
+    /// Ids of the channels notified.
     pub channels: Option<Vec<i64>>,
-    /// See [`Rule::enabled`].
+    /// Disabled rules are not evaluated (default: enabled).
     pub enabled: Option<bool>,
     /// Read-only fields of a rule as the API returns it; ignored, so a rule
     /// read with GET can be sent back with PUT.

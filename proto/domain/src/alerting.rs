@@ -42,13 +42,13 @@ pub struct ActiveAlert {
     /// Alert id (16 hex digits), `fingerprint` in JSON as in Alertmanager.
     #[serde(rename = "fingerprint")]
     pub alert: String,
-    /// [`AlertState::Pending`] or [`AlertState::Firing`] (a silenced alert
-    /// is firing, with `silenced` set).
+    /// `pending` or `firing` (a silenced alert is firing, with `silenced`
+    /// set).
     pub state: AlertState,
     /// How urgent it is.
     pub severity: AlertSeverity,
     /// Every label.
-    pub labels: Labels,
+    pub labels: BTreeMap<String, String>,
     /// Rendered annotations (`summary`, `description`, …).
     pub annotations: BTreeMap<String, String>,
     /// Last measured value, in the rule's unit.
@@ -87,7 +87,7 @@ pub struct HistoryEntry {
     /// Alert id.
     pub alert: String,
     /// Every label of the alert.
-    pub labels: Labels,
+    pub labels: BTreeMap<String, String>,
     /// `pending`, `firing`, `resolved`, `inactive` (transitions), `notified`
     /// or `notify_failed` (deliveries).
     pub event: String,
@@ -169,7 +169,7 @@ pub struct RuleInfo {
     /// How urgent its alerts are.
     pub severity: AlertSeverity,
     /// Extra labels.
-    pub labels: Labels,
+    pub labels: BTreeMap<String, String>,
     /// Annotation templates.
     pub annotations: BTreeMap<String, String>,
     /// Channel ids notified.
@@ -209,7 +209,7 @@ pub struct RuleDraft {
     /// Severity.
     pub severity: Option<String>,
     /// Extra labels.
-    pub labels: Labels,
+    pub labels: BTreeMap<String, String>,
     /// Annotations; `None` for the kind's defaults.
     pub annotations: Option<BTreeMap<String, String>>,
     /// Channel ids.
@@ -223,7 +223,7 @@ pub struct RuleDraft {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewRow {
     /// Series labels.
-    pub labels: Labels,
+    pub labels: BTreeMap<String, String>,
     /// Measured value (`None` when the series vanished).
     pub value: Option<f64>,
     /// Measured value in the rule's unit (`None` when the series vanished).
