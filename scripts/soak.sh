@@ -8,7 +8,9 @@
 # Environment (defaults in brackets): BIN [target/release/querypulse],
 # DURATION [3600] seconds, INSTANCES [1000], FINGERPRINTS [1000] (half of the
 # 2,000 x 1,000 fleet one collector takes on two cores), INTERVAL [10s],
-# SAMPLE_EVERY [60] seconds. Ports 17471 (gRPC) and 17470 (HTTP) on
+# SAMPLE_EVERY [60] seconds, CONFIG [none] (a TOML file for `serve --config`,
+# for example a short retention so that it is reached during the run).
+# Ports 17471 (gRPC) and 17470 (HTTP) on
 # 127.0.0.1. Writes OUT_DIR/samples.csv (elapsed_s, rss_mib, disk_mib,
 # ack_p50_ms, ack_p99_ms, windows_per_s) and the collector's and load
 # generator's logs; stops by itself.
@@ -21,11 +23,12 @@ INSTANCES="${INSTANCES:-1000}"
 FINGERPRINTS="${FINGERPRINTS:-1000}"
 INTERVAL="${INTERVAL:-10s}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-60}"
+CONFIG="${CONFIG:-}"
 OUT="${1:-soak-$(date +%Y%m%dT%H%M%S)}"
 
 mkdir -p "$OUT"
 rm -rf "$OUT/data"
-"$BIN" serve --data-dir "$OUT/data" --grpc-listen 127.0.0.1:17471 --http-listen 127.0.0.1:17470 \
+"$BIN" serve ${CONFIG:+--config "$CONFIG"} --data-dir "$OUT/data" --grpc-listen 127.0.0.1:17471 --http-listen 127.0.0.1:17470 \
   >"$OUT/serve.log" 2>&1 &
 serve=$!
 trap 'kill $serve $loadgen 2>/dev/null || true' EXIT
