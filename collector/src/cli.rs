@@ -69,9 +69,12 @@ struct ServeArgs {
     /// Bearer token for changes through the API (retention, rules, …); without it the API is read-only
     #[arg(long, env = "QUERYPULSE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Bearer token for reading (the API, the dashboard, /metrics; the admin token reads too); without it reads are open
+    /// Bearer token for reading (the API, the dashboard, /metrics; the admin token reads too); without it only loopback peers read freely (others need the admin token) unless --open-reads
     #[arg(long, env = "QUERYPULSE_READ_TOKEN", hide_env_values = true)]
     read_token: Option<String>,
+    /// Without a read token, let anyone who reaches the HTTP listener read, not only loopback peers
+    #[arg(long, env = "QUERYPULSE_OPEN_READS")]
+    open_reads: bool,
     /// PEM certificate chain: serve both listeners over TLS (with --tls-key); reloaded on SIGHUP
     #[arg(long, env = "QUERYPULSE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -256,6 +259,9 @@ impl ServeArgs {
         }
         if let Some(token) = self.read_token.filter(|t| !t.is_empty()) {
             config.read_token = Some(token);
+        }
+        if self.open_reads {
+            config.open_reads = true;
         }
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             config.tls = Some(crate::tls::TlsFiles {

@@ -46,9 +46,12 @@ pub struct Config {
     /// Token for changes through the API; without it the API is read-only.
     pub admin_token: Option<String>,
     /// Token for reading (the API, the dashboard, `/metrics`; the admin
-    /// token reads too); without it reads are open to whoever reaches the
-    /// HTTP listener (by default on loopback only). `/healthz` stays open.
+    /// token reads too). Without it, reads are open to loopback peers only
+    /// (others need the admin token) unless `open_reads` is set.
+    /// `/healthz` stays open.
     pub read_token: Option<String>,
+    /// Without a read token, lets every peer read, not only loopback ones.
+    pub open_reads: bool,
     /// TLS on both listeners; `None` serves plain HTTP and h2c.
     pub tls: Option<crate::tls::TlsFiles>,
     /// Largest gRPC message accepted.
@@ -79,6 +82,7 @@ impl Config {
             ingest_token: None,
             ingest_tokens: Vec::new(),
             read_token: None,
+            open_reads: false,
             tls: None,
             admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -169,6 +173,8 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// See [`Config::read_token`].
     pub read_token: Option<String>,
+    /// See [`Config::open_reads`].
+    pub open_reads: Option<bool>,
     /// PEM certificate chain for both listeners (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -373,6 +379,9 @@ impl FileConfig {
         }
         if let Some(v) = self.read_token.filter(|t| !t.is_empty()) {
             config.read_token = Some(v);
+        }
+        if let Some(v) = self.open_reads {
+            config.open_reads = v;
         }
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             config.tls = Some(crate::tls::TlsFiles {

@@ -237,10 +237,18 @@ impl Collector {
         };
         let dashboard = querypulse_web::Dashboard::new(source.clone())
             .with_read_token(config.read_token.clone())
+            .with_loopback_reads_only(!config.open_reads)
             .with_settings(Arc::new(admin.clone()), config.admin_token.clone())
             .with_alerting(Arc::new(admin.alerts.clone()));
         if config.read_token.is_none() && !http_addr.ip().is_loopback() {
-            tracing::warn!(%http_addr, "reads (the API, the dashboard, /metrics) are open to the network: set --read-token");
+            if config.open_reads {
+                tracing::warn!(%http_addr, "reads (the API, the dashboard, /metrics) are open to the network (--open-reads)");
+            } else {
+                tracing::info!(
+                    %http_addr,
+                    "reads from other hosts need the admin token: set --read-token for readers, or --open-reads"
+                );
+            }
         }
         let app = dashboard
             .guard_reads(http::router(source, admin).merge(dashboard.clone().router()))

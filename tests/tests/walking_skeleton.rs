@@ -864,6 +864,67 @@ async fn hello_with_token(endpoint: &str, token: &str, service: &str) -> Option<
     }
 }
 
+/// This machine's address on its primary interface (not loopback), found
+/// without sending anything: a UDP socket "connected" to a documentation
+/// address only picks a route.
+fn own_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// Without a read token, reads are open to loopback peers only: a request
+/// from another address needs the admin token (pages send it to sign in),
+/// and `open_reads` opens reads to every peer. `/healthz` is always open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_other_hosts_need_a_token_unless_opened() {
+    let Some(own) = own_address() else {
+        eprintln!("skipped: this machine has no address but loopback");
+        return;
+    };
+    for open_reads in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = querypulse_collector::Config::ephemeral(data.path());
+        config.http_listen = "0.0.0.0:0".parse().unwrap();
+        config.admin_token = Some("admin".into());
+        config.open_reads = open_reads;
+        let collector = TestCollector::start_with(config).await;
+        let port = collector.collector.http_addr().port();
+        // Requests from this machine's own interface address: not loopback.
+        let other_host = querypulse_collector::http_client_builder()
+            .local_address(own)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let get = |path: &str, token: Option<&str>| {
+            let mut request = other_host.get(format!("http://{own}:{port}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        let (status, body) = get("/api/v1/services", None).await;
+        if open_reads {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(get("/", None).await.0, 200);
+        } else {
+            assert_eq!(status, 401, "{body}");
+            assert!(body.contains("--read-token") && body.contains("--open-reads"), "{body}");
+            assert_eq!(get("/metrics", None).await.0, 401);
+            assert_eq!(get("/", None).await.0, 303, "pages send the browser to sign in");
+            assert_eq!(get("/api/v1/services", Some("wrong")).await.0, 401);
+        }
+        assert_eq!(get("/api/v1/services", Some("admin")).await.0, 200);
+        assert_eq!(get("/healthz", None).await.0, 200);
+        // Loopback peers read without a token either way.
+        assert_eq!(collector.get("/api/v1/services").await.0, 200);
+        collector.stop().await;
+    }
+}
+
 /// A token scoped to some services reports for them only: a leaked one
 /// cannot pollute or impersonate the rest of the fleet. The fleet-wide
 /// token reports for any service.

@@ -49,6 +49,9 @@ pub(crate) struct Sessions {
     pub(crate) token: Option<String>,
     /// When set, reading needs this token (or the admin token).
     pub(crate) read_token: Option<String>,
+    /// Without a read token: whether peers other than loopback need the
+    /// admin token to read (they do unless reads were opened explicitly).
+    pub(crate) loopback_reads_only: bool,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -85,31 +88,38 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Sessions {
-    pub fn new(token: Option<String>, read_token: Option<String>) -> Sessions {
+    pub fn new(token: Option<String>, read_token: Option<String>, loopback_reads_only: bool) -> Sessions {
         Sessions {
             token: token.filter(|t| !t.is_empty()),
             read_token: read_token.filter(|t| !t.is_empty()),
+            loopback_reads_only,
             sessions: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `headers` may read: no read token is configured, or they
-    /// carry a live session or the read or admin token as a bearer token.
-    pub fn may_read(&self, headers: &HeaderMap) -> bool {
-        let Some(read_token) = &self.read_token else {
-            return true;
-        };
+    /// Whether a request with `headers` from `peer` may read:
+    ///
+    /// - with a read token: it carries a live session, or the read or admin
+    ///   token as a bearer token;
+    /// - without one: anyone may, unless reads are for loopback only; then a
+    ///   peer that is not on loopback (or not known) needs a live admin
+    ///   session or the admin token.
+    pub fn may_read(&self, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> bool {
         let now = now_ms();
-        if cookie(headers).is_some_and(|id| self.sessions().get(&id).is_some_and(|s| s.expires_ms > now)) {
-            return true;
-        }
+        let session = cookie(headers).and_then(|id| self.sessions().get(&id).filter(|s| s.expires_ms > now).cloned());
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer.is_some_and(|presented| {
-            tokens_match(presented, read_token) || self.token.as_deref().is_some_and(|t| tokens_match(presented, t))
-        })
+        let admin = |presented: &str| self.token.as_deref().is_some_and(|t| tokens_match(presented, t));
+        match &self.read_token {
+            Some(read_token) => {
+                session.is_some()
+                    || bearer.is_some_and(|presented| tokens_match(presented, read_token) || admin(presented))
+            }
+            None if !self.loopback_reads_only || peer.is_some_and(|ip| ip.is_loopback()) => true,
+            None => session.is_some_and(|s| s.admin) || bearer.is_some_and(admin),
+        }
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -207,15 +217,23 @@ pub(crate) async fn guard_reads(
     next: axum::middleware::Next,
 ) -> Response {
     let path = request.uri().path();
-    if always_open(path) || dashboard.sessions.may_read(request.headers()) {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if always_open(path) || dashboard.sessions.may_read(request.headers(), peer) {
         return next.run(request).await;
     }
     if path.starts_with("/api/") || path == "/metrics" {
+        let error = if dashboard.sessions.read_token.is_some() {
+            "reading needs the read token (or the admin token) as `Authorization: Bearer <token>`"
+        } else {
+            "reads from other hosts need a token: send the admin token as `Authorization: Bearer <token>`, \
+             or start the collector with --read-token (or --open-reads to let anyone who reaches it read)"
+        };
         let mut response = (
             StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({
-                "error": "reading needs the read token (or the admin token) as `Authorization: Bearer <token>`"
-            })),
+            axum::Json(serde_json::json!({ "error": error })),
         )
             .into_response();
         response
@@ -364,7 +382,7 @@ mod tests {
 
     #[test]
     fn sessions_need_the_token_and_forms_need_the_sessions_csrf() {
-        let sessions = Sessions::new(Some("secret".into()), None);
+        let sessions = Sessions::new(Some("secret".into()), None, false);
         assert!(sessions.open("wrong").is_none());
         assert!(!sessions.visitor(&HeaderMap::new()).signed_in());
         let id = sessions.open("secret").unwrap();
@@ -375,9 +393,44 @@ mod tests {
         assert!(sessions.check_form(&with_cookie("guess"), &csrf).is_err());
         sessions.close(&headers);
         assert!(sessions.check_form(&headers, &csrf).is_err());
-        let read_only = Sessions::new(None, None);
+        let read_only = Sessions::new(None, None, false);
         assert!(read_only.open("").is_none());
         assert!(!read_only.visitor(&headers).writes_enabled);
+    }
+
+    #[test]
+    fn without_a_read_token_only_loopback_reads_freely_unless_reads_are_open() {
+        let loopback = Some("127.0.0.1".parse().unwrap());
+        let loopback6 = Some("::1".parse().unwrap());
+        let remote = Some("192.0.2.7".parse().unwrap());
+        let bearer = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            headers
+        };
+        let none = HeaderMap::new();
+
+        let protected = Sessions::new(Some("admin".into()), None, true);
+        assert!(protected.may_read(&none, loopback));
+        assert!(protected.may_read(&none, loopback6));
+        assert!(!protected.may_read(&none, remote));
+        assert!(!protected.may_read(&none, None), "an unknown peer is not loopback");
+        assert!(!protected.may_read(&bearer("guess"), remote));
+        assert!(protected.may_read(&bearer("admin"), remote));
+        let admin_session = protected.open("admin").unwrap();
+        assert!(protected.may_read(&with_cookie(&admin_session), remote));
+
+        let open = Sessions::new(Some("admin".into()), None, false);
+        assert!(open.may_read(&none, remote));
+
+        // A read token decides for every peer, loopback included.
+        let closed = Sessions::new(Some("admin".into()), Some("reader".into()), true);
+        assert!(!closed.may_read(&none, loopback));
+        assert!(closed.may_read(&bearer("reader"), remote));
+        assert!(closed.may_read(&bearer("admin"), remote));
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl Dashboard {
             source,
             settings: None,
             alerting: None,
-            sessions: Arc::new(auth::Sessions::new(None, None)),
+            sessions: Arc::new(auth::Sessions::new(None, None, false)),
             cache: Arc::new(cache::Cache::new(cache::DEFAULT_TTL)),
         }
     }
@@ -64,7 +64,11 @@ impl Dashboard {
     /// without one the settings are shown read-only.
     pub fn with_settings(mut self, settings: Arc<dyn Settings>, admin_token: Option<String>) -> Dashboard {
         self.settings = Some(settings);
-        self.sessions = Arc::new(auth::Sessions::new(admin_token, self.sessions.read_token.clone()));
+        self.sessions = Arc::new(auth::Sessions::new(
+            admin_token,
+            self.sessions.read_token.clone(),
+            self.sessions.loopback_reads_only,
+        ));
         self
     }
 
@@ -73,7 +77,23 @@ impl Dashboard {
     /// API, `/metrics`) or send them to sign in (pages). `/healthz` stays
     /// open.
     pub fn with_read_token(mut self, read_token: Option<String>) -> Dashboard {
-        self.sessions = Arc::new(auth::Sessions::new(self.sessions.token.clone(), read_token));
+        self.sessions = Arc::new(auth::Sessions::new(
+            self.sessions.token.clone(),
+            read_token,
+            self.sessions.loopback_reads_only,
+        ));
+        self
+    }
+
+    /// Without a read token, lets only loopback peers read freely: others
+    /// need the admin token (routes wrapped by [`Dashboard::guard_reads`],
+    /// served with the peer's address as `ConnectInfo<SocketAddr>`).
+    pub fn with_loopback_reads_only(mut self, loopback_only: bool) -> Dashboard {
+        self.sessions = Arc::new(auth::Sessions::new(
+            self.sessions.token.clone(),
+            self.sessions.read_token.clone(),
+            loopback_only,
+        ));
         self
     }
 

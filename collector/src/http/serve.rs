@@ -133,7 +133,18 @@ pub async fn serve(
             warned_full = Some(tokio::time::Instant::now());
         }
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Who is asking: reads without a read token are for loopback peers.
+        let peer = stream.peer_addr().ok();
+        let app = app.clone();
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            app,
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                }
+                request
+            },
+        ));
         match &tls {
             None => {
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
