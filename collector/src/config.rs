@@ -22,6 +22,10 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7171";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 /// Largest gRPC message accepted from an agent.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Agent connections served at once by default: five times the fleet one
+/// collector takes on two cores, well inside the systemd unit's 65,536
+/// descriptors.
+pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 10_000;
 
 /// Bounds of `memtable_mb`: below 16 MiB every batch would wait for a
 /// flush; above 64 GiB is a typo.
@@ -56,6 +60,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Agent (gRPC) connections served at once; further ones wait, so a
+    /// flood of them cannot take the descriptors the HTTP listener needs.
+    pub max_agent_connections: usize,
     /// Time bounds on accepted windows.
     pub limits: IngestLimits,
     /// Retention at first start (later changes live in the settings database).
@@ -86,6 +93,7 @@ impl Config {
             tls: None,
             admin_token: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
             limits: IngestLimits::default(),
             retention: Retention::default(),
             store_limits: Limits::default(),
@@ -183,6 +191,8 @@ pub struct FileConfig {
     pub client_ca: Option<PathBuf>,
     /// See [`Config::max_message_bytes`].
     pub max_message_bytes: Option<usize>,
+    /// See [`Config::max_agent_connections`].
+    pub max_agent_connections: Option<usize>,
     /// A window may start at most this many seconds in the future.
     pub max_future_secs: Option<u64>,
     /// Retention at first start, as a `[retention]` table with `raw_seconds`,
@@ -336,6 +346,12 @@ impl FileConfig {
                 message: format!("[[ingest_tokens]] {}: {message}", i + 1),
             })?;
         }
+        if file.max_agent_connections == Some(0) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "max_agent_connections must be at least 1".into(),
+            });
+        }
         if file.tls_cert.is_some() != file.tls_key.is_some() {
             return Err(ConfigError::Parse {
                 path: path.into(),
@@ -392,6 +408,9 @@ impl FileConfig {
         }
         if let Some(v) = self.max_message_bytes {
             config.max_message_bytes = v;
+        }
+        if let Some(v) = self.max_agent_connections {
+            config.max_agent_connections = v;
         }
         if let Some(v) = self.max_future_secs {
             config.limits.max_future = Duration::from_secs(v);

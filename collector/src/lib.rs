@@ -26,13 +26,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use adapters::source::StoreSource;
 pub use cli::main;
 pub use config::{Config, ScopedToken};
 pub use demo::Demo;
-pub use http::serve::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS};
+pub use http::serve::{AGENT_HANDSHAKE_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS};
 use ingest::{IngestGrpc, IngestService, Writer};
 pub use outbound::{http_client, http_client_builder};
 use querypulse_store::{Store, StoreError};
@@ -197,15 +196,15 @@ impl Collector {
             .initial_connection_window_size(Some(GRPC_WINDOW_BYTES))
             .initial_stream_window_size(Some(GRPC_WINDOW_BYTES))
             .add_service(grpc_service);
-        let grpc = match &tls {
-            Some(tls) => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
-                http::serve::tls_incoming(grpc_listener, tls.grpc.clone(), shutdown_rx.clone()),
-                grpc_stop,
-            )),
-            None => {
-                tokio::spawn(grpc_server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop))
-            }
-        };
+        let grpc = tokio::spawn(grpc_server.serve_with_incoming_shutdown(
+            http::serve::agent_incoming(
+                grpc_listener,
+                tls.as_ref().map(|tls| tls.grpc.clone()),
+                config.max_agent_connections,
+                shutdown_rx.clone(),
+            ),
+            grpc_stop,
+        ));
 
         let (alerts, alerts_task) =
             querypulse_alerts::Alerts::start(store.clone(), settings_db.pool(), &config.alerts, shutdown_rx.clone())

@@ -39,19 +39,121 @@ const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections of `listener` once their TLS handshake with `acceptor` is
-/// done, for the gRPC server. Handshakes run side by side, so a slow client
-/// holds up no other; a failed one is dropped.
-pub(crate) fn tls_incoming(
+/// How long an agent's connection may take to send its first bytes (plain)
+/// or finish its TLS handshake; one that does not is closed.
+pub const AGENT_HANDSHAKE_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
+
+/// An agent's connection: plain TCP or TLS, holding its place under the
+/// connection cap until it closes.
+pub(crate) struct AgentConnection {
+    io: AgentIo,
+    local_addr: Option<std::net::SocketAddr>,
+    remote_addr: Option<std::net::SocketAddr>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+enum AgentIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for AgentConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            AgentIo::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            AgentIo::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for AgentConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            AgentIo::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            AgentIo::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            AgentIo::Plain(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+            AgentIo::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            AgentIo::Plain(io) => io.is_write_vectored(),
+            AgentIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            AgentIo::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            AgentIo::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            AgentIo::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            AgentIo::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for AgentConnection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.local_addr,
+            remote_addr: self.remote_addr,
+        }
+    }
+}
+
+/// The agents' connections to `listener`, for the gRPC server: at most
+/// `limit` at once (past it the listener stops accepting, so further ones
+/// wait in the kernel's backlog instead of taking the file descriptors the
+/// HTTP listener needs), each handed over once it has sent its first bytes
+/// or, with `tls`, finished its handshake, within
+/// [`AGENT_HANDSHAKE_TIMEOUT`]; one that does not is closed. Handshakes run
+/// side by side, so a slow client holds up no other.
+pub(crate) fn agent_incoming(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limit: usize,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<AgentConnection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let connections = std::sync::Arc::new(Semaphore::new(limit));
     tokio::spawn(async move {
+        let mut warned_full: Option<tokio::time::Instant> = None;
         loop {
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -67,15 +169,34 @@ pub(crate) fn tls_incoming(
             if tx.is_closed() {
                 break;
             }
-            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            if connections.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                tracing::warn!(limit, "agent connections at their limit; new ones wait");
+                warned_full = Some(tokio::time::Instant::now());
+            }
+            let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%error, "agent TLS handshake failed"),
-                    Err(_) => tracing::debug!("agent TLS handshake timed out"),
-                }
+                let (local_addr, remote_addr) = (stream.local_addr().ok(), stream.peer_addr().ok());
+                let io = match tls {
+                    // Waits for bytes to read, not mere readiness.
+                    None => match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut [0u8; 1])).await {
+                        Ok(Ok(_)) => AgentIo::Plain(stream),
+                        Ok(Err(error)) => return tracing::debug!(%error, "agent connection failed"),
+                        Err(_) => return tracing::debug!("agent connection sent nothing; closed"),
+                    },
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => AgentIo::Tls(Box::new(tls)),
+                        Ok(Err(error)) => return tracing::debug!(%error, "agent TLS handshake failed"),
+                        Err(_) => return tracing::debug!("agent TLS handshake timed out"),
+                    },
+                };
+                let _ = tx
+                    .send(Ok(AgentConnection {
+                        io,
+                        local_addr,
+                        remote_addr,
+                        _permit: permit,
+                    }))
+                    .await;
             });
         }
     });
