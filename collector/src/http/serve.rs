@@ -173,6 +173,9 @@ pub(crate) fn agent_incoming(
                 tracing::warn!(limit, "agent connections at their limit; new ones wait");
                 warned_full = Some(tokio::time::Instant::now());
             }
+            // Acknowledgements are small frames: sent at once, not held back
+            // for the peer's delayed ACK.
+            let _ = stream.set_nodelay(true);
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
                 let (local_addr, remote_addr) = (stream.local_addr().ok(), stream.peer_addr().ok());
