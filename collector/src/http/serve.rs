@@ -13,6 +13,10 @@
 //! - **HTTP/2 keep-alive pings**, so a peer that vanished is noticed.
 //! - **TLS** when configured (see [`crate::tls`]): then plain HTTP and h2c
 //!   are not served.
+//!
+//! The agents' gRPC listener gets the same cap (`max_agent_connections`)
+//! from the same [`CappedListener`], and closes connections that send
+//! nothing ([`agent_incoming`]).
 
 use std::time::Duration;
 
@@ -132,6 +136,74 @@ impl tonic::transport::server::Connected for AgentConnection {
     }
 }
 
+/// A listener that serves at most `limit` connections at once: past it, it
+/// stops accepting, so further connections wait in the kernel's backlog
+/// instead of taking file descriptors the other listener needs. Reaching
+/// the cap is logged at most once a minute, so a server that runs at its
+/// limit does not fill the log.
+struct CappedListener {
+    listener: TcpListener,
+    connections: std::sync::Arc<Semaphore>,
+    limit: usize,
+    /// Whose connections, for the log: `HTTP`, `agent`.
+    what: &'static str,
+    warned_full: Option<tokio::time::Instant>,
+}
+
+impl CappedListener {
+    fn new(listener: TcpListener, limit: usize, what: &'static str) -> CappedListener {
+        CappedListener {
+            listener,
+            connections: std::sync::Arc::new(Semaphore::new(limit)),
+            limit,
+            what,
+            warned_full: None,
+        }
+    }
+
+    /// The next connection, with TCP_NODELAY set (responses and
+    /// acknowledgements are small frames: sent at once, not held back for
+    /// the peer's delayed ACK), and its place under the cap, given back when
+    /// dropped; `None` once `shutdown` turns true.
+    async fn accept(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+        loop {
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.wait_for(|stop| *stop) => return None,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return None,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for some to
+                    // be given back rather than spin.
+                    tracing::warn!(%error, "{} accept failed", self.what);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if self.connections.available_permits() == 0
+                && self.warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
+            {
+                tracing::warn!(
+                    limit = self.limit,
+                    "{} connections at their limit; new ones wait",
+                    self.what
+                );
+                self.warned_full = Some(tokio::time::Instant::now());
+            }
+            let _ = stream.set_nodelay(true);
+            return Some((stream, permit));
+        }
+    }
+}
+
 /// The agents' connections to `listener`, for the gRPC server: at most
 /// `limit` at once (past it the listener stops accepting, so further ones
 /// wait in the kernel's backlog instead of taking the file descriptors the
@@ -146,36 +218,12 @@ pub(crate) fn agent_incoming(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<AgentConnection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let connections = std::sync::Arc::new(Semaphore::new(limit));
+    let mut listener = CappedListener::new(listener, limit, "agent");
     tokio::spawn(async move {
-        let mut warned_full: Option<tokio::time::Instant> = None;
-        loop {
-            let permit = tokio::select! {
-                permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, permit)) = listener.accept(&mut shutdown).await {
             if tx.is_closed() {
                 break;
             }
-            if connections.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-                tracing::warn!(limit, "agent connections at their limit; new ones wait");
-                warned_full = Some(tokio::time::Instant::now());
-            }
-            // Acknowledgements are small frames: sent at once, not held back
-            // for the peer's delayed ACK.
-            let _ = stream.set_nodelay(true);
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
                 let (local_addr, remote_addr) = (stream.local_addr().ok(), stream.peer_addr().ok());
@@ -225,38 +273,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE);
-    let connections = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
-    // When the cap was last reported: at most once a minute, so a server
-    // that runs at its limit does not fill the log.
-    let mut warned_full: Option<tokio::time::Instant> = None;
-    loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (stream, _) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, most likely: wait for some to
-                // be given back rather than spin.
-                tracing::warn!(%error, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if connections.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-            tracing::warn!(
-                limit = MAX_CONNECTIONS,
-                "HTTP connections at their limit; new ones wait"
-            );
-            warned_full = Some(tokio::time::Instant::now());
-        }
-        let _ = stream.set_nodelay(true);
+    let mut listener = CappedListener::new(listener, MAX_CONNECTIONS, "HTTP");
+    while let Some((stream, permit)) = listener.accept(&mut shutdown).await {
         // Who is asking: reads without a read token are for loopback peers.
         let peer = stream.peer_addr().ok();
         let app = app.clone();
