@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use querypulse_domain::{HealthCheckStats, QueryStats};
 
 use super::codec::{In, InstanceQueries, Out, TimedPool, WindowValue, read_query_counters, write_query_counters};
+use super::StoreError;
 use super::partition::{Tier, ceil, floor};
 
 /// The active table is frozen and flushed at least this often while it
@@ -76,10 +77,8 @@ pub(crate) struct PackedQuery(Vec<u8>);
 /// Buffers a memtable reuses across merges of packed windows.
 #[derive(Debug, Default)]
 pub(crate) struct MergeScratch {
-    buckets: Vec<(u16, u64)>,
-    merged: Vec<(u16, u64)>,
     out: Vec<u8>,
-    writes: Vec<(usize, usize, u64)>,
+    body: Vec<u8>,
 }
 
 impl PackedQuery {
@@ -94,116 +93,89 @@ impl PackedQuery {
         QueryStats::read(&mut In(&self.0)).expect("the memtable decodes what it packed itself")
     }
 
-    /// Folds `stats` in, exactly as [`QueryStats::merge`] does.
+    /// Folds `stats` in, exactly as [`QueryStats::merge`] does, in one pass
+    /// over the packed bytes: buckets the window does not touch are copied
+    /// as they are, so a merge costs about a copy of the window, never a
+    /// decode into a histogram and a re-encode.
     fn merge(&mut self, stats: &QueryStats, scratch: &mut MergeScratch) {
         if stats.calls == 0 {
             return;
         }
         let mut input = In(&self.0);
         let mut head = read_query_counters(&mut input).expect("the memtable decodes what it packed itself");
-        let head_len = self.0.len() - input.0.len();
         head.merge_counters(stats);
-        // The merged counters, which both paths below write.
         let mut out = Out(std::mem::take(&mut scratch.out));
         out.0.clear();
         write_query_counters(&head, &mut out);
-        scratch.out = out.0;
-        // Windows of one statement mostly fill the same buckets: then the
-        // counts are rewritten where they are, when their encodings keep
-        // their lengths.
-        if scratch.out.len() == head_len && self.add_in_place(head_len, stats.latency.indexed_buckets(), scratch) {
-            self.0[..head_len].copy_from_slice(&scratch.out);
-            return;
-        }
-        let mut input = In(&self.0[head_len..]);
-        input
-            .buckets_into(&mut scratch.buckets)
+        let mut body = Out(std::mem::take(&mut scratch.body));
+        body.0.clear();
+        let len = add_packed_buckets(input, stats.latency.indexed_buckets(), &mut body)
             .expect("the memtable decodes what it packed itself");
-        merge_buckets(&scratch.buckets, stats.latency.indexed_buckets(), &mut scratch.merged);
-        let mut out = Out(std::mem::take(&mut scratch.out));
-        out.buckets(&scratch.merged);
-        self.0.clear();
-        self.0.reserve_exact(out.0.len());
-        self.0.extend_from_slice(&out.0);
+        out.u(len);
+        out.0.extend_from_slice(&body.0);
+        if out.0.len() == self.0.len() {
+            self.0.copy_from_slice(&out.0);
+        } else {
+            self.0.clear();
+            self.0.reserve_exact(out.0.len());
+            self.0.extend_from_slice(&out.0);
+        }
         scratch.out = out.0;
+        scratch.body = body.0;
     }
 
     fn bytes(&self) -> usize {
         self.0.capacity() + 56
     }
-
-    /// Adds `incoming` to the packed buckets starting at byte `at`, in
-    /// place; `false` (and nothing changed) when a bucket is missing or a
-    /// count's encoding would change length.
-    fn add_in_place(&mut self, at: usize, incoming: &[(u16, u64)], scratch: &mut MergeScratch) -> bool {
-        // (offset, length, new count) of every count to rewrite.
-        let writes = &mut scratch.writes;
-        writes.clear();
-        let mut input = In(&self.0[at..]);
-        let Ok(len) = input.u() else { return false };
-        let mut index = 0u64;
-        let mut wanted = incoming.iter().peekable();
-        for _ in 0..len {
-            let Some(&&(next, add)) = wanted.peek() else { break };
-            let (Ok(delta), before) = (input.u(), input.0.len()) else {
-                return false;
-            };
-            index += delta;
-            let Ok(count) = input.u() else { return false };
-            if index < u64::from(next) {
-                continue;
-            }
-            if index > u64::from(next) {
-                return false;
-            }
-            let sum = count.saturating_add(add);
-            let length = before - input.0.len();
-            if varint_len(sum) != length {
-                return false;
-            }
-            writes.push((self.0.len() - before, length, sum));
-            wanted.next();
-        }
-        if wanted.peek().is_some() {
-            return false;
-        }
-        for &(offset, length, mut value) in writes.iter() {
-            for byte in &mut self.0[offset..offset + length] {
-                *byte = (value as u8 & 0x7f) | 0x80;
-                value >>= 7;
-            }
-            self.0[offset + length - 1] &= 0x7f;
-        }
-        true
-    }
 }
 
-/// Bytes of `value` as a varint.
-fn varint_len(value: u64) -> usize {
-    (64 - value.max(1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// The sum of two bucket lists, both strictly increasing by index.
-fn merge_buckets(a: &[(u16, u64)], b: &[(u16, u64)], merged: &mut Vec<(u16, u64)>) {
-    merged.clear();
-    merged.reserve(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        let (x, y) = (a[i], b[j]);
-        if x.0 == y.0 {
-            merged.push((x.0, x.1.saturating_add(y.1)));
-            i += 1;
-            j += 1;
-        } else if x.0 < y.0 {
-            merged.push(x);
-            i += 1;
-        } else {
-            merged.push(y);
-            j += 1;
+/// Writes to `body` the bucket pairs (index delta, count) of the packed
+/// buckets at `input` plus `incoming` (strictly increasing by index), as
+/// [`Out::buckets`] writes them after their number, which it returns. A
+/// packed bucket that neither gains a count nor follows a new bucket is
+/// copied byte for byte.
+fn add_packed_buckets(mut input: In<'_>, incoming: &[(u16, u64)], body: &mut Out) -> Result<u64, StoreError> {
+    let len = input.u()?;
+    let mut written = 0u64;
+    // The index of the last bucket written, and of the last bucket read.
+    let (mut last_written, mut index) = (0u64, 0u64);
+    let mut incoming = incoming.iter().map(|&(i, c)| (u64::from(i), c)).peekable();
+    for _ in 0..len {
+        let pair = input.0;
+        let delta = input.u()?;
+        let count = input.u()?;
+        let pair = &pair[..pair.len() - input.0.len()];
+        let previous = index;
+        index += delta;
+        while let Some(&(new, add)) = incoming.peek() {
+            if new >= index {
+                break;
+            }
+            body.u(new - last_written);
+            body.u(add);
+            (last_written, written) = (new, written + 1);
+            incoming.next();
         }
+        match incoming.peek() {
+            Some(&(new, add)) if new == index => {
+                body.u(index - last_written);
+                body.u(count.saturating_add(add));
+                incoming.next();
+            }
+            _ if last_written == previous => body.0.extend_from_slice(pair),
+            _ => {
+                body.u(index - last_written);
+                body.u(count);
+            }
+        }
+        (last_written, written) = (index, written + 1);
     }
-    merged.extend_from_slice(&a[i..]);
-    merged.extend_from_slice(&b[j..]);
+    for (new, add) in incoming {
+        body.u(new - last_written);
+        body.u(add);
+        (last_written, written) = (new, written + 1);
+    }
+    Ok(written)
 }
 
 /// Raw windows (deltas) of one raw partition, keyed by (series, window start).
@@ -588,8 +560,7 @@ mod tests {
             let mut packed = PackedQuery::pack(&windows[0]);
             let mut expected = windows[0].clone();
             let mut scratch = MergeScratch::default();
-            // The first window again at the end: its buckets are all there,
-            // so it adds in place unless a count's encoding grows.
+            // The first window again at the end: its buckets are all there.
             for window in windows[1..].iter().chain([&windows[0]]) {
                 packed.merge(window, &mut scratch);
                 expected.merge(window);
@@ -599,29 +570,27 @@ mod tests {
     }
 
     #[test]
-    fn packed_query_adds_in_place_and_falls_back_when_encodings_grow() {
+    fn packed_query_merges_new_buckets_and_growing_counts() {
         let latencies: Vec<(u64, Option<&str>)> = (0..50).map(|i| (100 + i * 997 % 40_000, None)).collect();
         let window = stats(&latencies);
         let subset = stats(&latencies[..10]);
-        let mut packed = PackedQuery::pack(&window);
-        let mut expected = window.clone();
+        let mut packed = PackedQuery::pack(&subset);
+        let mut expected = subset.clone();
         let mut scratch = MergeScratch::default();
-        let before = packed.0.len();
-        packed.merge(&subset, &mut scratch);
-        expected.merge(&subset);
-        assert_eq!(packed.unpack(), expected);
-        assert_eq!(packed.0.len(), before, "same buckets, same lengths: rewritten in place");
+        // New buckets before, between and after the packed ones.
+        for other in [stats(&[(0, None)]), window.clone(), stats(&[(4_000_000, Some("timeout"))])] {
+            packed.merge(&other, &mut scratch);
+            expected.merge(&other);
+            assert_eq!(packed.unpack(), expected);
+        }
         // Counts past 127 take a second byte; sums past 16,383 a third.
+        let before = packed.0.len();
         for _ in 0..400 {
             packed.merge(&window, &mut scratch);
             expected.merge(&window);
         }
         assert_eq!(packed.unpack(), expected);
         assert!(packed.0.len() > before);
-        assert_eq!(varint_len(0), 1);
-        assert_eq!(varint_len(127), 1);
-        assert_eq!(varint_len(128), 2);
-        assert_eq!(varint_len(u64::MAX), 10);
     }
 
     #[test]
