@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use querypulse_domain::{HealthCheckStats, QueryStats};
 
-use super::codec::{In, InstanceQueries, Out, TimedPool, WindowValue, read_query_counters, write_query_counters};
 use super::StoreError;
+use super::codec::{In, InstanceQueries, Out, TimedPool, WindowValue, read_query_counters, write_query_counters};
 use super::partition::{Tier, ceil, floor};
 
 /// The active table is frozen and flushed at least this often while it
@@ -578,7 +578,11 @@ mod tests {
         let mut expected = subset.clone();
         let mut scratch = MergeScratch::default();
         // New buckets before, between and after the packed ones.
-        for other in [stats(&[(0, None)]), window.clone(), stats(&[(4_000_000, Some("timeout"))])] {
+        for other in [
+            stats(&[(0, None)]),
+            window.clone(),
+            stats(&[(4_000_000, Some("timeout"))]),
+        ] {
             packed.merge(&other, &mut scratch);
             expected.merge(&other);
             assert_eq!(packed.unpack(), expected);
