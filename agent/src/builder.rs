@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 
+use crate::Identity;
 use crate::fingerprint::Dialect;
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::sender::{self, SenderConfig};
@@ -313,10 +314,11 @@ impl AgentBuilder {
             .map_err(|_| AgentError::InvalidConfig("token must be printable ASCII".into()))?;
 
         let instance_id = format!("{:016x}", rand::rng().random::<u64>());
+        let host = host_name();
         let hello = Hello {
             service: self.service.clone(),
             instance_id: instance_id.clone(),
-            host: host_name(),
+            host: host.clone(),
             pid: std::process::id(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             db_system: self.db_system,
@@ -353,9 +355,12 @@ impl AgentBuilder {
         Ok(Agent::new(
             recorder,
             commands,
-            instance_id,
-            self.service,
-            self.shutdown_timeout,
+            Identity {
+                instance_id,
+                service: self.service,
+                host,
+                shutdown_timeout: self.shutdown_timeout,
+            },
         ))
     }
 }

@@ -72,10 +72,11 @@ pub struct Agent {
     identity: Arc<Identity>,
 }
 
-struct Identity {
-    instance_id: String,
-    service: String,
-    shutdown_timeout: Duration,
+pub(crate) struct Identity {
+    pub(crate) instance_id: String,
+    pub(crate) service: String,
+    pub(crate) host: String,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 impl std::fmt::Debug for Agent {
@@ -104,21 +105,11 @@ impl Agent {
         AgentBuilder::new(service.into())
     }
 
-    pub(crate) fn new(
-        recorder: Arc<Recorder>,
-        commands: mpsc::UnboundedSender<Command>,
-        instance_id: String,
-        service: String,
-        shutdown_timeout: Duration,
-    ) -> Agent {
+    pub(crate) fn new(recorder: Arc<Recorder>, commands: mpsc::UnboundedSender<Command>, identity: Identity) -> Agent {
         Agent {
             recorder,
             commands,
-            identity: Arc::new(Identity {
-                instance_id,
-                service,
-                shutdown_timeout,
-            }),
+            identity: Arc::new(identity),
         }
     }
 
@@ -156,6 +147,11 @@ impl Agent {
     /// The service this agent reports for.
     pub fn service(&self) -> &str {
         &self.identity.service
+    }
+
+    /// The host name this agent reports (the machine's, read at start).
+    pub fn host(&self) -> &str {
+        &self.identity.host
     }
 
     /// The agent's own counters.
