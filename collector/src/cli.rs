@@ -28,7 +28,7 @@ pub struct Cli {
 enum Command {
     /// Run the collector: agent ingest (gRPC), JSON API and dashboard (HTTP).
     Serve(ServeArgs),
-    /// Run a collector plus simulated services on real SQLite pools.
+    /// Run a collector plus simulated services on real SQLite pools, with seven days of history.
     Demo(DemoArgs),
     /// Print the fingerprint and normalized text of each SQL statement read
     /// from stdin, one statement per line, as `<16 hex digits><TAB><text>`.
@@ -375,7 +375,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "querypulse demo is running: three simulated service instances on SQLite pools"
+        "querypulse demo is running: three simulated service instances on SQLite pools, with seven days of history"
     );
     let _ = writeln!(out, "  dashboard  http://{http}/");
     let _ = writeln!(out, "  API        http://{http}/api/v1/queries");

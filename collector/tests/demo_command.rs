@@ -35,8 +35,12 @@ impl Drop for Running {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() {
+async fn demo_serves_a_week_of_history_and_live_queries_within_fifteen_seconds_and_stops_on_sigterm() {
     let started = Instant::now();
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
     let child = Command::new(env!("CARGO_BIN_EXE_querypulse"))
         .args(["demo", "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
@@ -57,12 +61,50 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
     // Keep reading what the demo prints, as a terminal would.
     std::thread::spawn(move || stdout.for_each(drop));
     let base = dashboard.expect("the demo prints its dashboard URL");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the dashboard URL (history written) within 15 s, not {:?}",
+        started.elapsed()
+    );
 
     let client = querypulse_collector::http_client();
+    // Seven days of history are there before the URL is printed: the
+    // oldest day of the week holds both services' statements.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day = 86_400_000;
+    let week_ago: serde_json::Value = client
+        .get(format!(
+            "{base}/api/v1/queries?from={}&to={}",
+            now - 7 * day,
+            now - 6 * day
+        ))
+        .send()
+        .await
+        .expect("the API answers")
+        .json()
+        .await
+        .expect("JSON");
+    let history = week_ago["queries"].as_array().cloned().unwrap_or_default();
+    for service in ["checkout", "inventory"] {
+        assert!(
+            history
+                .iter()
+                .any(|q| q["service"] == service && q["calls"].as_u64().unwrap_or(0) > 1_000),
+            "{service} has history a week back: {week_ago}"
+        );
+    }
     let mut complete = None;
     while started.elapsed() < Duration::from_secs(15) && complete.is_none() {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let Ok(response) = client.get(format!("{base}/api/v1/queries")).send().await else {
+        // Live windows only: every history window starts before the demo.
+        let Ok(response) = client
+            .get(format!("{base}/api/v1/queries?from={started_ms}"))
+            .send()
+            .await
+        else {
             continue;
         };
         let body: serde_json::Value = response.json().await.expect("JSON");
@@ -83,6 +125,10 @@ async fn demo_serves_live_queries_within_fifteen_seconds_and_stops_on_sigterm() 
     assert!(
         query["text"].as_str().unwrap().contains('?'),
         "literals are normalized: {query}"
+    );
+    assert!(
+        history.iter().any(|q| q["fingerprint"] == query["fingerprint"]),
+        "live statements continue their history (one fingerprint): {query}"
     );
 
     let page = client

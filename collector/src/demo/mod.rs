@@ -2,6 +2,10 @@
 //! real SQLite pools (sqlx, instrumented by the agent: pool statistics and
 //! health checks included) with a realistic mix of fast and slow statements
 //! and some failures, so a newcomer sees a live dashboard with one command.
+//! Before the dashboard URL is printed, seven days of simulated history for
+//! the same services go through the real ingest path ([`history`]).
+
+mod history;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{Collector, CollectorError, Config};
+
+pub use history::HISTORY;
 
 /// Aggregation interval of the simulated agents: short, so the dashboard
 /// fills within seconds.
@@ -45,9 +51,13 @@ struct Simulated {
 }
 
 impl Demo {
-    /// Starts the collector with `config` and the simulated services.
-    pub async fn start(config: Config) -> Result<Demo, CollectorError> {
+    /// Starts the collector with `config` and the simulated services, and
+    /// writes their [`HISTORY`] (raw retention is raised to cover it).
+    pub async fn start(mut config: Config) -> Result<Demo, CollectorError> {
         let data_dir = config.data_dir.clone();
+        let history_seconds = HISTORY.as_secs() + 86_400;
+        config.retention.raw_seconds = config.retention.raw_seconds.max(history_seconds);
+        config.retention.minute_seconds = config.retention.minute_seconds.max(history_seconds);
         let collector = Collector::start(config).await?;
         let endpoint = format!("http://{}", collector.grpc_addr());
         let (stop, stopped) = watch::channel(false);
@@ -58,6 +68,22 @@ impl Demo {
                 .await
                 .map_err(|e| CollectorError::Serve(format!("cannot start simulated {service}: {e}")))?;
             instances.push(instance);
+        }
+        let history: Vec<history::Instance<'_>> = INSTANCES
+            .iter()
+            .zip(&instances)
+            .map(|(&(service, number), live)| history::Instance {
+                service,
+                number,
+                host: live.agent.host(),
+                mix: mix(service),
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        match history::write(&endpoint, &history).await {
+            Ok(windows) => tracing::info!(windows, elapsed = ?started.elapsed(), "wrote the demo's history"),
+            // The live demo works without it.
+            Err(error) => tracing::warn!(%error, "the demo runs without its history"),
         }
         Ok(Demo {
             collector,
@@ -119,13 +145,8 @@ impl Simulated {
         for statement in SCHEMA {
             pool.pool().execute(*statement).await?;
         }
-        let mix = if service == "inventory" {
-            INVENTORY_MIX
-        } else {
-            CHECKOUT_MIX
-        };
         let workers = (0..WORKERS)
-            .map(|_| tokio::spawn(work(pool.clone(), mix, stopped.clone())))
+            .map(|_| tokio::spawn(work(pool.clone(), mix(service), stopped.clone())))
             .collect();
         Ok(Simulated { agent, pool, workers })
     }
@@ -180,6 +201,15 @@ const INVENTORY_MIX: Mix = &[
     (Statement::MissingTable, 15),
     (Statement::MonthlyReport, 2),
 ];
+
+/// The statements `service` runs.
+fn mix(service: &str) -> Mix {
+    if service == "inventory" {
+        INVENTORY_MIX
+    } else {
+        CHECKOUT_MIX
+    }
+}
 
 impl Statement {
     /// The SQL as an application would send it, literals inlined.
