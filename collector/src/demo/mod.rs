@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::{Collector, CollectorError, Config};
 
-pub use history::HISTORY;
+use history::HISTORY;
 
 /// Aggregation interval of the simulated agents: short, so the dashboard
 /// fills within seconds.
@@ -52,7 +52,8 @@ struct Simulated {
 
 impl Demo {
     /// Starts the collector with `config` and the simulated services, and
-    /// writes their [`HISTORY`] (raw retention is raised to cover it).
+    /// writes their seven days of history (raw retention is raised to cover
+    /// it).
     pub async fn start(mut config: Config) -> Result<Demo, CollectorError> {
         let data_dir = config.data_dir.clone();
         let history_seconds = HISTORY.as_secs() + 86_400;
