@@ -420,6 +420,25 @@ fn write_maybe_compressed(out: &mut Out, plain: &[u8]) {
 /// Largest decompressed value accepted (a bound against corrupt lengths).
 const MAX_PLAIN: usize = 64 << 20;
 
+/// Decompresses a zstd frame of at most `capacity` bytes with this thread's
+/// decompression context: reads decompress thousands of blocks and chunks a
+/// request, and a fresh context each time cost more than a small frame's
+/// decompression.
+pub(crate) fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|context| {
+        let mut context = context.borrow_mut();
+        let decompressor = match context.as_mut() {
+            Some(decompressor) => decompressor,
+            None => context.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(frame, capacity)
+    })
+}
+
 fn read_maybe_compressed(input: &mut In<'_>) -> Result<Vec<u8>> {
     match input.u()? {
         0 => Ok(input.bytes()?.to_vec()),
@@ -428,7 +447,7 @@ fn read_maybe_compressed(input: &mut In<'_>) -> Result<Vec<u8>> {
             if plain_len > MAX_PLAIN {
                 return Err(corrupt("compressed value too large"));
             }
-            zstd::bulk::decompress(input.bytes()?, plain_len).map_err(|e| StoreError::Corrupt(format!("zstd: {e}")))
+            decompress(input.bytes()?, plain_len).map_err(|e| StoreError::Corrupt(format!("zstd: {e}")))
         }
         _ => Err(corrupt("unknown compression")),
     }

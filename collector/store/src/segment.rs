@@ -224,7 +224,7 @@ impl Segment {
         self.file
             .read_exact_at(&mut compressed, block.offset)
             .map_err(|e| io("reading", &self.path, e))?;
-        let plain = zstd::bulk::decompress(&compressed, block.plain_len as usize).map_err(|e| {
+        let plain = super::codec::decompress(&compressed, block.plain_len as usize).map_err(|e| {
             let error = format!("{}: block {at} is damaged ({e})", self.path.display());
             // Once per block: reads touching it fail each time.
             if self.damaged.lock().unwrap_or_else(|p| p.into_inner()).insert(at) {
