@@ -689,6 +689,66 @@ pub(crate) fn decode_chunk<V: WindowValue>(bytes: &[u8]) -> Result<Vec<(i64, V)>
     Ok(windows)
 }
 
+/// Calls `read` positioned at the value of every statement window of a
+/// chunk (see [`encode_chunk`]) starting in `[from, to)`. Windows before
+/// `from` are skipped without decoding their histograms, and the scan stops
+/// at the first window at or past `to`: a chunk holds its windows in time
+/// order (a chunk whose times go back is corrupt).
+pub(crate) fn scan_query_chunk(
+    bytes: &[u8],
+    from: i64,
+    to: i64,
+    read: &mut dyn FnMut(&mut In<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut input = In::with_format(bytes, "chunk")?;
+    let plain = read_maybe_compressed(&mut input)?;
+    let mut input = In(&plain);
+    let len = input.u()?;
+    let mut time = input.i()?;
+    for _ in 0..len {
+        let delta = input.i()?;
+        if delta < 0 {
+            return Err(corrupt("chunk windows out of order"));
+        }
+        time = time.checked_add(delta).ok_or_else(|| corrupt("chunk time overflow"))?;
+        if time >= to {
+            break;
+        }
+        if time >= from {
+            read(&mut input)?;
+        } else {
+            skip_query(&mut input)?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves past a statement window written by [`QueryStats`]'s
+/// [`WindowValue::write`] without decoding it.
+fn skip_query(input: &mut In<'_>) -> Result<()> {
+    // calls, errors, rows, sum_us; sum of squares; min, max, outliers.
+    for _ in 0..4 {
+        input.u()?;
+    }
+    input.f()?;
+    for _ in 0..3 {
+        input.u()?;
+    }
+    let classes = input.u()?;
+    for _ in 0..classes.min(1_024) {
+        input.bytes()?;
+        input.u()?;
+    }
+    let buckets = input.u()?;
+    if buckets > querypulse_domain::histogram::BUCKETS as u64 {
+        return Err(corrupt("histogram has too many buckets"));
+    }
+    for _ in 0..2 * buckets {
+        input.u()?;
+    }
+    Ok(())
+}
+
 /// A slow-query sample as stored (the service and time are in the key).
 pub(crate) fn encode_slow(instance_id: &str, sample: &SlowQuerySample) -> Vec<u8> {
     let mut out = Out::with_format();
@@ -1026,6 +1086,49 @@ mod tests {
             plain.0.len()
         );
         assert_eq!(InstanceQueries::decode(&bytes).unwrap(), instance);
+    }
+
+    #[test]
+    fn scanning_a_chunk_reads_exactly_the_windows_in_range() {
+        let start = 1_700_000_000_000;
+        let windows: Vec<(i64, QueryStats)> = (0..50)
+            .map(|i| {
+                (
+                    start + i * 60_000,
+                    stats(&[100 + i as u64 * 37, 2_000 + i as u64, 30_000]),
+                )
+            })
+            .collect();
+        let chunk = encode_chunk(&windows);
+        for (from, to) in [
+            (0, i64::MAX),
+            (start + 600_000, start + 1_260_000),
+            (start + 1, start + 2),
+            (start + 49 * 60_000, i64::MAX),
+        ] {
+            let mut read = Vec::new();
+            scan_query_chunk(&chunk, from, to, &mut |input| {
+                read.push(QueryStats::read(input)?);
+                Ok(())
+            })
+            .unwrap();
+            let expected: Vec<QueryStats> = windows
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .map(|(_, s)| s.clone())
+                .collect();
+            assert_eq!(read, expected, "[{from}, {to})");
+        }
+        // Skipping consumes exactly what was written.
+        let mut out = Out::default();
+        for (_, s) in &windows {
+            s.write(&mut out);
+        }
+        let mut input = In(&out.0);
+        for _ in &windows {
+            skip_query(&mut input).unwrap();
+        }
+        assert!(input.is_empty());
     }
 
     #[test]

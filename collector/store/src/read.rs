@@ -7,6 +7,7 @@ use querypulse_domain::{DenseHistogram, Fingerprint, HealthCheckStats, PoolStats
 
 use super::codec::{
     In, InstanceQueries, InstanceQuery, TimedPool, WindowValue, decode_chunk, decode_slow, key, read_query_counters,
+    scan_query_chunk,
 };
 use super::memtable::Buffer;
 use super::partition::{Tier, ceil, floor};
@@ -82,8 +83,12 @@ impl QueryFold {
     }
 
     fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut input = In::with_format(bytes, "window")?;
-        let counters = read_query_counters(&mut input)?;
+        self.add_value(&mut In::with_format(bytes, "window")?)
+    }
+
+    /// A stored window's value (without its format byte).
+    fn add_value(&mut self, input: &mut In<'_>) -> Result<(), StoreError> {
+        let counters = read_query_counters(input)?;
         input.histogram_into(&mut self.dense)?;
         self.add_stats(&counters);
         Ok(())
@@ -285,11 +290,7 @@ impl Store {
                         continue;
                     };
                     if kind == key::CHUNK {
-                        for (t, stats) in decode_chunk::<QueryStats>(&v)? {
-                            if (a..b).contains(&t) {
-                                fold.add_stats(&stats);
-                            }
-                        }
+                        scan_query_chunk(&v, a, b, &mut |input| fold.add_value(input))?;
                     } else if (a..b).contains(&at) {
                         fold.add_encoded(&v)?;
                     }
