@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use querypulse_agent::fingerprint::{Dialect, normalize};
 use querypulse_domain::{
-    AgentCounters, Batch, DbSystem, ErrorClassCount, FingerprintText, Gauge, HealthCheckStats, Hello, LatencyHistogram,
-    PoolStats, QueryStats, Window,
+    Batch, DbSystem, ErrorClassCount, FingerprintText, Gauge, HealthCheckStats, Hello, LatencyHistogram, PoolStats,
+    QueryStats, Window,
 };
 use querypulse_proto::wire::v1::{self as wire, ingest_client::IngestClient};
 use querypulse_proto::{CollectorMessage, now_ms};
@@ -145,7 +145,7 @@ async fn write_instance(endpoint: &str, instance: &Instance<'_>, from_ms: i64, u
     while acked < starts.len() {
         while sent < starts.len() && sent - acked < IN_FLIGHT {
             let seq = sent as u64 + 1;
-            let batch = batch(instance, &statements, seq, starts[sent], sent == 0);
+            let batch = batch(instance, &statements, seq, starts[sent], until_ms, sent == 0);
             tx.send(message(wire::agent_message::Kind::Batch(wire::Batch::from(&batch))))
                 .await
                 .map_err(|_| fail("the stream closed".into()))?;
@@ -188,13 +188,14 @@ fn statements(mix: Mix) -> Vec<(Statement, f64, FingerprintText)> {
         .collect()
 }
 
-/// The batch of `instance` for the window starting at `start_ms`: the same
-/// numbers whenever it is built.
+/// The batch of `instance` for the window starting at `start_ms` of a
+/// history ending at `until_ms`: the same numbers whenever it is built.
 fn batch(
     instance: &Instance<'_>,
     statements: &[(Statement, f64, FingerprintText)],
     seq: u64,
     start_ms: i64,
+    until_ms: i64,
     with_texts: bool,
 ) -> Batch {
     let mut rng = StdRng::seed_from_u64(start_ms as u64 ^ (u64::from(instance.number) << 48) ^ seq.rotate_left(17));
@@ -205,7 +206,7 @@ fn batch(
             length_ms: WINDOW_MS as u32,
         },
     );
-    let ago_ms = now_ms() - start_ms;
+    let ago_ms = until_ms - start_ms;
     let incident = instance.service == "checkout" && (INCIDENT_AGO_MS - INCIDENT_MS..INCIDENT_AGO_MS).contains(&ago_ms);
     let busy = load(start_ms);
     let executions = PEAK_RATE * busy * (WINDOW_MS / 1_000) as f64;
@@ -241,7 +242,6 @@ fn batch(
         .pools
         .push(pool_window(&mut rng, busy, incident, acquires, pool_timeouts));
     batch.health_checks.push(health_window(&mut rng, start_ms));
-    batch.counters = AgentCounters::default();
     batch
 }
 
@@ -388,8 +388,25 @@ mod tests {
         };
         let statements = statements(CHECKOUT_MIX);
         let start = 1_800_000_000_000 - 1_800_000_000_000 % WINDOW_MS;
-        let batch = batch(&instance, &statements, 7, start, true);
-        assert_eq!(batch, super::batch(&instance, &statements, 7, start, true));
+        let batch = batch(
+            &instance,
+            &statements,
+            7,
+            start,
+            start + HISTORY.as_millis() as i64,
+            true,
+        );
+        assert_eq!(
+            batch,
+            super::batch(
+                &instance,
+                &statements,
+                7,
+                start,
+                start + HISTORY.as_millis() as i64,
+                true
+            )
+        );
         assert_eq!(batch.texts.len(), statements.len());
         for stats in &batch.queries {
             assert_eq!(stats.latency.count(), stats.calls, "every execution in the histogram");
